@@ -1,0 +1,306 @@
+"""The job spec: frozen dataclasses, parsed from a YAML/JSON mapping and validated at once.
+
+Keys follow the proto JSON mapping: ``snake_case`` or ``lowerCamelCase`` are both accepted.
+Every problem in a spec is collected and raised together in one ``InvalidInput``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from compression.errors import InvalidInput
+
+__all__ = [
+    "LongTailSpec", "SubgroupSpec", "DataSpec", "TeacherSpec", "StudentSpec", "TrainingSpec",
+    "MitigationSpec", "JobSpec", "parse_spec", "load_job", "spec_to_dict",
+]
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+def _choice(*values: str, default: str) -> Any:
+    return field(default=default, metadata={"choices": values})
+
+
+@dataclass(frozen=True)
+class LongTailSpec:
+    """Class-imbalanced subsampling of the training set (CIFAR-LT style)."""
+
+    profile: str = _choice("none", "exp", "step", default="none")
+    imbalance: float = 1.0  # n_max / n_min, >= 1
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.imbalance < 1:
+            out.append(f"imbalance is {self.imbalance}; it is n_max/n_min and must be >= 1")
+        return out
+
+
+@dataclass(frozen=True)
+class SubgroupSpec:
+    """How samples map to the subgroups that evaluation and guardrails report on."""
+
+    by: str = _choice("class", "frequency", "attribute", "map", default="class")
+    # frequency: classes ranked by training count and split into head/medium/tail thirds,
+    # unless both thresholds are set (head: count >= head_min_count, tail: count <= tail_max_count).
+    head_min_count: int = 0
+    tail_max_count: int = 0
+    # map: class name (or class index as a string) -> group name; every class must be mapped.
+    mapping: dict[str, str] = field(default_factory=dict)
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.by == "map" and not self.mapping:
+            out.append("by is 'map' but mapping is empty; give {class_name: group_name, ...}")
+        if self.by != "map" and self.mapping:
+            out.append(f"mapping is only used with by: map (by is {self.by!r})")
+        if (self.head_min_count > 0) != (self.tail_max_count > 0):
+            out.append("set both head_min_count and tail_max_count, or neither")
+        elif self.head_min_count and self.tail_max_count >= self.head_min_count:
+            out.append(f"tail_max_count ({self.tail_max_count}) must be below "
+                       f"head_min_count ({self.head_min_count})")
+        return out
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the data comes from and how it is split into train / holdout / test."""
+
+    source: str = _choice("fashion-mnist", "npz", "imagefolder", "manifest",
+                          default="fashion-mnist")
+    path: str = ""  # train data; for fashion-mnist the idx directory (Debian's by default)
+    test_path: str = ""
+    holdout_path: str = ""  # when empty, holdout is carved from train (stratified, seeded)
+    holdout_fraction: float = 0.1
+    long_tail: LongTailSpec = field(default_factory=LongTailSpec)
+    subgroups: SubgroupSpec = field(default_factory=SubgroupSpec)
+    max_train: int = 0  # 0: all; otherwise a stratified, seeded subsample (quick runs)
+    max_test: int = 0
+    image_size: int = 0  # imagefolder/manifest: resize to this square size; 0 keeps the size
+    channels: int = 0  # 0 keeps the stored channels; 1 or 3 converts
+    seed: int = 0
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.source != "fashion-mnist" and not self.path:
+            out.append(f"path is required for source {self.source!r}")
+        if self.source != "fashion-mnist" and not self.test_path:
+            out.append(f"test_path is required for source {self.source!r}")
+        if not 0 < self.holdout_fraction < 1 and not self.holdout_path:
+            out.append(f"holdout_fraction is {self.holdout_fraction}; it must be in (0, 1)")
+        for name in ("max_train", "max_test", "image_size"):
+            if getattr(self, name) < 0:
+                out.append(f"{name} is {getattr(self, name)}; it must be >= 0")
+        if self.channels not in (0, 1, 3):
+            out.append(f"channels is {self.channels}; use 0 (as stored), 1 or 3")
+        return out
+
+    @property
+    def resolved_path(self) -> str:
+        return self.path or (FASHION_MNIST_DIR if self.source == "fashion-mnist" else "")
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """A teacher checkpoint. Formats: .pt2 (torch.export), TorchScript, ONNX, or weights+arch."""
+
+    path: str = ""
+    format: str = _choice("auto", "export", "torchscript", "onnx", "weights", default="auto")
+    arch: str = ""  # required for format 'weights' (safetensors or a weights-only state dict)
+    width: float = 1.0
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.path:
+            out.append("path is required: the teacher checkpoint to distill from")
+        is_weights = self.format == "weights" or (
+            self.format == "auto" and Path(self.path).suffix in (".safetensors", ".pth"))
+        if is_weights and not self.arch:
+            out.append("arch is required for a weights checkpoint (e.g. arch: resnet20)")
+        if self.width <= 0:
+            out.append(f"width is {self.width}; it must be > 0")
+        return out
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    arch: str = "tiny_cnn"
+    width: float = 1.0
+
+    def problems(self) -> list[str]:
+        return [f"width is {self.width}; it must be > 0"] if self.width <= 0 else []
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    epochs: int = 5
+    batch_size: int = 128
+    optimizer: str = _choice("sgd", "adamw", default="sgd")
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = _choice("cosine", "step", "constant", default="cosine")
+    warmup_epochs: int = 0
+    step_milestones: tuple[int, ...] = ()  # epochs at which a step schedule multiplies by gamma
+    step_gamma: float = 0.1
+    augment: str = _choice("none", "crop", "crop_flip", default="none")
+    amp: str = _choice("auto", "off", "bf16", "fp16", default="auto")  # auto: bf16 on CUDA
+    channels_last: bool = True  # CUDA only
+    device: str = _choice("auto", "cpu", "cuda", default="auto")
+    teacher_cache: str = _choice("auto", "on", "off", default="auto")  # auto: on without augment
+    seed: int = 0
+    eval_batch_size: int = 512
+    progress_every_steps: int = 20
+
+    def problems(self) -> list[str]:
+        out = []
+        for name in ("epochs", "batch_size", "eval_batch_size", "progress_every_steps"):
+            if getattr(self, name) < 1:
+                out.append(f"{name} is {getattr(self, name)}; it must be >= 1")
+        if self.lr <= 0:
+            out.append(f"lr is {self.lr}; it must be > 0")
+        if not 0 <= self.warmup_epochs < max(self.epochs, 1):
+            out.append(f"warmup_epochs is {self.warmup_epochs}; it must be in [0, epochs)")
+        if self.schedule == "step" and not self.step_milestones:
+            out.append("schedule 'step' needs step_milestones, e.g. [30, 60]")
+        if self.teacher_cache == "on" and self.augment != "none":
+            out.append("teacher_cache 'on' needs augment 'none': cached logits are for fixed inputs")
+        return out
+
+
+@dataclass(frozen=True)
+class MitigationSpec:
+    """The distillation objective. ``one_hot`` ignores the teacher; ``kd`` is standard KD."""
+
+    name: str = "kd"
+    alpha: float = 0.5  # weight of the distillation term
+    temperature: float = 4.0
+    params: dict[str, Any] = field(default_factory=dict)  # mitigation-specific parameters
+
+    def problems(self) -> list[str]:
+        out = []
+        if not 0 <= self.alpha <= 1:
+            out.append(f"alpha is {self.alpha}; it must be in [0, 1]")
+        if self.temperature <= 0:
+            out.append(f"temperature is {self.temperature}; it must be > 0")
+        return out
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str = "job"
+    teacher: TeacherSpec = field(default_factory=TeacherSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    student: StudentSpec = field(default_factory=StudentSpec)
+    training: TrainingSpec = field(default_factory=TrainingSpec)
+    mitigation: MitigationSpec = field(default_factory=MitigationSpec)
+    output_dir: str = ""  # default: runs/<name>
+
+    def problems(self) -> list[str]:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.name):
+            return [f"name {self.name!r} must be 1-64 letters, digits, '.', '_' or '-'"]
+        return []
+
+    @property
+    def resolved_output_dir(self) -> Path:
+        return Path(self.output_dir or f"runs/{self.name}")
+
+
+def _snake(key: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", lambda m: "_" + m.group(1).lower(), key)
+
+
+def _convert(value: Any, hint: Any, where: str, problems: list[str]) -> Any:
+    """Convert one YAML value to ``hint``; append a problem and return None when it cannot."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where, problems)
+    if hint is Any:
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            problems.append(f"{where}: expected a list, got {value!r}")
+            return None
+        return tuple(_convert(v, typing.get_args(hint)[0], f"{where}[{i}]", problems)
+                     for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{where}: expected a mapping, got {value!r}")
+            return None
+        val_hint = typing.get_args(hint)[1]
+        return {str(k): _convert(v, val_hint, f"{where}.{k}", problems) for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        return value
+    ok = (isinstance(value, hint) and not (hint is int and isinstance(value, bool))) or (
+        hint is float and isinstance(value, int) and not isinstance(value, bool))
+    if not ok:
+        problems.append(f"{where}: expected {hint.__name__}, got {value!r}")
+        return None
+    return float(value) if hint is float else value
+
+
+def _build(cls: type, data: Any, where: str, problems: list[str]) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        problems.append(f"{where or 'spec'}: expected a mapping, got {data!r}")
+        return None
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for raw_key, value in data.items():
+        key = _snake(str(raw_key))
+        path = f"{where}.{key}" if where else key
+        if key not in fields:
+            problems.append(f"{path}: unknown field; known: {', '.join(fields)}")
+            continue
+        choices = fields[key].metadata.get("choices")
+        if choices and value not in choices:
+            problems.append(f"{path}: {value!r} is not one of {', '.join(choices)}")
+            continue
+        converted = _convert(value, hints[key], path, problems)
+        if converted is not None:
+            kwargs[key] = converted
+    try:
+        obj = cls(**kwargs)
+    except TypeError as exc:  # a nested conversion failed; problems already say why
+        problems.append(f"{where or 'spec'}: {exc}")
+        return None
+    prefix = f"{where}: " if where else ""
+    problems.extend(prefix + p for p in obj.problems())
+    return obj
+
+
+def parse_spec(data: Any) -> JobSpec:
+    """Build and validate a ``JobSpec``; raise ``InvalidInput`` listing every problem."""
+    problems: list[str] = []
+    spec = _build(JobSpec, data, "", problems)
+    if problems:
+        raise InvalidInput(problems, "invalid job spec")
+    return spec
+
+
+def load_job(path: str | Path) -> JobSpec:
+    """Read a job YAML (or JSON) file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise InvalidInput(f"cannot read job file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"job file {path} is not valid YAML: {exc}") from exc
+    return parse_spec(data)
+
+
+def spec_to_dict(spec: Any) -> dict[str, Any]:
+    """The spec as plain data (for reports), tuples as lists."""
+    return json.loads(json.dumps(dataclasses.asdict(spec)))
