@@ -33,7 +33,6 @@ class Dataset:
     test: Split
     class_names: tuple[str, ...]
     group_names: tuple[str, ...]
-    train_class_counts: tuple[int, ...]  # after long-tail subsampling, before the holdout carve
 
     @property
     def num_classes(self) -> int:
@@ -42,6 +41,9 @@ class Dataset:
     @property
     def num_groups(self) -> int:
         return len(self.group_names)
+
+    def train_class_counts(self) -> list[int]:
+        return self.train.y.bincount(minlength=self.num_classes).tolist()
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
