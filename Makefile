@@ -1,0 +1,34 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both set up everything.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+DEBIAN_PACKAGES := dataset-fashion-mnist
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-all install system-packages bench clean
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+system-packages:
+	scripts/ensure-debian-packages.sh $(DEBIAN_PACKAGES)
+
+demo: install system-packages
+	$(BIN)/tpet demo
+
+# pytest exits 5 when it collects nothing (e.g. a -k that matches no test): report it, not fail.
+test: install system-packages
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
+
+test-all: PYTEST_ARGS = -m ""
+test-all: test
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

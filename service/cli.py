@@ -1,0 +1,140 @@
+"""The ``tpet`` command line.
+
+Exit codes, for pipelines: 0 succeeded, 2 invalid input, 3 rejected by guardrails, 4 failed,
+5 cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable
+
+from compression.errors import Cancelled, InvalidInput, TpetError
+from compression.spec import load_job
+from service.progress import ProgressPrinter
+
+__all__ = ["main", "EXIT_OK", "EXIT_INVALID", "EXIT_REJECTED", "EXIT_FAILED", "EXIT_CANCELLED"]
+
+EXIT_OK, EXIT_INVALID, EXIT_REJECTED, EXIT_FAILED, EXIT_CANCELLED = 0, 2, 3, 4, 5
+DEMO_JOB = "examples/fashion_mnist_lt.yaml"
+DEMO_TEACHER_ARCH = "resnet8"
+
+
+class _StopFlag:
+    """Ctrl-C asks the running job to stop at its next check; a second Ctrl-C kills at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def install(self) -> None:
+        def handler(signum: int, frame: object) -> None:
+            del signum, frame
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+            print("\nstopping after the current step (Ctrl-C again to abort)", file=sys.stderr)
+        signal.signal(signal.SIGINT, handler)
+
+
+def cmd_run(args: argparse.Namespace, stop: _StopFlag) -> int:
+    from compression.pipeline import run
+
+    result = run(load_job(args.job), ProgressPrinter(), stop)
+    if args.json:
+        print(result.report_path.read_text())
+        return EXIT_OK
+    for report in (result.teacher, result.student):
+        if report is not None:
+            print(f"\n{report.name}\n{report.format_table()}")
+    print(f"\nstatus: {result.status}\nreport: {result.report_path}")
+    return EXIT_OK
+
+
+def cmd_train_teacher(args: argparse.Namespace, stop: _StopFlag) -> int:
+    from compression.teacher_training import TeacherRecipe, train_teacher
+
+    job = load_job(args.job)
+    out = Path(args.out or job.teacher.path)
+    recipe = TeacherRecipe(arch=args.arch, width=args.width, epochs=args.epochs,
+                           augment=args.augment)
+    report = train_teacher(job, recipe, out, ProgressPrinter(), stop)
+    print(f"\nteacher ({args.arch}) saved to {out}\n{report.format_table()}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace, stop: _StopFlag) -> int:
+    """Train the demo teacher when it is missing, then run the demo job."""
+    job = load_job(args.job)
+    if not Path(job.teacher.path).exists():
+        print(f"no teacher at {job.teacher.path}: training one ({DEMO_TEACHER_ARCH})",
+              file=sys.stderr)
+        code = cmd_train_teacher(argparse.Namespace(
+            job=args.job, out=None, arch=DEMO_TEACHER_ARCH, width=1.0, epochs=None,
+            augment=None), stop)
+        if code != EXIT_OK:
+            return code
+    return cmd_run(argparse.Namespace(job=args.job, json=False), stop)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tpet", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a job in this process (no server)")
+    p.add_argument("job", help="job file (YAML)")
+    p.add_argument("--json", action="store_true", help="print the JSON report")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("train-teacher", help="train a teacher on a job's data and save it")
+    p.add_argument("job", help="job file whose data section to train on")
+    p.add_argument("--arch", default="resnet20", help="model architecture (default resnet20)")
+    p.add_argument("--width", type=float, default=1.0, help="width multiplier")
+    p.add_argument("--epochs", type=int, help="epochs (default: the job's training.epochs)")
+    p.add_argument("--augment", choices=["none", "crop", "crop_flip"],
+                   help="augmentation (default: the job's training.augment)")
+    p.add_argument("--out", help="output .pt2 (default: the job's teacher.path)")
+    p.set_defaults(func=cmd_train_teacher)
+
+    p = sub.add_parser("demo", help="the end-to-end demo on Fashion-MNIST-LT")
+    p.add_argument("--job", default=DEMO_JOB, help=f"job file (default {DEMO_JOB})")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    stop = _StopFlag()
+    stop.install()
+    return _exit_code_of(lambda: args.func(args, stop))
+
+
+def _exit_code_of(command: Callable[[], int]) -> int:
+    try:
+        return command()
+    except InvalidInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except Cancelled:
+        print("cancelled", file=sys.stderr)
+        return EXIT_CANCELLED
+    except TpetError as exc:
+        print(f"failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("aborted", file=sys.stderr)
+        return EXIT_CANCELLED
+    except Exception:  # an internal bug: keep the traceback, it is ours to fix
+        traceback.print_exc()
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
