@@ -18,7 +18,7 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
     The file is written next to its destination and moved into place with ``os.replace``,
     so a reader (or a crash) never sees half a report. NaN and infinity are refused
-    because they are not JSON and other tools reject them.
+    because they are not JSON and strict readers reject them.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ def predict_logits(model: Callable[[Tensor], Tensor], split: Split, batch_size: 
 
     model: maps images [b, C, H, W] float in [0, 1] on ``device`` to logits [b, K]. An
         ``nn.Module`` is put in eval mode and given back in the mode it had; any other
-        callable (an onnxruntime session wrapper, say) is called as is and may return a
+        callable (an onnxruntime InferenceSession wrapper, say) is called as is and may return a
         tensor or a numpy array.
     Returns logits [N, K] float32 on the CPU; [0, 0] for an empty split.
     """

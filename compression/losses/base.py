@@ -1,0 +1,94 @@
+"""What every training objective looks like to the trainer, and what it may know of the job."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, runtime_checkable
+
+from torch import Tensor
+
+from compression.data.dataset import Dataset
+from compression.errors import InvalidInput
+
+__all__ = ["Loss", "LossContext", "LossFn", "StatelessLoss"]
+
+# (student_logits [B, C], labels [B], teacher_logits [B, C] | None, groups [B]) -> scalar
+LossFn = Callable[[Tensor, Tensor, "Tensor | None", Tensor], Tensor]
+
+
+@runtime_checkable
+class Loss(Protocol):
+    """A built objective. Stateful ones (group-DRO weights) checkpoint via the state dict."""
+
+    needs_teacher: bool
+
+    def __call__(self, student_logits: Tensor, labels: Tensor, teacher_logits: Tensor | None,
+                 groups: Tensor) -> Tensor:
+        """student_logits: [B, C]; labels: [B]; teacher_logits: [B, C] or None; groups: [B]
+        -> scalar to minimise."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class LossContext:
+    """Facts about the job a mitigation may use when it is built.
+
+    teacher_reliability: per-group measures of the teacher (e.g. holdout accuracy by group
+    name) for mitigations that soften the teacher where it is weak; None when not measured.
+    """
+
+    num_classes: int
+    num_groups: int
+    group_names: tuple[str, ...]
+    train_class_counts: list[int]
+    teacher_reliability: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        # Callers pass lists or tuples; store tuples/lists as annotated so contexts compare equal.
+        object.__setattr__(self, "group_names", tuple(self.group_names))
+        object.__setattr__(self, "train_class_counts", list(self.train_class_counts))
+        if len(self.group_names) != self.num_groups:
+            raise ValueError(f"{len(self.group_names)} group names for {self.num_groups} groups")
+        if len(self.train_class_counts) != self.num_classes:
+            raise ValueError(f"{len(self.train_class_counts)} class counts for "
+                             f"{self.num_classes} classes")
+
+    @classmethod
+    def from_dataset(cls, data: Dataset,
+                     teacher_reliability: dict[str, Any] | None = None) -> LossContext:
+        return cls(num_classes=data.num_classes, num_groups=data.num_groups,
+                   group_names=tuple(data.group_names),
+                   train_class_counts=data.train_class_counts(),
+                   teacher_reliability=teacher_reliability)
+
+
+class StatelessLoss:
+    """A ``Loss`` around a pure function; its state dict is empty."""
+
+    def __init__(self, name: str, fn: LossFn, *, needs_teacher: bool):
+        self.name = name
+        self.fn = fn
+        self.needs_teacher = needs_teacher
+
+    def __call__(self, student_logits: Tensor, labels: Tensor, teacher_logits: Tensor | None,
+                 groups: Tensor) -> Tensor:
+        if self.needs_teacher and teacher_logits is None:
+            raise ValueError(f"loss {self.name!r} needs teacher_logits; got None")
+        return self.fn(student_logits, labels, teacher_logits, groups)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # A non-empty state means the checkpoint was trained with a different objective.
+        if state:
+            raise InvalidInput(f"the checkpoint holds loss state {sorted(state)} but mitigation "
+                               f"{self.name!r} has none; resume with the mitigation it was "
+                               "trained with")
+
+    def __repr__(self) -> str:
+        return f"StatelessLoss({self.name!r}, needs_teacher={self.needs_teacher})"

@@ -1,0 +1,67 @@
+"""`tpet train-teacher` and `tpet run` as a user runs them: real processes, real files."""
+
+import json
+import subprocess
+
+import pytest
+import torch
+
+from tests.integration.conftest import REPO, TPET
+
+pytestmark = pytest.mark.integration
+
+
+def tpet(*args, timeout=300):
+    return subprocess.run([*TPET, *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_train_teacher_then_distill_end_to_end(bars_job, tmp_path):
+    job = bars_job()
+    trained = tpet("train-teacher", job, "--arch", "resnet8", "--epochs", "3")
+    assert trained.returncode == 0, trained.stderr
+    assert (tmp_path / "teacher.pt2").exists()
+
+    ran = tpet("run", job)
+    assert ran.returncode == 0, ran.stderr
+    assert "status: SUCCEEDED" in ran.stdout
+    assert "==> distill" in ran.stderr
+
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    student = report["evaluations"]["student"]
+    assert [g["name"] for g in student["groups"]] == ["a", "b", "c", "d"]
+    assert student["overall"]["n"] == 200
+    assert student["overall"]["accuracy"] > 0.5  # the bars are easy to tell apart
+    assert set(report["artifacts"]) == {"student.pt2", "student.safetensors"}
+
+    program = torch.export.load(str(tmp_path / "out" / "student.pt2")).module()
+    assert program(torch.rand(3, 1, 8, 8)).shape == (3, 4)
+
+
+def test_run_with_missing_teacher_is_invalid_input_without_traceback(bars_job):
+    ran = tpet("run", bars_job())
+    assert ran.returncode == 2
+    assert "teacher.pt2" in ran.stderr
+    assert "Traceback" not in ran.stderr
+
+
+def test_pickled_teacher_is_refused(bars_job, tmp_path):
+    torch.save(torch.nn.Linear(64, 4), tmp_path / "teacher.pt")
+    ran = tpet("run", bars_job(teacher={"path": str(tmp_path / "teacher.pt")}))
+    assert ran.returncode == 2
+    assert "pickled" in ran.stderr and "Traceback" not in ran.stderr
+
+
+def test_invalid_spec_lists_every_problem(bars_job):
+    ran = tpet("run", bars_job(training={"epochs": 0, "optimizer": "rmsprop"},
+                               mitigation={"name": "nope"}))
+    assert ran.returncode == 2
+    assert "epochs is 0" in ran.stderr and "'rmsprop' is not one of sgd, adamw" in ran.stderr
+    assert "Traceback" not in ran.stderr
+
+
+def test_one_hot_needs_no_teacher(bars_job, tmp_path):
+    ran = tpet("run", bars_job(mitigation={"name": "one_hot"}), "--json")
+    assert ran.returncode == 0, ran.stderr
+    report = json.loads(ran.stdout)
+    assert list(report["evaluations"]) == ["student"]
