@@ -48,7 +48,9 @@ def run(spec: JobSpec, on_event: EventSink = emit_nothing,
     stages = _StageRunner(on_event)
 
     dataset = stages.run("load_data", lambda: load_dataset(spec.data), _data_summary)
-    loss = build_loss(spec.mitigation, _loss_context(dataset))
+    loss = build_loss(spec.mitigation, LossContext.from_dataset(dataset))
+    student = build_model(spec.student.arch, dataset.input_shape[0], dataset.num_classes,
+                          spec.student.width)
     teacher, teacher_report = None, None
     if loss.needs_teacher:
         teacher = stages.run("load_teacher", lambda: load_teacher(
@@ -57,11 +59,10 @@ def run(spec: JobSpec, on_event: EventSink = emit_nothing,
         teacher_report = stages.run("evaluate_teacher", lambda: _evaluate(
             teacher, dataset, spec, device, "teacher"), _report_summary)
 
-    student = build_model(spec.student.arch, dataset.input_shape[0], dataset.num_classes,
-                          spec.student.width)
     training = stages.run("distill", lambda: train(
         student, dataset.train, spec.training, loss, teacher=teacher,
-        checkpoint_dir=out_dir / "checkpoints", on_event=on_event, should_stop=should_stop),
+        checkpoint_dir=out_dir / "checkpoints", on_event=on_event, should_stop=should_stop,
+        run_key=_run_key(spec, teacher)),
         lambda r: {"epochs_run": r.epochs_run, "samples_per_s": r.samples_per_s})
     student_report = stages.run("evaluate_student", lambda: _evaluate(
         student, dataset, spec, device, "student", reference=teacher_report), _report_summary)
@@ -100,10 +101,10 @@ class _StageRunner:
         return result
 
 
-def _loss_context(dataset: Dataset) -> LossContext:
-    return LossContext(num_classes=dataset.num_classes, num_groups=dataset.num_groups,
-                       group_names=list(dataset.group_names),
-                       train_class_counts=dataset.train_class_counts())
+def _run_key(spec: JobSpec, teacher: Any) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed, beyond the training spec and the data."""
+    return {"mitigation": spec_to_dict(spec.mitigation),
+            "teacher_sha256": teacher.sha256 if teacher else None}
 
 
 def _evaluate(model: Any, dataset: Dataset, spec: JobSpec, device: torch.device, name: str,
@@ -127,8 +128,9 @@ def _data_summary(dataset: Dataset) -> dict[str, Any]:
 
 
 def _report_summary(report: EvalReport) -> dict[str, Any]:
-    return {"accuracy": report.overall.accuracy, "worst_group": report.worst_group.name,
-            "worst_group_accuracy": report.worst_group.accuracy}
+    worst = report.worst_group
+    return {"accuracy": report.overall.accuracy, "worst_group": worst and worst.name,
+            "worst_group_accuracy": worst and worst.accuracy}
 
 
 def _training_summary(result: TrainResult) -> dict[str, Any]:

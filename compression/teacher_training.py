@@ -38,9 +38,7 @@ def train_teacher(job: JobSpec, recipe: TeacherRecipe, out_path: Path,
     on_event(Event("stage_started", "load_data"))
     dataset = load_dataset(job.data)
     model = build_model(recipe.arch, dataset.input_shape[0], dataset.num_classes, recipe.width)
-    loss = build_loss(MitigationSpec(name="one_hot"), LossContext(
-        num_classes=dataset.num_classes, num_groups=dataset.num_groups,
-        group_names=list(dataset.group_names), train_class_counts=dataset.train_class_counts()))
+    loss = build_loss(MitigationSpec(name="one_hot"), LossContext.from_dataset(dataset))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     train(model, dataset.train, training, loss, stage="train_teacher",
           checkpoint_dir=out_path.with_name(out_path.name + ".checkpoints"),

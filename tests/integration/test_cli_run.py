@@ -53,11 +53,17 @@ def test_pickled_teacher_is_refused(bars_job, tmp_path):
 
 
 def test_invalid_spec_lists_every_problem(bars_job):
-    ran = tpet("run", bars_job(training={"epochs": 0, "optimizer": "rmsprop"},
-                               mitigation={"name": "nope"}))
+    ran = tpet("run", bars_job(training={"epochs": 0, "optimizer": "rmsprop"}))
     assert ran.returncode == 2
     assert "epochs is 0" in ran.stderr and "'rmsprop' is not one of sgd, adamw" in ran.stderr
     assert "Traceback" not in ran.stderr
+
+
+def test_unknown_mitigation_and_arch_name_the_known_ones(bars_job):
+    ran = tpet("run", bars_job(mitigation={"name": "nope"}))
+    assert ran.returncode == 2 and "known: kd, one_hot" in ran.stderr
+    ran = tpet("run", bars_job(student={"arch": "resnet7"}))
+    assert ran.returncode == 2 and "resnet20" in ran.stderr and "Traceback" not in ran.stderr
 
 
 def test_one_hot_needs_no_teacher(bars_job, tmp_path):

@@ -1,0 +1,295 @@
+"""The training loop: one recipe for distillation and plain one-hot training.
+
+``train`` reads top to bottom: set up, resume, attach the teacher (cached or online), run the
+epochs, checkpoint after each. Every source of randomness is seeded from ``spec.seed`` (and the
+epoch), so on CPU a seed gives bit-identical weights, also across a stop and resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from compression.data.dataset import Split
+from compression.errors import Cancelled, InvalidInput, StageFailed
+from compression.events import Event, EventSink, StopCheck, emit_nothing, never_stop
+from compression.spec import TrainingSpec
+from compression.training.augment import augment_batch
+from compression.training.checkpoint import (CHECKPOINT_NAME, load_checkpoint, restore_rng,
+                                             rng_state, run_fingerprint, save_checkpoint)
+from compression.training.device import PeakMemory, amp_dtype, autocast, resolve_device, to_inputs
+from compression.training.schedule import (batch_bounds, build_optimizer, build_scheduler,
+                                           steps_per_epoch)
+from compression.training.teacher_cache import (TeacherCall, TeacherCache, prepare_teacher,
+                                                teacher_logits)
+
+if TYPE_CHECKING:
+    from compression.losses import Loss
+
+__all__ = ["TrainResult", "train", "uses_teacher_cache"]
+
+TeacherFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (idx [B], x [B,C,H,W]) -> [B,K]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a ``train`` call did.
+
+    epochs_run: epochs trained by this call; the model has ``resumed_from_epoch + epochs_run``.
+    final_loss: mean training loss of the last completed epoch (from the checkpoint when this
+    call had nothing left to train). samples_per_s: over this call's epochs, the teacher cache
+    pass excluded. seconds: the whole call. peak_memory_bytes: see ``PeakMemory``.
+    """
+
+    epochs_run: int
+    resumed_from_epoch: int
+    final_loss: float
+    samples_per_s: float
+    seconds: float
+    cache_seconds: float
+    peak_memory_bytes: int
+    used_teacher_cache: bool
+
+
+@dataclass
+class _Run:
+    """Everything an epoch needs, set up once by ``train``. x/y/group: the split on device."""
+
+    model: nn.Module
+    spec: TrainingSpec
+    loss: "Loss"
+    stage: str
+    device: torch.device
+    x: torch.Tensor
+    y: torch.Tensor
+    group: torch.Tensor
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    amp: torch.dtype | None
+    channels_last: bool
+    steps: int  # optimizer steps per epoch
+    on_event: EventSink
+    should_stop: StopCheck
+    teacher_fn: TeacherFn | None = None
+
+
+def train(model: nn.Module, data: Split, spec: TrainingSpec, loss: "Loss", *,
+          teacher: TeacherCall | None = None, checkpoint_dir: Path | None = None,
+          on_event: EventSink = emit_nothing, should_stop: StopCheck = never_stop,
+          stage: str = "distill", run_key: Mapping[str, Any] | None = None) -> TrainResult:
+    """Train ``model`` in place on ``data`` with ``loss``; it ends on the device in eval mode.
+
+    teacher: called on float inputs [B, C, H, W] in [0, 1], returns logits [B, K]; needed when
+    ``loss.needs_teacher``. checkpoint_dir: ``last.pt`` there is written after every epoch and
+    resumed from at start. run_key: settings outside ``spec`` that define the run (e.g. the
+    mitigation, the teacher's hash); a checkpoint written under other values is refused.
+    Raises ``Cancelled`` when ``should_stop()`` turns True, ``StageFailed`` on a non-finite loss.
+    """
+    start = time.perf_counter()
+    device = resolve_device(spec.device)
+    _check_inputs(data, loss, teacher, stage)
+    memory = PeakMemory(device)
+    run = _setup(model, data, spec, loss, device, stage, on_event, should_stop)
+    path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    loss_id = {"loss": type(loss).__qualname__, "loss_name": getattr(loss, "name", None)}
+    fingerprint = run_fingerprint(spec, stage, data, model, {**loss_id, **(run_key or {})})
+    resumed, final_loss = _resume(run, path, fingerprint)
+    cache_seconds, used_cache = 0.0, False
+    if loss.needs_teacher and resumed < spec.epochs:
+        used_cache = uses_teacher_cache(spec)
+        cache_seconds = _attach_teacher(run, prepare_teacher(teacher, device), used_cache)
+    samples, seconds = 0, 0.0
+    for epoch in range(resumed, spec.epochs):
+        final_loss, epoch_seconds = _run_epoch(run, epoch)
+        samples, seconds = samples + len(data), seconds + epoch_seconds
+        if path is not None:
+            save_checkpoint(path, _checkpoint(run, epoch + 1, final_loss, fingerprint))
+    model.to(memory_format=torch.contiguous_format).eval()
+    return TrainResult(
+        epochs_run=spec.epochs - resumed, resumed_from_epoch=resumed, final_loss=final_loss,
+        samples_per_s=samples / seconds if seconds else 0.0,
+        seconds=time.perf_counter() - start, cache_seconds=cache_seconds,
+        peak_memory_bytes=memory.bytes(),
+        used_teacher_cache=used_cache)
+
+
+def uses_teacher_cache(spec: TrainingSpec) -> bool:
+    """``teacher_cache`` policy: ``auto`` caches exactly when inputs do not change (no augment)."""
+    return spec.teacher_cache == "on" or (spec.teacher_cache == "auto" and spec.augment == "none")
+
+
+def _check_inputs(data: Split, loss: "Loss", teacher: TeacherCall | None, stage: str) -> None:
+    problems = []
+    if len(data) == 0:
+        problems.append("the training split is empty; check the data source and max_train")
+    if data.x.dtype != torch.uint8 or data.x.ndim != 4:
+        problems.append(f"training images are {data.x.dtype} {tuple(data.x.shape)}; "
+                        "expected uint8 [N, C, H, W]")
+    if not len(data.x) == len(data.y) == len(data.group):
+        problems.append(f"x, y and group hold {len(data.x)}, {len(data.y)} and "
+                        f"{len(data.group)} samples; they must agree")
+    if loss.needs_teacher and teacher is None:
+        problems.append(f"the {type(loss).__name__} loss needs a teacher and none was given; "
+                        "give a teacher or use a loss without one (one_hot)")
+    if problems:
+        raise InvalidInput(problems, f"cannot start {stage}")
+
+
+def _setup(model: nn.Module, data: Split, spec: TrainingSpec, loss: "Loss",
+           device: torch.device, stage: str, on_event: EventSink,
+           should_stop: StopCheck) -> _Run:
+    torch.manual_seed(spec.seed)  # model-side randomness (dropout); resume restores its state
+    channels_last = device.type == "cuda" and spec.channels_last
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    amp = amp_dtype(spec.amp, device)
+    optimizer = build_optimizer(model, spec)
+    steps = steps_per_epoch(len(data), spec.batch_size)
+    # The whole split moves to the device once: no per-step host-to-device copies.
+    return _Run(
+        model=model, spec=spec, loss=loss, stage=stage, device=device, x=data.x.to(device),
+        y=data.y.to(device), group=data.group.to(device), optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, spec, steps),
+        scaler=torch.amp.GradScaler(device.type, enabled=amp is torch.float16),
+        amp=amp, channels_last=channels_last, steps=steps, on_event=on_event,
+        should_stop=should_stop)
+
+
+def _resume(run: _Run, path: Path | None, fingerprint: str) -> tuple[int, float]:
+    """Load ``path`` into the run if it exists; return (epochs done, their last mean loss)."""
+    state = load_checkpoint(path, fingerprint) if path is not None else None
+    if state is None:
+        return 0, float("nan")
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if state["scaler"] and run.scaler.is_enabled():  # empty when saved without fp16
+        run.scaler.load_state_dict(state["scaler"])
+    run.loss.load_state_dict(_to_device(state["loss"], run.device))
+    restore_rng(state["rng"])
+    run.on_event(Event("log", run.stage, {
+        "level": "info", "message": f"resuming from checkpoint {path} after epoch "
+                                    f"{state['epoch']} of {run.spec.epochs}"}))
+    return int(state["epoch"]), float(state["final_loss"])
+
+
+def _checkpoint(run: _Run, epoch: int, final_loss: float, fingerprint: str) -> dict[str, Any]:
+    return {"fingerprint": fingerprint, "epoch": epoch, "final_loss": final_loss,
+            "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
+            "loss": run.loss.state_dict(), "rng": rng_state()}
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    return value
+
+
+def _attach_teacher(run: _Run, teacher: TeacherCall, cached: bool) -> float:
+    """Give the run its teacher logits source; return the seconds spent caching (0 online)."""
+    spec = run.spec
+    if not cached:
+        run.teacher_fn = lambda idx, x: teacher_logits(teacher, x, run.stage, run.amp)
+        return 0.0
+    # The one caching pass runs in fp32 (no autocast): bf16 logits would lose the precision
+    # the fp16 cache keeps, and a single forward pass is cheap next to training.
+    cache = TeacherCache.build(
+        teacher, run.x, batch_size=spec.eval_batch_size, device=run.device, stage=run.stage,
+        on_event=run.on_event, should_stop=run.should_stop,
+        progress_every=spec.progress_every_steps)
+    run.teacher_fn = lambda idx, x: cache[idx]
+    return cache.seconds
+
+
+def _generator(seed: int, epoch: int, purpose: str,
+               device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator for one (seed, epoch, purpose): any epoch replays exactly on resume."""
+    key = hashlib.sha256(f"{seed}/{epoch}/{purpose}".encode()).digest()
+    return torch.Generator(device=device).manual_seed(int.from_bytes(key[:8], "little") >> 1)
+
+
+def _run_epoch(run: _Run, epoch: int) -> tuple[float, float]:
+    """Train epoch ``epoch`` (0-based); return (sample-weighted mean loss, seconds)."""
+    spec, n = run.spec, len(run.y)
+    order = torch.randperm(n, generator=_generator(spec.seed, epoch, "shuffle")).to(run.device)
+    augment_rng = _generator(spec.seed, epoch, "augment", run.device)
+    run.model.train()
+    start, window, loss_sum = time.perf_counter(), _Window(0), 0.0
+    for step in range(run.steps):
+        if run.should_stop():
+            raise Cancelled(f"{run.stage} cancelled at epoch {epoch + 1} step {step + 1}")
+        lo, hi = batch_bounds(step, n, spec.batch_size)
+        lr = run.optimizer.param_groups[0]["lr"]  # the rate this step uses
+        window.add(_train_step(run, order[lo:hi], augment_rng), hi - lo)
+        last = step + 1 == run.steps
+        if last or (step + 1) % spec.progress_every_steps == 0:
+            payload = window.close(run.stage, epoch)
+            loss_sum += payload.pop("loss_sum")
+            if last:
+                payload.update(epoch_loss=loss_sum / n, epoch_seconds=time.perf_counter() - start)
+            run.on_event(Event("progress", run.stage, {
+                "phase": "train", "epoch": epoch + 1, "epochs": spec.epochs, "step": step + 1,
+                "steps": run.steps, "global_step": epoch * run.steps + step + 1, "lr": lr,
+                **payload}))
+            window = _Window(step + 1)
+    return loss_sum / n, time.perf_counter() - start
+
+
+def _train_step(run: _Run, idx: torch.Tensor, augment_rng: torch.Generator) -> torch.Tensor:
+    """idx: [B] sample indices -> the batch loss (detached scalar), after one optimizer step."""
+    x = to_inputs(augment_batch(run.x[idx], run.spec.augment, augment_rng))  # [B, C, H, W]
+    teacher = run.teacher_fn(idx, x) if run.teacher_fn is not None else None  # [B, K]
+    if run.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(run.device, run.amp):
+        logits = run.model(x)  # [B, K]
+    value = run.loss(logits.float(), run.y[idx], teacher, run.group[idx])
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(value).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    return value.detach()
+
+
+@dataclass
+class _Window:
+    """Step losses since the last progress report, kept on the device: one sync per report."""
+
+    first_step: int  # 0-based step within the epoch of losses[0]
+    losses: list[torch.Tensor] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    start: float = field(default_factory=time.perf_counter)
+
+    def add(self, loss: torch.Tensor, size: int) -> None:
+        self.losses.append(loss)
+        self.sizes.append(size)
+
+    def close(self, stage: str, epoch: int) -> dict[str, float]:
+        """loss (sample-weighted mean), loss_sum, samples_per_s; StageFailed on NaN or inf."""
+        losses = torch.stack(self.losses).double().cpu()  # [S]
+        bad = (~losses.isfinite()).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            kind = "NaN" if losses[i].isnan() else "infinite"
+            raise StageFailed(stage, f"loss became {kind} at epoch {epoch + 1} step "
+                                     f"{self.first_step + i + 1}; lower lr, add warmup_epochs "
+                                     "or use amp: off, and check the data and teacher logits")
+        samples = sum(self.sizes)
+        loss_sum = float((losses * torch.tensor(self.sizes, dtype=torch.float64)).sum())
+        seconds = max(time.perf_counter() - self.start, 1e-9)
+        return {"loss": loss_sum / samples, "loss_sum": loss_sum,
+                "samples_per_s": samples / seconds}
