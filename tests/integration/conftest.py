@@ -22,7 +22,7 @@ def _bars(n: int, num_classes: int, rng: np.random.Generator):
 def bars_job(tmp_path):
     """Write a tiny npz dataset and a job using it; return a function making job files."""
     rng = np.random.default_rng(0)
-    for name, n in (("train", 400), ("test", 200)):
+    for name, n in (("train", 800), ("test", 200)):
         x, y = _bars(n, 4, rng)
         np.savez(tmp_path / f"{name}.npz", x=x, y=y,
                  class_names=np.array(["a", "b", "c", "d"]))
@@ -33,7 +33,7 @@ def bars_job(tmp_path):
                "data": {"source": "npz", "path": str(tmp_path / "train.npz"),
                         "test_path": str(tmp_path / "test.npz"), "holdout_fraction": 0.2},
                "student": {"arch": "tiny_cnn"},
-               "training": {"epochs": 2, "batch_size": 32, "lr": 0.05}}
+               "training": {"epochs": 4, "batch_size": 32, "lr": 0.05}}
         for key, value in overrides.items():
             job[key] = {**job.get(key, {}), **value} if isinstance(value, dict) else value
         path = tmp_path / "job.yaml"
