@@ -21,7 +21,7 @@ from compression.errors import InvalidInput
 
 __all__ = [
     "LongTailSpec", "SubgroupSpec", "DataSpec", "TeacherSpec", "StudentSpec", "TrainingSpec",
-    "MitigationSpec", "JobSpec", "parse_spec", "load_job", "spec_to_dict",
+    "MitigationSpec", "GuardrailSpec", "ExportSpec", "JobSpec", "parse_spec", "load_job", "spec_to_dict",
 ]
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -181,17 +181,98 @@ class TrainingSpec:
 class MitigationSpec:
     """The distillation objective. ``one_hot`` ignores the teacher; ``kd`` is standard KD."""
 
-    name: str = "kd"
+    name: str = "kd"  # or "auto": train `candidates` briefly and keep the best that passes
     alpha: float = 0.5  # weight of the distillation term
     temperature: float = 4.0
     params: dict[str, Any] = field(default_factory=dict)  # mitigation-specific parameters
+    calibrate_teacher: bool = False  # per-class post-hoc calibration on holdout first
+    candidates: tuple[MitigationSpec, ...] = ()  # for name "auto"
+    selection_epochs: int = 0  # epochs per candidate for "auto"; 0: a third of training.epochs
 
     def problems(self) -> list[str]:
         out = []
+        if self.name == "auto" and not self.candidates:
+            out.append("name 'auto' needs candidates, e.g. [{name: kd}, {name: adaptive_alpha}]")
+        if self.name != "auto" and self.candidates:
+            out.append(f"candidates are only used with name 'auto' (name is {self.name!r})")
+        if any(c.name == "auto" for c in self.candidates):
+            out.append("a candidate cannot itself be 'auto'")
+        if self.selection_epochs < 0:
+            out.append(f"selection_epochs is {self.selection_epochs}; it must be >= 0")
         if not 0 <= self.alpha <= 1:
             out.append(f"alpha is {self.alpha}; it must be in [0, 1]")
         if self.temperature <= 0:
             out.append(f"temperature is {self.temperature}; it must be > 0")
+        return out
+
+
+def _fraction_problems(obj: Any, names: tuple[str, ...]) -> list[str]:
+    out = []
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and not 0 <= value <= 1:
+            out.append(f"{name} is {value}; it is an accuracy fraction and must be in [0, 1]")
+    return out
+
+
+@dataclass(frozen=True)
+class GuardrailSpec:
+    """Per-subgroup accuracy floors checked on the student and on every exported artifact.
+
+    Accuracies and drops are fractions (0.05 = 5 points). A drop is reference accuracy minus
+    candidate accuracy for the same subgroup; ``None`` turns a rule off.
+    """
+
+    min_accuracy: float = 0.0  # absolute floor for every subgroup
+    min_accuracy_by_group: dict[str, float] = field(default_factory=dict)  # overrides
+    max_drop_vs_teacher: float | None = None
+    max_drop_vs_one_hot: float | None = None  # trains a one-hot baseline student when set
+    min_worst_group_accuracy: float | None = None
+    max_group_gap: float | None = None  # best minus worst subgroup accuracy
+    min_samples: int = 30  # fewer test samples in a subgroup: INSUFFICIENT_EVIDENCE
+    block_on_insufficient_evidence: bool = True
+
+    def problems(self) -> list[str]:
+        out = _fraction_problems(self, ("min_accuracy", "max_drop_vs_teacher",
+                                        "max_drop_vs_one_hot", "min_worst_group_accuracy",
+                                        "max_group_gap"))
+        out += [f"min_accuracy_by_group.{g} is {v}; it must be in [0, 1]"
+                for g, v in self.min_accuracy_by_group.items() if v is not None and not 0 <= v <= 1]
+        if self.min_samples < 1:
+            out.append(f"min_samples is {self.min_samples}; it must be >= 1")
+        return out
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """Which artifacts to build; each is validated against the guardrails."""
+
+    onnx: bool = True
+    int8: bool = True  # static QDQ quantization with onnxruntime (needs onnx)
+    tensorrt: str = _choice("auto", "off", "required", default="auto")  # auto: when installed
+    tensorrt_precision: str = _choice("fp16", "int8", "fp32", default="fp16")
+    opset: int = 17
+    calibration_per_group: int = 32  # INT8 calibration images per subgroup (from holdout)
+    parity_max_abs_diff: float = 1e-3  # ONNX FP32 logits vs PyTorch
+    parity_min_top1_agreement: float = 0.99
+    min_batch: int = 1
+    opt_batch: int = 32
+    max_batch: int = 256
+
+    def problems(self) -> list[str]:
+        out = []
+        if (self.int8 or self.tensorrt != "off") and not self.onnx:
+            out.append("int8 and tensorrt are built from the ONNX model: set onnx: true")
+        if self.tensorrt_precision == "int8" and self.tensorrt != "off" and not self.int8:
+            out.append("tensorrt_precision int8 builds from the INT8 QDQ model: set int8: true")
+        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
+            out.append(f"batch profile must satisfy 1 <= min_batch <= opt_batch <= max_batch "
+                       f"(got {self.min_batch}, {self.opt_batch}, {self.max_batch})")
+        if self.calibration_per_group < 1:
+            out.append(f"calibration_per_group is {self.calibration_per_group}; must be >= 1")
+        if not 13 <= self.opset <= 21:
+            out.append(f"opset is {self.opset}; use 13 to 21")
+        out += _fraction_problems(self, ("parity_min_top1_agreement",))
         return out
 
 
@@ -203,6 +284,8 @@ class JobSpec:
     student: StudentSpec = field(default_factory=StudentSpec)
     training: TrainingSpec = field(default_factory=TrainingSpec)
     mitigation: MitigationSpec = field(default_factory=MitigationSpec)
+    guardrails: GuardrailSpec = field(default_factory=GuardrailSpec)
+    export: ExportSpec = field(default_factory=ExportSpec)
     output_dir: str = ""  # default: runs/<name>
 
     def problems(self) -> list[str]:
@@ -238,8 +321,9 @@ def _convert(value: Any, hint: Any, where: str, problems: list[str]) -> Any:
             return None
         val_hint = typing.get_args(hint)[1]
         return {str(k): _convert(v, val_hint, f"{where}.{k}", problems) for k, v in value.items()}
-    if origin in (typing.Union, types.UnionType):
-        return value
+    if origin in (typing.Union, types.UnionType):  # only `X | None` is used in the spec
+        inner = next(a for a in typing.get_args(hint) if a is not type(None))
+        return None if value is None else _convert(value, inner, where, problems)
     ok = (isinstance(value, hint) and not (hint is int and isinstance(value, bool))) or (
         hint is float and isinstance(value, int) and not isinstance(value, bool))
     if not ok:
@@ -268,7 +352,7 @@ def _build(cls: type, data: Any, where: str, problems: list[str]) -> Any:
             problems.append(f"{path}: {value!r} is not one of {', '.join(choices)}")
             continue
         converted = _convert(value, hints[key], path, problems)
-        if converted is not None:
+        if converted is not None or value is None:
             kwargs[key] = converted
     try:
         obj = cls(**kwargs)

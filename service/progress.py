@@ -40,7 +40,8 @@ class ProgressPrinter:
         if not self.live and not at_epoch_end and now - self._last_print < self.interval_s:
             return
         self._last_print = now
-        parts = [event.stage]
+        parts = [event.stage if p.get("phase", "train") == "train" else
+                 f"{event.stage} ({p['phase'].replace('_', ' ')})"]
         if "epoch" in p:
             parts.append(f"epoch {p['epoch']}/{p.get('epochs', '?')}")
         if "step" in p:
