@@ -3,7 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
-DEBIAN_PACKAGES := dataset-fashion-mnist
+# prometheus provides promtool, which the tests run on the exported metrics and alert rules
+DEBIAN_PACKAGES := dataset-fashion-mnist prometheus
 PYTEST_ARGS ?=
 
 .PHONY: demo test test-all install system-packages bench clean
