@@ -1,0 +1,107 @@
+"""The guardrail chart: per-subgroup accuracy of every stage, 95% intervals, and the floors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+# Figure + the Agg canvas directly, not pyplot: no global backend switch and no GUI, so it
+# is safe in worker processes and threads.
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from compression.evaluation.report import EvalReport, GroupMetrics
+from compression.guardrails import FAIL, INSUFFICIENT_EVIDENCE, PASS, StageVerdict
+
+__all__ = ["plot_guardrails"]
+
+_MARKERS = {PASS: "o", INSUFFICIENT_EVIDENCE: "D", FAIL: "X", None: "o"}
+_REFERENCE_COLORS = ("#7f7f7f", "#bcbd22", "#8c564b")
+_STAGE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#d62728", "#17becf")
+# (accuracy, ci_low, ci_high, floor, verdict) for one subgroup of one series
+_Point = tuple[float | None, float, float, float | None, str | None]
+
+
+def plot_guardrails(path: Path, verdicts: Sequence[StageVerdict],
+                    references: Mapping[str, EvalReport] | None = None) -> Path:
+    """Draw ``path`` (PNG): one column per subgroup, one point per stage with its interval.
+
+    references: reports drawn for comparison but not judged (teacher, one-hot student).
+    Judged stages show their binding floor as a black bar across their point and the
+    verdict as the marker (circle PASS, diamond INSUFFICIENT_EVIDENCE, cross FAIL).
+    """
+    series = [(name, [_ref_point(g) for g in r.groups]) for name, r in (references or {}).items()]
+    series += [(v.stage, [(g.accuracy, g.ci[0], g.ci[1], g.floor, g.verdict) for g in v.groups])
+               for v in verdicts]
+    names, counts = _group_axis(verdicts, references or {})
+    fig = Figure(figsize=(min(20.0, max(6.4, 0.7 * len(names) * max(1.0, len(series) / 3) + 2)),
+                          4.8), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    step = 0.8 / max(len(series), 1)
+    colors = _colors(len(series), len(references or {}))
+    for s, (name, points) in enumerate(series):
+        xs = [i + (s - (len(series) - 1) / 2) * step for i in range(len(points))]
+        _draw_series(ax, xs, points, colors[s], step)
+    _decorate(ax, names, counts, series, colors)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)  # a reader never sees half an image
+    return path
+
+
+def _ref_point(g: GroupMetrics) -> _Point:
+    return g.accuracy, g.ci_low, g.ci_high, None, None
+
+
+def _group_axis(verdicts: Sequence[StageVerdict],
+                references: Mapping[str, EvalReport]) -> tuple[list[str], list[int]]:
+    if verdicts:
+        return [g.name for g in verdicts[0].groups], [g.n for g in verdicts[0].groups]
+    first = next(iter(references.values()), None)
+    return ([], []) if first is None else (list(first.group_names), [g.n for g in first.groups])
+
+
+def _colors(count: int, n_refs: int) -> list[str]:
+    """Greys and browns for references, bright colours for judged stages."""
+    refs = [_REFERENCE_COLORS[i % len(_REFERENCE_COLORS)] for i in range(n_refs)]
+    return refs + [_STAGE_COLORS[i % len(_STAGE_COLORS)] for i in range(count - n_refs)]
+
+
+def _draw_series(ax, xs: list[float], points: list[_Point], color: str, step: float) -> None:
+    for x, (acc, low, high, floor, verdict) in zip(xs, points):
+        if floor is not None:
+            ax.hlines(floor, x - step / 2, x + step / 2, colors="black", linewidth=2, zorder=3)
+        if acc is None:  # empty subgroup: nothing measured
+            continue
+        ax.errorbar([x], [acc], yerr=[[acc - low], [high - acc]], fmt="none", ecolor=color,
+                    elinewidth=1.4, capsize=3, zorder=2)
+        hollow = verdict == INSUFFICIENT_EVIDENCE
+        ax.scatter([x], [acc], marker=_MARKERS[verdict], s=60 if verdict == FAIL else 34,
+                   facecolors="white" if hollow else color, edgecolors=color, linewidths=1.5,
+                   zorder=4)
+
+
+def _decorate(ax, names: list[str], counts: list[int], series: list, colors: list[str]) -> None:
+    tilt = len(names) > 6  # ten class names side by side overlap unless tilted
+    ax.set_xticks(range(len(names)),
+                  [f"{name}{' ' if tilt else chr(10)}(n={n})" for name, n in zip(names, counts)],
+                  rotation=30 if tilt else 0, ha="right" if tilt else "center",
+                  rotation_mode="anchor")
+    lows = [p[1] for _, pts in series for p in pts if p[0] is not None]
+    lows += [p[3] for _, pts in series for p in pts if p[3] is not None]
+    ax.set_ylim(max(0.0, min(lows, default=0.0) - 0.05), 1.02)
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.set_ylabel("accuracy")
+    ax.set_title("Per-subgroup accuracy with 95% Wilson intervals against the guardrail floors")
+    ax.grid(axis="y", alpha=0.3)
+    handles = [Line2D([], [], color=c, marker="o", linestyle="", label=name)
+               for (name, _), c in zip(series, colors)]
+    handles += [Line2D([], [], color="black", linewidth=2, label="floor"),
+                Line2D([], [], color="grey", marker="D", markerfacecolor="white", linestyle="",
+                       label="insufficient evidence"),
+                Line2D([], [], color="grey", marker="X", markersize=8, linestyle="",
+                       label="fail")]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")

@@ -1,0 +1,173 @@
+"""Guardrail results: one ``Check`` per rule and subgroup, gathered into a ``StageVerdict``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from compression.errors import InvalidInput
+from compression.guardrails.rules import FAIL, INSUFFICIENT_EVIDENCE, PASS, VERDICTS, worst
+
+__all__ = ["Check", "GroupResult", "StageVerdict", "first_failing_stage", "summarize"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One rule applied to one subgroup of one stage.
+
+    value: the subgroup's accuracy (None when it has no test samples).
+    floor: the accuracy the rule asks for (None only for an empty subgroup under a relative
+        rule, which has no reference accuracy there).
+    ci: the subgroup's 95% Wilson interval. reference: the accuracy a relative floor is
+        measured from (teacher, one-hot student, best subgroup); None for absolute rules.
+    For the whole-model rules (min_worst_group_accuracy, max_group_gap) the rule is applied
+    to every subgroup and the check records the one that decides its verdict.
+    """
+
+    rule: str
+    subgroup: str | None
+    value: float | None
+    floor: float | None
+    ci: tuple[float, float]
+    n: int
+    verdict: str
+    message: str
+    reference: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "subgroup": self.subgroup, "value": self.value,
+                "floor": self.floor, "ci": list(self.ci), "n": self.n, "verdict": self.verdict,
+                "message": self.message, "reference": self.reference}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Check:
+        return cls(rule=str(d["rule"]), subgroup=d["subgroup"], value=_opt(d["value"]),
+                   floor=_opt(d["floor"]), ci=(float(d["ci"][0]), float(d["ci"][1])),
+                   n=int(d["n"]), verdict=_verdict(d["verdict"]), message=str(d["message"]),
+                   reference=_opt(d.get("reference")))
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    """One subgroup of one stage against the highest floor any rule sets for it.
+
+    floor and verdict are None when no rule judges the subgroup. The verdict under the
+    highest floor is the worst verdict of the subgroup's checks, so this is the row a
+    reader wants: accuracy, interval, the floor that binds, and the outcome.
+    """
+
+    name: str
+    n: int
+    accuracy: float | None
+    ci: tuple[float, float]
+    floor: float | None
+    verdict: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "n": self.n, "accuracy": self.accuracy, "ci": list(self.ci),
+                "floor": self.floor, "verdict": self.verdict}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GroupResult:
+        verdict = d["verdict"]
+        return cls(name=str(d["name"]), n=int(d["n"]), accuracy=_opt(d["accuracy"]),
+                   ci=(float(d["ci"][0]), float(d["ci"][1])), floor=_opt(d["floor"]),
+                   verdict=None if verdict is None else _verdict(verdict))
+
+
+@dataclass(frozen=True)
+class StageVerdict:
+    """Every guardrail check of one stage (student, onnx, int8, tensorrt...)."""
+
+    stage: str
+    checks: tuple[Check, ...]
+    groups: tuple[GroupResult, ...]
+    block_on_insufficient_evidence: bool = True
+
+    @property
+    def verdict(self) -> str:
+        """The most severe verdict of the checks; PASS when no rule is active."""
+        return worst(c.verdict for c in self.checks)
+
+    @property
+    def passed(self) -> bool:
+        """No FAIL, and no INSUFFICIENT_EVIDENCE unless that is set not to block."""
+        v = self.verdict
+        return v == PASS or (v == INSUFFICIENT_EVIDENCE and not self.block_on_insufficient_evidence)
+
+    def _blocks(self, verdict: str | None) -> bool:
+        return verdict == FAIL or (verdict == INSUFFICIENT_EVIDENCE
+                                   and self.block_on_insufficient_evidence)
+
+    @property
+    def failing_subgroups(self) -> tuple[str, ...]:
+        """Subgroups whose verdict stops this stage from passing, in group order."""
+        return tuple(g.name for g in self.groups if self._blocks(g.verdict))
+
+    @property
+    def failing_checks(self) -> tuple[Check, ...]:
+        return tuple(c for c in self.checks if self._blocks(c.verdict))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "passed": self.passed, "verdict": self.verdict,
+                "block_on_insufficient_evidence": self.block_on_insufficient_evidence,
+                "failing_subgroups": list(self.failing_subgroups),
+                "checks": [c.to_dict() for c in self.checks],
+                "groups": [g.to_dict() for g in self.groups]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StageVerdict:
+        """Rebuild from ``to_dict`` output; ``passed`` and the summaries are recomputed."""
+        try:
+            return cls(stage=str(data["stage"]),
+                       checks=tuple(Check.from_dict(c) for c in data["checks"]),
+                       groups=tuple(GroupResult.from_dict(g) for g in data["groups"]),
+                       block_on_insufficient_evidence=bool(data["block_on_insufficient_evidence"]))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise InvalidInput(f"not a valid guardrail verdict ({type(exc).__name__}: {exc}); "
+                               "use a report.json written by this service") from exc
+
+
+def first_failing_stage(verdicts: Sequence[StageVerdict]) -> str | None:
+    """The stage of the first verdict that did not pass, in the order given; None if all did."""
+    return next((v.stage for v in verdicts if not v.passed), None)
+
+
+def summarize(verdicts: Sequence[StageVerdict]) -> str:
+    """One line per stage that did not pass: its FAIL and INSUFFICIENT_EVIDENCE subgroups,
+    each with the rules behind it. A stage that passed only because insufficient evidence
+    does not block is listed too, so that it is never silent.
+    """
+    lines = []
+    for v in verdicts:
+        if v.verdict == PASS:
+            continue
+        status = "did not pass" if not v.passed else "passed (insufficient evidence not blocking)"
+        parts = []
+        for level in (FAIL, INSUFFICIENT_EVIDENCE):
+            rules: dict[str, list[str]] = {}
+            for c in v.checks:
+                if c.verdict == level:
+                    rules.setdefault(_subgroup(c), []).append(c.rule)
+            if rules:
+                parts.append(f"{level} on " + ", ".join(f"{g} ({', '.join(r)})"
+                                                        for g, r in rules.items()))
+        lines.append(f"stage {v.stage!r} {status}: {'; '.join(parts)}")
+    if not lines:
+        return ("every stage passed its guardrails" if verdicts
+                else "no stage was judged against the guardrails")
+    return "\n".join(lines)
+
+
+def _subgroup(check: Check) -> str:
+    return "no subgroup" if check.subgroup is None else repr(check.subgroup)
+
+
+def _opt(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _verdict(value: Any) -> str:
+    if value not in VERDICTS:
+        raise ValueError(f"verdict {value!r} is not one of {', '.join(VERDICTS)}")
+    return str(value)

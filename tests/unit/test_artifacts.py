@@ -1,0 +1,230 @@
+import hashlib
+import json
+import shutil
+import struct
+import warnings
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from torch import nn
+
+from compression.artifacts import choose_shipped, onnx_io, write_bundle
+from compression.errors import InvalidInput
+from compression.evaluation import EvalReport, GroupMetrics, load_json, wilson_interval
+from compression.guardrails import judge
+from compression.spec import GuardrailSpec
+
+CLASSES = ["shirt", "trouser", "bag"]
+POLICY = GuardrailSpec(min_accuracy=0.7)
+JOB = {"spec": {"name": "fmnist-kd", "export": {"max_batch": 64},
+                "student": {"arch": "tiny_cnn", "width": 0.5},
+                "mitigation": {"name": "kd", "alpha": 0.9, "temperature": 4.0},
+                "data": {"source": "fashion-mnist", "subgroups": {"by": "class"}}},
+       "data": {"class_names": CLASSES, "group_names": CLASSES, "input_shape": [1, 4, 4],
+                "splits": {"test": {"size": 150}}},
+       "student_parameters": 147}
+
+
+def _export(path, dynamic=True):
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(32, 3)).eval()
+    axes = {"images": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated but 40x faster
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.rand(2, 1, 4, 4),), str(path), input_names=["images"],
+                          output_names=["logits"], dynamic_axes=axes, dynamo=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory):
+    return _export(tmp_path_factory.mktemp("onnx") / "student.onnx")
+
+
+def _report(name, **counts):
+    groups = []
+    for g, (c, n) in counts.items():
+        low, high = wilson_interval(c, n)
+        groups.append(GroupMetrics(g, n, c, c / n, low, high))
+    c, n = sum(g.correct for g in groups), sum(g.n for g in groups)
+    overall = GroupMetrics("overall", n, c, c / n, *wilson_interval(c, n))
+    return EvalReport(name, overall, tuple(groups), tuple(groups), None, None, 3, None, [])
+
+
+GOOD = _report("onnx", shirt=(45, 50), trouser=(48, 50), bag=(46, 50))
+BAD = _report("onnx", shirt=(30, 50), trouser=(48, 50), bag=(46, 50))  # shirt 0.6 < 0.7
+
+
+def _bundle(out, onnx_model, stage_report, shipped="onnx", extra=None):
+    out.mkdir(exist_ok=True)
+    shutil.copyfile(onnx_model, out / "student.onnx")
+    verdict = judge(stage_report, POLICY, "onnx")
+    teacher = _report("teacher", shirt=(47, 50), trouser=(49, 50), bag=(48, 50))
+    files = {"onnx": out / "student.onnx", **(extra or {})}
+    return write_bundle(out, report=dict(JOB), stage_reports={"teacher": teacher, "onnx":
+                        stage_report}, verdicts=[verdict], policy=POLICY, shipped=shipped,
+                        files=files)
+
+
+def _model_config_class():
+    """Triton's ModelConfig, the fields we write (names and types as in model_config.proto)."""
+    T = descriptor_pb2.FieldDescriptorProto
+    f = descriptor_pb2.FileDescriptorProto(name="mc.proto", package="inference", syntax="proto3")
+    types = ["INVALID", "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32",
+             "INT64", "FP16", "FP32", "FP64", "STRING", "BF16"]
+    enum = f.enum_type.add(name="DataType")
+    for i, t in enumerate(types):
+        enum.value.add(name=f"TYPE_{t}", number=i)
+
+    def message(name, *fields):
+        m = f.message_type.add(name=name)
+        for number, (fname, ftype, label, type_name) in enumerate(fields, 1):
+            m.field.add(name=fname, number=number, type=ftype, label=label, type_name=type_name)
+
+    opt, rep = T.LABEL_OPTIONAL, T.LABEL_REPEATED
+    tensor = [("name", T.TYPE_STRING, opt, None),
+              ("data_type", T.TYPE_ENUM, opt, ".inference.DataType"),
+              ("dims", T.TYPE_INT64, rep, None)]
+    message("ModelInput", *tensor)
+    message("ModelOutput", *tensor, ("label_filename", T.TYPE_STRING, opt, None))
+    message("ModelDynamicBatching")
+    message("ModelConfig", ("name", T.TYPE_STRING, opt, None),
+            ("platform", T.TYPE_STRING, opt, None), ("max_batch_size", T.TYPE_INT32, opt, None),
+            ("input", T.TYPE_MESSAGE, rep, ".inference.ModelInput"),
+            ("output", T.TYPE_MESSAGE, rep, ".inference.ModelOutput"),
+            ("dynamic_batching", T.TYPE_MESSAGE, opt, ".inference.ModelDynamicBatching"))
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(f)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("inference.ModelConfig"))
+
+
+def _parse_config(path):
+    config = _model_config_class()()
+    text_format.Parse(path.read_text(), config)  # strict: unknown fields or bad syntax raise
+    return config
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_onnx_io_reads_names_types_and_dims_without_the_batch_axis(onnx_model, tmp_path):
+    inputs, outputs = onnx_io(onnx_model)
+    assert [(t.name, t.data_type, t.dims) for t in inputs] == [("images", "TYPE_FP32", (1, 4, 4))]
+    assert [(t.name, t.data_type, t.dims) for t in outputs] == [("logits", "TYPE_FP32", (3,))]
+    with pytest.raises(InvalidInput, match="dynamic batch"):
+        onnx_io(_export(tmp_path / "fixed.onnx", dynamic=False))
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(InvalidInput, match="junk.onnx"):
+        onnx_io(tmp_path / "junk.onnx")
+
+
+def test_deployable_bundle_has_triton_layout_card_chart_and_hashes(onnx_model, tmp_path):
+    out = tmp_path / "job"
+    report = _bundle(out, onnx_model, GOOD)
+    assert report["deployable"] is True and report["shipped"] == "onnx"
+    assert load_json(out / "report.json") == report
+    folder = out / "triton" / "fmnist-kd"
+    config = _parse_config(folder / "config.pbtxt")
+    assert (config.name, config.platform, config.max_batch_size) == (
+        "fmnist-kd", "onnxruntime_onnx", 64)
+    assert [(i.name, list(i.dims)) for i in config.input] == [("images", [1, 4, 4])]
+    assert [(o.name, list(o.dims), o.label_filename) for o in config.output] == [
+        ("logits", [3], "labels.txt")]
+    assert config.input[0].data_type == 11 and config.HasField("dynamic_batching")  # TYPE_FP32
+    assert (folder / "labels.txt").read_text() == "shirt\ntrouser\nbag\n"
+    served = ort.InferenceSession(str(folder / "1" / "model.onnx"))
+    assert served.run(None, {"images": np.zeros((5, 1, 4, 4), np.float32)})[0].shape == (5, 3)
+    expected = {"student.onnx", "model_card.md", "guardrails.png", "triton/fmnist-kd/config.pbtxt",
+                "triton/fmnist-kd/labels.txt", "triton/fmnist-kd/1/model.onnx"}
+    assert set(report["files"]) == expected
+    for rel, entry in report["files"].items():
+        data = (out / rel).read_bytes()
+        assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    assert report["guardrails"]["stages"][0]["passed"] is True
+    assert report["guardrails"]["first_failing_stage"] is None
+    assert set(report["evaluations"]) == {"teacher", "onnx"}
+
+
+def test_model_card_and_chart_show_every_subgroup(onnx_model, tmp_path):
+    out = tmp_path / "job"
+    _bundle(out, onnx_model, GOOD)
+    card = (out / "model_card.md").read_text()
+    assert "**Status: SHIPPED.** `onnx` (`student.onnx`) ships" in card
+    assert "`triton/fmnist-kd/`" in card
+    assert "| shirt | 50 | 90.0% | 78.6% - 95.7% | 70.0% | PASS |" in card
+    assert "### teacher (reference, not judged)" in card
+    assert "## Intended use and limits" in card and "min_accuracy: every subgroup" in card
+    width, height = _png_size(out / "guardrails.png")
+    assert 600 <= width <= 2500 and 300 <= height <= 1200
+    assert (out / "guardrails.png").stat().st_size > 10_000
+
+
+def test_rejected_bundle_has_no_triton_folder_and_says_so(onnx_model, tmp_path):
+    out = tmp_path / "job"
+    _bundle(out, onnx_model, GOOD)
+    assert (out / "triton").is_dir()
+    report = _bundle(out, onnx_model, BAD)  # a later run of the same job is rejected
+    assert not (out / "triton").exists()  # the stale repository is gone
+    assert report["deployable"] is False and report["shipped"] is None
+    assert not any(p.startswith("triton/") for p in report["files"])
+    assert report["guardrails"]["first_failing_stage"] == "onnx"
+    assert "FAIL on 'shirt' (min_accuracy)" in report["guardrails"]["summary"]
+    card = (out / "model_card.md").read_text()
+    assert "**Status: REJECTED.** Nothing ships" in card
+    assert "no Triton model repository was written" in card
+    assert "min_accuracy on 'shirt': 60.0% (30/50" in card
+    assert json.loads((out / "report.json").read_text())["deployable"] is False
+
+
+def test_nothing_chosen_is_rejected_even_when_every_stage_passed(onnx_model, tmp_path):
+    report = _bundle(tmp_path / "job", onnx_model, GOOD, shipped=None)
+    assert report["deployable"] is False and not (tmp_path / "job" / "triton").exists()
+
+
+def test_tensorrt_plan_ships_with_names_from_its_onnx_model(onnx_model, tmp_path):
+    out = tmp_path / "job"
+    out.mkdir()
+    (out / "student.plan").write_bytes(b"serialized engine")
+    shutil.copyfile(onnx_model, out / "student.onnx")
+    verdicts = [judge(GOOD, POLICY, "onnx"), judge(GOOD, POLICY, "tensorrt")]
+    report = write_bundle(out, report=dict(JOB), stage_reports={"onnx": GOOD}, verdicts=verdicts,
+                          policy=POLICY, shipped="tensorrt", model_name="fmnist",
+                          files={"onnx": out / "student.onnx", "tensorrt": out / "student.plan"})
+    config = _parse_config(out / "triton" / "fmnist" / "config.pbtxt")
+    assert (config.platform, config.input[0].name, list(config.output[0].dims)) == (
+        "tensorrt_plan", "images", [3])
+    assert (out / "triton" / "fmnist" / "1" / "model.plan").read_bytes() == b"serialized engine"
+    assert report["shipped"] == "tensorrt"
+
+
+def test_bad_calls_are_refused(onnx_model, tmp_path):
+    outside = tmp_path / "elsewhere.onnx"
+    shutil.copyfile(onnx_model, outside)
+    with pytest.raises(ValueError, match="not a file inside"):
+        _bundle(tmp_path / "job", onnx_model, GOOD, extra={"int8": outside})
+    with pytest.raises(ValueError, match="needs both a file"):
+        _bundle(tmp_path / "job", onnx_model, GOOD, shipped="int8")
+
+
+def test_choose_shipped_takes_the_first_preferred_stage_that_passed():
+    verdicts = [judge(GOOD, POLICY, "onnx"), judge(BAD, POLICY, "int8")]
+    assert choose_shipped(verdicts, ["tensorrt", "int8", "onnx"]) == "onnx"
+    assert choose_shipped(verdicts, ["int8"]) is None
+
+
+def test_a_passing_artifact_triton_cannot_serve_ships_without_a_triton_folder(tmp_path):
+    out = tmp_path / "job"
+    out.mkdir()
+    (out / "student.pt2").write_bytes(b"exported program")
+    report = write_bundle(out, report=dict(JOB), stage_reports={"student": GOOD},
+                          verdicts=[judge(GOOD, POLICY, "student")], policy=POLICY,
+                          shipped="student", files={"student": out / "student.pt2"})
+    assert report["deployable"] is True and report["shipped"] == "student"
+    assert not (out / "triton").exists()
+    assert "No Triton model repository was written" in (out / "model_card.md").read_text()
