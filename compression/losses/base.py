@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor
 
-from compression.data.dataset import Dataset
+from compression.data.dataset import Dataset, Split
 from compression.errors import InvalidInput
 
-__all__ = ["Loss", "LossContext", "LossFn", "StatelessLoss"]
+__all__ = ["Loss", "LossContext", "LossFn", "StatelessLoss", "class_groups_of"]
 
 # (student_logits [B, C], labels [B], teacher_logits [B, C] | None, groups [B]) -> scalar
 LossFn = Callable[[Tensor, Tensor, "Tensor | None", Tensor], Tensor]
@@ -39,6 +40,12 @@ class LossContext:
 
     teacher_reliability: per-group measures of the teacher (e.g. holdout accuracy by group
     name) for mitigations that soften the teacher where it is weak; None when not measured.
+    ``compression.reliability.TeacherReliability.to_dict()`` gives this form.
+    class_groups: [C] the subgroup of each class when subgroups group whole classes (by
+    class, frequency or map: every training example of a class is in one subgroup); None
+    otherwise (attribute subgroups). LTKD groups its classes by it.
+    holdout: the holdout split, for objectives that update from the student's holdout error
+    (group-DRO); not part of equality.
     """
 
     num_classes: int
@@ -46,11 +53,19 @@ class LossContext:
     group_names: tuple[str, ...]
     train_class_counts: list[int]
     teacher_reliability: dict[str, Any] | None = None
+    class_groups: tuple[int, ...] | None = None
+    holdout: Split | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # Callers pass lists or tuples; store tuples/lists as annotated so contexts compare equal.
         object.__setattr__(self, "group_names", tuple(self.group_names))
         object.__setattr__(self, "train_class_counts", list(self.train_class_counts))
+        if self.class_groups is not None:
+            object.__setattr__(self, "class_groups", tuple(int(g) for g in self.class_groups))
+            if len(self.class_groups) != self.num_classes or not all(
+                    0 <= g < self.num_groups for g in self.class_groups):
+                raise ValueError(f"class_groups {self.class_groups} must give each of "
+                                 f"{self.num_classes} classes a group id < {self.num_groups}")
         if len(self.group_names) != self.num_groups:
             raise ValueError(f"{len(self.group_names)} group names for {self.num_groups} groups")
         if len(self.train_class_counts) != self.num_classes:
@@ -63,7 +78,21 @@ class LossContext:
         return cls(num_classes=data.num_classes, num_groups=data.num_groups,
                    group_names=tuple(data.group_names),
                    train_class_counts=data.train_class_counts(),
-                   teacher_reliability=teacher_reliability)
+                   teacher_reliability=teacher_reliability,
+                   class_groups=class_groups_of(data.train, data.num_classes),
+                   holdout=data.holdout)
+
+
+def class_groups_of(split: Split, num_classes: int) -> tuple[int, ...] | None:
+    """The subgroup of each class in ``split``: [C]; None when a class spans two subgroups or
+    has no example (the subgroups then do not partition the classes)."""
+    if len(split) == 0:
+        return None
+    width = int(split.group.max()) + 1
+    pairs = torch.unique(split.y.long() * width + split.group.long())  # sorted (class, group)
+    if (pairs // width).tolist() != list(range(num_classes)):  # each class exactly once
+        return None
+    return tuple((pairs % width).tolist())
 
 
 class StatelessLoss:

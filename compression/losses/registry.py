@@ -2,7 +2,8 @@
 
 Adding one: write a module with its pure loss function and a ``build(spec, context, params)
 -> Loss``, import the builder here, and add one ``Objective`` entry to ``_OBJECTIVES`` with
-the ``spec.params`` it accepts and their defaults.
+the ``spec.params`` it accepts and their defaults. ``auto`` is a valid name too but no single
+loss: ``compression.selection.choose_mitigation`` trains its candidates and keeps one.
 """
 
 from __future__ import annotations
@@ -11,49 +12,113 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from compression.errors import InvalidInput
+from compression.losses import adaptive_alpha, adaptive_margin, group_dro, ltkd
+from compression.losses import teacher_calibration
 from compression.losses.base import Loss, LossContext
 from compression.losses.core import build_kd, build_one_hot
 from compression.spec import MitigationSpec
 
-__all__ = ["Objective", "build_loss", "known_losses", "accepted_params"]
+__all__ = ["AUTO", "BASELINES", "Objective", "Requirements", "build_loss", "known_losses",
+           "accepted_params", "requirements", "check_mitigation"]
 
 Builder = Callable[[MitigationSpec, LossContext, dict[str, Any]], Loss]
+AUTO = "auto"
+BASELINES = ("kd", "one_hot")
 
 
 @dataclass(frozen=True)
 class Objective:
-    """One table entry. build gets ``params`` = ``spec.params`` over these defaults."""
+    """One table entry. build gets ``params`` = ``spec.params`` over these defaults.
+
+    uses_teacher: the loss reads teacher logits. needs_reliability: the builder reads
+    ``LossContext.teacher_reliability`` (profile the teacher on holdout first).
+    calibrates_teacher: the pipeline must calibrate the teacher on holdout before training.
+    """
 
     build: Builder
     params: Mapping[str, Any] = field(default_factory=dict)  # accepted key -> default
+    uses_teacher: bool = True
+    needs_reliability: bool = False
+    calibrates_teacher: bool = False
 
 
 _OBJECTIVES: dict[str, Objective] = {
-    "one_hot": Objective(build_one_hot),
+    "one_hot": Objective(build_one_hot, uses_teacher=False),
     "kd": Objective(build_kd),
+    "adaptive_alpha": Objective(adaptive_alpha.build, adaptive_alpha.PARAMS,
+                                needs_reliability=True),
+    "adaptive_margin": Objective(adaptive_margin.build, adaptive_margin.PARAMS,
+                                 needs_reliability=True),
+    "group_dro": Objective(group_dro.build, group_dro.PARAMS),
+    "ltkd": Objective(ltkd.build, ltkd.PARAMS),
+    "teacher_calibration": Objective(teacher_calibration.build, calibrates_teacher=True),
 }
 
 
+@dataclass(frozen=True)
+class Requirements:
+    """What the pipeline must prepare before ``build_loss`` (for ``auto``: for any candidate).
+
+    calibrate_teacher: fit ``compression.calibration`` on holdout and train on the calibrated
+    teacher (the objective asks for it, or the spec's ``calibrate_teacher`` is set).
+    """
+
+    needs_teacher: bool
+    needs_reliability: bool
+    calibrate_teacher: bool
+
+
 def known_losses() -> list[str]:
-    """Names accepted as ``mitigation.name``, sorted."""
-    return sorted(_OBJECTIVES)
+    """Names accepted as ``mitigation.name``, sorted; ``auto`` included (it builds no loss)."""
+    return sorted([*_OBJECTIVES, AUTO])
 
 
 def accepted_params(name: str) -> dict[str, Any]:
-    """The ``spec.params`` keys the loss ``name`` accepts, with their defaults."""
-    return dict(_objective(name).params)
+    """The ``spec.params`` keys the loss ``name`` accepts, with their defaults (auto: none)."""
+    return {} if name == AUTO else dict(_objective(name).params)
+
+
+def requirements(spec: MitigationSpec) -> Requirements:
+    """What ``spec`` (or, for ``auto``, any of its candidates) needs before training."""
+    specs = spec.candidates if spec.name == AUTO else (spec,)
+    objectives = [(s, _objective(s.name)) for s in specs]
+    return Requirements(
+        needs_teacher=any(o.uses_teacher for _, o in objectives),
+        needs_reliability=any(o.needs_reliability for _, o in objectives),
+        calibrate_teacher=spec.calibrate_teacher or any(
+            s.calibrate_teacher or o.calibrates_teacher for s, o in objectives))
+
+
+def check_mitigation(spec: MitigationSpec) -> None:
+    """Check names and param keys/types of ``spec`` and its candidates without building;
+    raise one ``InvalidInput`` listing every problem."""
+    problems: list[str] = []
+    named = [(f"candidates[{i}]", c) for i, c in enumerate(spec.candidates)] \
+        if spec.name == AUTO else [("", spec)]
+    for where, s in named:
+        try:
+            _resolve_params(s, _objective(s.name).params)
+        except InvalidInput as exc:
+            problems += [f"{where}: {p}" if where else p for p in exc.problems]
+    if problems:
+        raise InvalidInput(problems, "invalid mitigation")
 
 
 def build_loss(spec: MitigationSpec, context: LossContext) -> Loss:
     """Build the objective named by ``spec.name``; bad names or params raise ``InvalidInput``."""
+    if spec.name == AUTO:
+        raise InvalidInput("mitigation.name 'auto' is not one loss: choose among its candidates "
+                           "with compression.selection.choose_mitigation, then build the choice")
     objective = _objective(spec.name)
     return objective.build(spec, context, _resolve_params(spec, objective.params))
 
 
 def _objective(name: str) -> Objective:
     if name not in _OBJECTIVES:
+        mitigations = ", ".join(sorted(set(_OBJECTIVES) - set(BASELINES)))
         raise InvalidInput(f"mitigation.name: unknown loss {name!r}; known: "
-                           f"{', '.join(known_losses())}")
+                           f"{', '.join(BASELINES)} (baselines), {mitigations} (mitigations), "
+                           f"or {AUTO} (train candidates briefly and keep the best)")
     return _OBJECTIVES[name]
 
 

@@ -108,6 +108,7 @@ def train(model: nn.Module, data: Split, spec: TrainingSpec, loss: "Loss", *,
     samples, seconds = 0, 0.0
     for epoch in range(resumed, spec.epochs):
         final_loss, epoch_seconds = _run_epoch(run, epoch)
+        _end_epoch(run)
         samples, seconds = samples + len(data), seconds + epoch_seconds
         if path is not None:
             save_checkpoint(path, _checkpoint(run, epoch + 1, final_loss, fingerprint))
@@ -118,6 +119,14 @@ def train(model: nn.Module, data: Split, spec: TrainingSpec, loss: "Loss", *,
         seconds=time.perf_counter() - start, cache_seconds=cache_seconds,
         peak_memory_bytes=memory.bytes(),
         used_teacher_cache=used_cache)
+
+
+def _end_epoch(run: _Run) -> None:
+    """Let a stateful objective update itself from the model once per epoch (group-DRO
+    weights from the holdout error); before the checkpoint, so a resume holds the update."""
+    hook = getattr(run.loss, "on_epoch_end", None)
+    if hook is not None:
+        hook(run.model)
 
 
 def uses_teacher_cache(spec: TrainingSpec) -> bool:
