@@ -1,5 +1,8 @@
 """The ``tpet`` command line.
 
+``run``, ``train-teacher`` and ``demo`` work in this process; ``serve`` runs the server and
+``compress``, ``jobs``, ``watch``, ``cancel`` and ``report`` talk to it (service/commands.py).
+
 Exit codes, for pipelines: 0 succeeded, 2 invalid input, 3 rejected by guardrails, 4 failed,
 5 cancelled.
 """
@@ -106,13 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the end-to-end demo on Fashion-MNIST-LT")
     p.add_argument("--job", default=DEMO_JOB, help=f"job file (default {DEMO_JOB})")
     p.set_defaults(func=cmd_demo)
+
+    from service.commands import add_server_commands  # here: it imports this module's codes
+    add_server_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     stop = _StopFlag()
-    stop.install()
+    if getattr(args, "local", True):  # jobs run in this process: Ctrl-C stops them cleanly
+        stop.install()
     return _exit_code_of(lambda: args.func(args, stop))
 
 

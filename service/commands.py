@@ -1,0 +1,173 @@
+"""The CLI commands that run or talk to a server: serve, compress, jobs, watch, cancel, report.
+
+``--server`` (or ``$TPET_SERVER``, default 127.0.0.1:50051) picks the server; ``--token`` (or
+``$TPET_TOKEN``) is its bearer token when it has one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from datetime import datetime
+from typing import Any
+
+from compression.events import Event
+from service.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_REJECTED
+from service.client import TpetClient, job_state
+from service.errors import FailedPrecondition
+from service.progress import ProgressPrinter
+from service.states import JobState
+
+__all__ = ["add_server_commands", "exit_code_of_job"]
+
+_EXIT = {JobState.SUCCEEDED: EXIT_OK, JobState.REJECTED: EXIT_REJECTED,
+         JobState.FAILED: EXIT_FAILED, JobState.CANCELLED: EXIT_CANCELLED}
+
+
+def exit_code_of_job(job: Any) -> int:
+    """0 succeeded, 2 invalid input (found by the worker), 3 rejected, 4 failed, 5 cancelled."""
+    state = job_state(job)
+    if state is JobState.FAILED and job.error_kind == "invalid_input":
+        return EXIT_INVALID
+    return _EXIT.get(state, EXIT_FAILED)
+
+
+def cmd_serve(args: argparse.Namespace, stop: Any) -> int:
+    from service.config import load_config
+    from service.server import start_server
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = load_config(args.config, host=args.host, port=args.port, state_dir=args.state_dir)
+    server = start_server(config)
+    print(f"tpet: serving on {server.address} (state in {config.state_dir})", file=sys.stderr,
+          flush=True)
+    done = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: done.set())
+    while not done.wait(1.0):
+        pass
+    print("tpet: stopping", file=sys.stderr, flush=True)
+    server.stop()
+    return EXIT_OK
+
+
+def cmd_compress(args: argparse.Namespace, stop: Any) -> int:
+    with _client(args) as client:
+        job = client.compress(args.job, request_id=args.request_id)
+        print(job.id, flush=True)
+        print(f"job {job.id} ({job.name}) {job_state(job).value}", file=sys.stderr)
+        return _follow(client, job.id) if args.wait else EXIT_OK
+
+
+def cmd_watch(args: argparse.Namespace, stop: Any) -> int:
+    with _client(args) as client:
+        return _follow(client, args.job_id)
+
+
+def cmd_cancel(args: argparse.Namespace, stop: Any) -> int:
+    with _client(args) as client:
+        job = client.cancel(args.job_id)
+        note = " (cancel requested; it stops at its next step)" if job.cancel_requested and \
+            job_state(job) is JobState.RUNNING else ""
+        print(f"job {job.id} {job_state(job).value}{note}")
+        return EXIT_OK
+
+
+def cmd_jobs(args: argparse.Namespace, stop: Any) -> int:
+    with _client(args) as client:
+        rows = [[j.id, j.name, job_state(j).value, j.stage or "-", str(j.attempts),
+                 datetime.fromtimestamp(j.create_time.seconds).strftime("%Y-%m-%d %H:%M:%S"),
+                 (j.error.splitlines() or [""])[0][:60]]
+                for j in client.list_jobs(args.state or ())]
+    header = ["ID", "NAME", "STATE", "STAGE", "ATTEMPTS", "CREATED", "ERROR"]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace, stop: Any) -> int:
+    from compression.evaluation import EvalReport  # torch: only for this command
+
+    with _client(args) as client:
+        job = client.get_job(args.job_id)
+    if not job.report_json:
+        raise FailedPrecondition(f"job {job.id} has no report ({job_state(job).value}"
+                                 f"{': ' + job.error if job.error else ''})")
+    if args.json:
+        print(job.report_json)
+        return exit_code_of_job(job)
+    report = json.loads(job.report_json)
+    for data in report.get("evaluations", {}).values():
+        evaluation = EvalReport.from_dict(data)
+        print(f"\n{evaluation.name}\n{evaluation.format_table()}")
+    print(f"\njob {job.id}: {job_state(job).value}\nartifacts: {job.output_dir}")
+    return exit_code_of_job(job)
+
+
+def _client(args: argparse.Namespace) -> TpetClient:
+    return TpetClient(args.server, args.token)
+
+
+def _follow(client: TpetClient, job_id: str) -> int:
+    """Print the job's progress until it ends; the exit code says how it ended."""
+    printer = ProgressPrinter()
+    try:
+        for event in client.watch(job_id):
+            printer(_library_event(event))
+    except KeyboardInterrupt:
+        print(f"\nstopped watching; job {job_id} goes on (`tpet cancel {job_id}` stops it)",
+              file=sys.stderr)
+        raise
+    job = client.get_job(job_id)
+    print(f"job {job.id}: {job_state(job).value}" + (f"\n{job.error}" if job.error else ""),
+          file=sys.stderr)
+    return exit_code_of_job(job)
+
+
+def _library_event(event: Any) -> Event:
+    from service.convert import struct_to_dict
+
+    payload = struct_to_dict(event.payload)
+    if event.kind == "state":  # the printer knows library events; say state changes as logs
+        details = payload.get("reason") or payload.get("error") or ""
+        message = f"job {payload.get('state')}" + (f": {details}" if details else "")
+        return Event("log", event.stage, {"message": message})
+    return Event(event.kind, event.stage, payload)
+
+
+def add_server_commands(sub: Any) -> None:
+    """Register the server commands on the ``tpet`` subparsers."""
+    p = sub.add_parser("serve", help="run the Compress gRPC server")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 50051; 0: any free port)")
+    p.add_argument("--state-dir", help="job store and artifacts (default ./state)")
+    p.add_argument("--config", help="server config YAML (see docs/operations.md)")
+    p.set_defaults(func=cmd_serve, local=False)
+
+    for name, func, help_text in (
+            ("compress", cmd_compress, "submit a job to the server"),
+            ("jobs", cmd_jobs, "list the server's jobs"),
+            ("watch", cmd_watch, "follow a job's progress until it ends"),
+            ("cancel", cmd_cancel, "cancel a job"),
+            ("report", cmd_report, "print a finished job's report")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--server", help="host:port (default $TPET_SERVER or 127.0.0.1:50051)")
+        p.add_argument("--token", help="the server's bearer token (default $TPET_TOKEN)")
+        p.set_defaults(func=func, local=False)
+        if name == "compress":
+            p.add_argument("job", help="job file (YAML)")
+            p.add_argument("--wait", action="store_true", help="follow it; exit by its end")
+            p.add_argument("--request-id", help="idempotency key (default: a new UUID)")
+        elif name == "jobs":
+            p.add_argument("--state", action="append", choices=[s.value for s in JobState],
+                           help="only jobs in this state (repeatable)")
+        else:
+            p.add_argument("job_id", help="the job's id (from `tpet compress` or `tpet jobs`)")
+        if name == "report":
+            p.add_argument("--json", action="store_true", help="print the JSON report")

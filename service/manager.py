@@ -1,0 +1,326 @@
+"""The job manager: the only writer of job state and the only owner of the metrics.
+
+RPC threads call in to submit, read, cancel and watch jobs and, over the worker channel, to
+report a worker's events and outcome; each such call is a short store transaction. One
+scheduler thread launches queued jobs onto free slots (one job per GPU, or per CPU slot),
+reaps workers that ended, retries lost ones when the policy allows, and kills a cancelled
+worker that outlives its grace period. At start, jobs left RUNNING by a previous server are
+re-queued: they resume from their last epoch checkpoint, since their output folder is the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from compression.errors import InvalidInput
+from compression.spec import parse_spec
+from service.errors import (AlreadyExists, FailedPrecondition, PermissionDenied, QueueFull,
+                            Unauthenticated)
+from service.launcher import ExitStatus, LaunchRequest, Launcher
+from service.metrics import Metrics, NoMetrics
+from service.states import JobState, is_terminal
+from service.store import EventRecord, JobRecord, JobStore
+
+__all__ = ["ManagerConfig", "JobManager", "OUTCOMES", "WORKER_ENV"]
+
+log = logging.getLogger("tpet.manager")
+# Environment a worker is started with (the Kubernetes launcher will set the same).
+WORKER_ENV = ("TPET_SERVER", "TPET_JOB_ID", "TPET_JOB_TOKEN", "CUDA_VISIBLE_DEVICES")
+OUTCOMES = {"SUCCEEDED": JobState.SUCCEEDED, "REJECTED": JobState.REJECTED,
+            "FAILED": JobState.FAILED, "CANCELLED": JobState.CANCELLED}
+
+
+@dataclass(frozen=True)
+class ManagerConfig:
+    state_dir: Path
+    max_queued: int = 100
+    # One concurrent job per slot: "cpu<n>", or a GPU index the worker sees as its only GPU.
+    # No slots: jobs are accepted and queued but none starts (e.g. while draining).
+    slots: tuple[str, ...] = ("cpu0",)
+    max_attempts: int = 1  # worker launches per job when workers die
+    cancel_grace_s: float = 30.0  # then a cancelled worker is killed
+    poll_interval_s: float = 0.2
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.state_dir / "artifacts"
+
+
+@dataclass
+class _Running:
+    handle: Any
+    slot: str
+    cancel_at: float | None = None  # monotonic time of the cancel request
+    killed: bool = False
+
+
+@dataclass
+class JobManager:
+    store: JobStore
+    launcher: Launcher
+    config: ManagerConfig
+    metrics: Metrics = field(default_factory=NoMetrics)
+    clock: Callable[[], float] = time.time
+
+    def __post_init__(self) -> None:
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._running: dict[str, _Running] = {}
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._worker_target = ""
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self, worker_target: str) -> None:
+        """Recover, then schedule in a thread; workers reach the manager at ``worker_target``."""
+        self.recover(worker_target)
+        self._thread = threading.Thread(target=self._loop, name="tpet-scheduler", daemon=True)
+        self._thread.start()
+
+    def recover(self, worker_target: str) -> None:
+        """Re-queue the jobs a previous server left RUNNING (their workers are gone)."""
+        self._worker_target = worker_target
+        for job in self.store.list([JobState.RUNNING], limit=1_000_000):
+            if job.cancel_requested:
+                self._transition(job.id, JobState.CANCELLED, token_hash="",
+                                 error="cancelled (the service restarted during the cancel)")
+            else:
+                self._transition(job.id, JobState.QUEUED, token_hash="", event={
+                    "reason": "the service restarted; resuming from the last checkpoint"})
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Stop scheduling and end the workers; their jobs are re-queued at the next start."""
+        self._stopping.set()
+        with self._changed:
+            self._changed.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+        with self._lock:
+            for run in self._running.values():
+                self.launcher.kill(run.handle)
+            deadline = time.monotonic() + grace_s
+            for run in self._running.values():
+                while self.launcher.poll(run.handle) is None and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                self.launcher.kill(run.handle, force=True)
+            self._running.clear()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    # -- the public API ------------------------------------------------------------------
+
+    def submit(self, spec: dict[str, Any], request_id: str | None = None) -> JobRecord:
+        """Queue a job (``spec`` in the job-file mapping); ``InvalidInput`` lists problems."""
+        name = parse_spec(spec).name
+        with self._lock:
+            if request_id:
+                existing = self.store.find_request(request_id)
+                if existing is not None:
+                    return _same_request(existing, spec)
+            queued = self.store.count(JobState.QUEUED)
+            if queued >= self.config.max_queued:
+                raise QueueFull(f"the queue holds {queued} jobs (max_queued "
+                                f"{self.config.max_queued}); retry later")
+            job_id = "j" + secrets.token_hex(6)
+            out = (self.config.artifacts_dir / job_id).resolve()
+            job, _ = self.store.create(job_id, request_id or None, name,
+                                       {**spec, "output_dir": str(out)}, str(out), self.clock())
+            self.metrics.job_submitted()
+            self._changed.notify_all()
+        return job
+
+    def get(self, job_id: str) -> JobRecord:
+        return self.store.get(job_id)
+
+    def list(self, states: Iterable[JobState] = (), page_token: str = "",
+             page_size: int = 0) -> tuple[list[JobRecord], str]:
+        """One page of jobs in submission order and the token of the next ('' at the end)."""
+        if page_size < 0 or page_size > 1000:
+            raise InvalidInput(f"page_size is {page_size}; use 1 to 1000 (0: 50)")
+        if page_token and not page_token.isdigit():
+            raise InvalidInput(f"page_token {page_token!r} is not one this server gave out")
+        size = page_size or 50
+        jobs = self.store.list(states, int(page_token or 0), size + 1)
+        more = len(jobs) > size
+        return jobs[:size], str(jobs[size - 1].seq) if more else ""
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a queued job now; ask a running one to stop (killed after the grace)."""
+        with self._lock:
+            job = self.store.get(job_id)
+            if is_terminal(job.state):
+                raise FailedPrecondition(f"job {job_id} already finished ({job.state.value}); "
+                                         "there is nothing to cancel")
+            if job.state is JobState.QUEUED:
+                return self._transition(job_id, JobState.CANCELLED,
+                                        error="cancelled before it started")
+            if not job.cancel_requested:
+                job = self._append(job_id, [("log", job.stage, {
+                    "level": "info", "message": "cancel requested"})], cancel_requested=True)
+                if job_id in self._running:
+                    self._running[job_id].cancel_at = time.monotonic()
+            return job
+
+    def wait_events(self, job_id: str, after: int,
+                    timeout: float) -> tuple[list[EventRecord], bool]:
+        """Events after ``after``, waiting up to ``timeout`` s for some; the flag is True when
+        the job has finished and every event was returned before (the watch can end)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                job = self.store.get(job_id)  # read before the events: see the final ones
+                events = self.store.events(job_id, after)
+                if events or is_terminal(job.state):
+                    return events, not events
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stopping.is_set():
+                    return [], False
+                self._changed.wait(remaining)
+
+    # -- the worker channel ----------------------------------------------------------------
+
+    def worker_start(self, job_id: str, token: str) -> tuple[dict[str, Any], int]:
+        """The job's spec and attempt number, for the worker holding the attempt's token."""
+        job = self._authorize(job_id, token)
+        return job.spec, job.attempts
+
+    def worker_report(self, job_id: str, token: str,
+                      events: list[tuple[str, str, dict[str, Any]]]) -> bool:
+        """Record a worker's events; return True when it should stop (cancel requested)."""
+        with self._lock:
+            job = self._authorize(job_id, token)
+            if events:
+                stages = [stage for kind, stage, _ in events if kind == "stage_started"]
+                fields = {"stage": stages[-1]} if stages else {}
+                job = self._append(job_id, events, **fields)
+            return job.cancel_requested
+
+    def worker_finish(self, job_id: str, token: str, outcome: str, error: str = "",
+                      error_kind: str = "", report_json: str = "") -> JobRecord:
+        if outcome not in OUTCOMES:
+            raise InvalidInput(f"outcome {outcome!r} is not one of {', '.join(OUTCOMES)}")
+        with self._lock:
+            self._authorize(job_id, token)
+            # The token dies with the attempt: nothing can report for it afterwards.
+            return self._transition(job_id, OUTCOMES[outcome], error=error,
+                                    error_kind=error_kind, report_json=report_json,
+                                    token_hash="")
+
+    def _authorize(self, job_id: str, token: str) -> JobRecord:
+        if not token:
+            raise Unauthenticated("the worker channel needs the job token (x-tpet-job-token)")
+        job = self.store.get(job_id)
+        if job.state is not JobState.RUNNING or not hmac.compare_digest(
+                _hash(token), job.token_hash):
+            raise PermissionDenied(f"this token does not grant job {job_id} "
+                                   f"(a stale attempt, or the job is {job.state.value})")
+        return job
+
+    # -- scheduling ------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """One scheduling round: reap ended workers, then fill free slots."""
+        with self._lock:
+            self._reap()
+            self._launch_queued()
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            self.tick()
+            with self._changed:
+                self._changed.wait(self.config.poll_interval_s)
+
+    def _reap(self) -> None:
+        for job_id, run in list(self._running.items()):
+            status = self.launcher.poll(run.handle)
+            if status is None:
+                overdue = run.cancel_at is not None and (
+                    time.monotonic() - run.cancel_at > self.config.cancel_grace_s)
+                if overdue and not run.killed:
+                    self.launcher.kill(run.handle, force=True)
+                    run.killed = True
+                continue
+            del self._running[job_id]
+            job = self.store.get(job_id)
+            if job.state is JobState.RUNNING:  # it ended without reporting an outcome
+                self._worker_lost(job, status)
+
+    def _worker_lost(self, job: JobRecord, status: ExitStatus) -> None:
+        if job.cancel_requested:
+            self._transition(job.id, JobState.CANCELLED, token_hash="",
+                             error=f"cancelled ({status.reason})")
+        elif job.attempts < self.config.max_attempts:
+            self._transition(job.id, JobState.QUEUED, token_hash="", event={
+                "reason": f"{status.reason}; retrying (attempt {job.attempts} of "
+                          f"{self.config.max_attempts})"})
+        else:
+            self._transition(job.id, JobState.FAILED, token_hash="", error=status.reason,
+                             error_kind="worker_lost")
+
+    def _launch_queued(self) -> None:
+        free = [s for s in self.config.slots if s not in {r.slot for r in self._running.values()}]
+        if not free:
+            return
+        for job, slot in zip(self.store.list([JobState.QUEUED], limit=len(free)), free):
+            self._launch(job, slot)
+
+    def _launch(self, job: JobRecord, slot: str) -> None:
+        token = secrets.token_urlsafe(32)
+        attempt = job.attempts + 1
+        self._transition(job.id, JobState.RUNNING, event={"attempt": attempt, "slot": slot},
+                         attempts=attempt, token_hash=_hash(token), stage="", error="",
+                         error_kind="")
+        gpu = "" if slot.startswith("cpu") else slot  # a CPU slot's worker sees no GPU
+        env = {"TPET_SERVER": self._worker_target, "TPET_JOB_ID": job.id,
+               "TPET_JOB_TOKEN": token, "CUDA_VISIBLE_DEVICES": gpu}
+        try:
+            handle = self.launcher.start(
+                LaunchRequest(job.id, attempt, Path(job.output_dir)), env)
+        except OSError as exc:
+            self._transition(job.id, JobState.FAILED, token_hash="", error_kind="internal",
+                             error=f"cannot start a worker: {exc}")
+            return
+        self._running[job.id] = _Running(handle, slot)
+        self.store.update(job.id, self.clock(), worker=handle.name)
+
+    # -- the only writes -------------------------------------------------------------------
+
+    def _transition(self, job_id: str, new: JobState, event: dict[str, Any] | None = None,
+                    **fields: Any) -> JobRecord:
+        with self._changed:
+            old = self.store.get(job_id).state
+            job = self.store.transition(job_id, new, self.clock(), event, **fields)
+            self.metrics.job_transition(old, new)
+            log.info("job %s %s -> %s%s", job_id, old.value, new.value,
+                     f": {job.error}" if job.error and new is not JobState.RUNNING else "")
+            self._changed.notify_all()
+            return job
+
+    def _append(self, job_id: str, events: list[tuple[str, str, dict[str, Any]]],
+                **fields: Any) -> JobRecord:
+        with self._changed:
+            self.store.append_events(job_id, events, self.clock(), **fields)
+            self._changed.notify_all()
+            return self.store.get(job_id)
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _same_request(existing: JobRecord, spec: dict[str, Any]) -> JobRecord:
+    if {**spec, "output_dir": existing.output_dir} != existing.spec:
+        raise AlreadyExists(f"request_id {existing.request_id!r} was used for job {existing.id} "
+                            "with a different spec; use a new request_id for a new job")
+    return existing

@@ -1,0 +1,96 @@
+"""The gRPC servicers: thin adapters that convert, call the job manager, and convert back.
+
+Errors are raised, never turned into status codes here: ``service.errors.ErrorInterceptor``
+does that in one place.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Iterator
+
+import grpc
+
+from service import convert
+from service._proto import compress_pb2, compress_pb2_grpc, worker_pb2, worker_pb2_grpc
+from service.errors import QueueFull, Unavailable
+from service.manager import JobManager
+from service.worker import TOKEN_METADATA
+
+__all__ = ["CompressServicer", "WorkerServicer"]
+
+
+class CompressServicer(compress_pb2_grpc.CompressServiceServicer):
+    """``max_watches``: open WatchJob streams each hold an RPC thread; past this many a new
+    one is refused (RESOURCE_EXHAUSTED) so workers and short calls always find a thread."""
+
+    def __init__(self, manager: JobManager, max_watches: int = 24, watch_poll_s: float = 1.0):
+        self.manager = manager
+        self.watch_poll_s = watch_poll_s
+        self._watch_slots = threading.BoundedSemaphore(max_watches)
+        self.max_watches = max_watches
+
+    def Compress(self, request: Any, context: grpc.ServicerContext) -> compress_pb2.Job:
+        job = self.manager.submit(convert.proto_to_dict(request.spec), request.request_id)
+        return convert.job_to_proto(job)
+
+    def GetJob(self, request: Any, context: grpc.ServicerContext) -> compress_pb2.Job:
+        return convert.job_to_proto(self.manager.get(request.job_id))
+
+    def ListJobs(self, request: Any, context: grpc.ServicerContext) -> Any:
+        states = [convert.state_from_proto(s) for s in request.states]
+        jobs, token = self.manager.list(states, request.page_token, request.page_size)
+        return compress_pb2.ListJobsResponse(
+            jobs=[convert.job_to_proto(j, full=False) for j in jobs], next_page_token=token)
+
+    def WatchJob(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        self.manager.get(request.job_id)  # NOT_FOUND before the stream starts
+        if not self._watch_slots.acquire(blocking=False):
+            raise QueueFull(f"{self.max_watches} watches are open on this server; poll "
+                            "GetJob or retry later")
+        try:
+            yield from self._watch(request, context)
+        finally:
+            self._watch_slots.release()
+
+    def _watch(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        after = request.after_sequence
+        while context.is_active():
+            events, done = self.manager.wait_events(request.job_id, after, self.watch_poll_s)
+            for event in events:
+                yield convert.event_to_proto(event)
+                after = event.sequence
+            if done:
+                return
+            if self.manager.stopping:
+                raise Unavailable(f"the server is stopping; watch again with "
+                                  f"after_sequence={after}")
+
+    def CancelJob(self, request: Any, context: grpc.ServicerContext) -> compress_pb2.Job:
+        return convert.job_to_proto(self.manager.cancel(request.job_id))
+
+
+class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
+    """The manager's end of the worker channel; every call carries the attempt's token."""
+
+    def __init__(self, manager: JobManager):
+        self.manager = manager
+
+    def StartJob(self, request: Any, context: grpc.ServicerContext) -> Any:
+        spec, attempt = self.manager.worker_start(request.job_id, _token(context))
+        return worker_pb2.StartJobResponse(spec=convert.dict_to_proto(spec), attempt=attempt)
+
+    def ReportEvents(self, request: Any, context: grpc.ServicerContext) -> Any:
+        events = [(e.kind, e.stage, convert.struct_to_dict(e.payload)) for e in request.events]
+        stop = self.manager.worker_report(request.job_id, _token(context), events)
+        return worker_pb2.ReportEventsResponse(stop=stop)
+
+    def FinishJob(self, request: Any, context: grpc.ServicerContext) -> Any:
+        outcome = worker_pb2.Outcome.Name(request.outcome).removeprefix("OUTCOME_")
+        self.manager.worker_finish(request.job_id, _token(context), outcome, request.error,
+                                   request.error_kind, request.report_json)
+        return worker_pb2.FinishJobResponse()
+
+
+def _token(context: grpc.ServicerContext) -> str:
+    return dict(context.invocation_metadata()).get(TOKEN_METADATA, "")

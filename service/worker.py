@@ -1,0 +1,173 @@
+"""A worker process: run one job's pipeline and report to the manager over gRPC.
+
+Started by a launcher as ``python -m service.worker`` with ``TPET_SERVER`` (the manager's
+address), ``TPET_JOB_ID`` and ``TPET_JOB_TOKEN`` (this attempt's token) in its environment.
+It fetches the spec (StartJob), runs ``compression.pipeline.run`` with its events streamed back
+(ReportEvents, whose answers carry the cancel request) and reports the outcome (FinishJob).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+import grpc
+
+from compression.errors import Cancelled, InvalidInput, StageFailed, TpetError
+from compression.events import Event
+from service._proto import worker_pb2, worker_pb2_grpc
+from service.convert import dict_to_struct, proto_to_spec
+from service.progress import ProgressPrinter
+
+__all__ = ["Reporter", "run_job", "main", "TOKEN_METADATA"]
+
+TOKEN_METADATA = "x-tpet-job-token"
+_DENIED = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
+           grpc.StatusCode.NOT_FOUND)
+
+
+class Reporter:
+    """The pipeline's ``on_event`` and ``should_stop``: events queue up and one thread sends
+    them in order every ``interval_s`` (an empty batch is the heartbeat that fetches the cancel
+    flag), so training never waits on the network. It asks the job to stop when the manager
+    says so, refuses this attempt's token, or cannot be reached for ``lost_after_s``."""
+
+    def __init__(self, stub: Any, job_id: str, metadata: tuple, interval_s: float = 0.5,
+                 lost_after_s: float = 60.0):
+        self.stub, self.job_id, self.metadata = stub, job_id, metadata
+        self.interval_s, self.lost_after_s = interval_s, lost_after_s
+        self.revoked = False
+        self._queue: queue.Queue[Event] = queue.Queue()
+        self._stop, self._closing = threading.Event(), threading.Event()
+        self._pending: list[worker_pb2.WorkerEvent] = []
+        self._last_ok = time.monotonic()
+        self._thread = threading.Thread(target=self._loop, name="tpet-reporter", daemon=True)
+        self._thread.start()
+
+    def __call__(self, event: Event) -> None:
+        self._queue.put(event)
+
+    def should_stop(self) -> bool:
+        return self._stop.is_set()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Send what is left, then stop the thread."""
+        self._closing.set()
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            closing = self._closing.is_set()
+            self._drain(wait=not closing)
+            self._send()
+            if closing and (not self._pending or self.revoked or self._lost()):
+                return
+
+    def _drain(self, wait: bool) -> None:
+        try:
+            event = self._queue.get(timeout=self.interval_s) if wait else self._queue.get_nowait()
+            while True:
+                self._pending.append(worker_pb2.WorkerEvent(
+                    kind=event.kind, stage=event.stage, payload=dict_to_struct(
+                        _json_safe(event.payload))))
+                event = self._queue.get_nowait()
+        except queue.Empty:
+            pass
+
+    def _send(self) -> None:
+        if self.revoked:
+            return
+        request = worker_pb2.ReportEventsRequest(job_id=self.job_id, events=self._pending)
+        try:
+            reply = self.stub.ReportEvents(request, metadata=self.metadata, timeout=10)
+        except grpc.RpcError as exc:
+            if exc.code() in _DENIED:  # a newer attempt owns the job, or it is gone
+                self.revoked = True
+                self._stop.set()
+            elif self._lost():
+                self._stop.set()
+            return
+        self._pending, self._last_ok = [], time.monotonic()
+        if reply.stop:
+            self._stop.set()
+
+    def _lost(self) -> bool:
+        return time.monotonic() - self._last_ok > self.lost_after_s
+
+
+def _json_safe(payload: dict[str, Any]) -> dict[str, Any]:
+    # numpy scalars and other strays become plain numbers or strings
+    return json.loads(json.dumps(payload, default=lambda v: v.item() if hasattr(v, "item")
+                                 else str(v)))
+
+
+def run_job(spec_message: Any, reporter: Reporter) -> tuple[str, str, str, str]:
+    """Run the pipeline; return (outcome, error, error_kind, report_json)."""
+    from compression.pipeline import run  # torch loads here, after the manager answered
+
+    printer = ProgressPrinter()
+
+    def on_event(event: Event) -> None:
+        reporter(event)
+        printer(event)
+
+    try:
+        result = run(proto_to_spec(spec_message), on_event, reporter.should_stop)
+        return result.status, "", "", result.report_path.read_text()
+    except InvalidInput as exc:
+        return "FAILED", str(exc), "invalid_input", ""
+    except Cancelled as exc:
+        return "CANCELLED", str(exc), "", ""
+    except StageFailed as exc:
+        return "FAILED", str(exc), "stage_failed", ""
+    except TpetError as exc:
+        return "FAILED", str(exc), "internal", ""
+    except Exception as exc:  # a bug: the traceback goes to the worker log, the gist to the job
+        traceback.print_exc()
+        return "FAILED", f"internal error {type(exc).__name__}: {exc} (see worker.log)", \
+            "internal", ""
+
+
+def main() -> int:
+    try:
+        target, job_id, token = (os.environ[k] for k in
+                                 ("TPET_SERVER", "TPET_JOB_ID", "TPET_JOB_TOKEN"))
+    except KeyError as exc:
+        print(f"worker: {exc.args[0]} is not set; workers are started by `tpet serve`",
+              file=sys.stderr)
+        return 2
+    try:
+        return _work(target, job_id, ((TOKEN_METADATA, token),))
+    except grpc.RpcError as exc:  # the manager refused or is gone: nothing left to report to
+        print(f"worker: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+
+
+def _work(target: str, job_id: str, metadata: tuple) -> int:
+    with grpc.insecure_channel(target) as channel:
+        stub = worker_pb2_grpc.WorkerServiceStub(channel)
+        started = stub.StartJob(worker_pb2.StartJobRequest(job_id=job_id), metadata=metadata,
+                                timeout=60, wait_for_ready=True)
+        print(f"worker: job {job_id} attempt {started.attempt}", file=sys.stderr, flush=True)
+        reporter = Reporter(stub, job_id, metadata)
+        outcome, error, kind, report = run_job(started.spec, reporter)
+        reporter.close()
+        if reporter.revoked:
+            print("worker: the manager no longer grants this attempt; exiting", file=sys.stderr)
+            return 1
+        stub.FinishJob(worker_pb2.FinishJobRequest(
+            job_id=job_id, outcome=worker_pb2.Outcome.Value(f"OUTCOME_{outcome}"), error=error,
+            error_kind=kind, report_json=report), metadata=metadata, timeout=60,
+            wait_for_ready=True)
+    print(f"worker: job {job_id} {outcome}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Server configuration: a YAML file, flags on top, every problem listed; job slots."""
+
+import pytest
+import yaml
+
+from compression.errors import InvalidInput
+from service.config import ServerConfig, load_config, resolve_slots
+
+
+def test_defaults_file_and_overrides(tmp_path):
+    assert load_config() == ServerConfig()
+    path = tmp_path / "server.yaml"
+    path.write_text(yaml.safe_dump({"port": 6000, "max_attempts": 3, "state_dir": "/s"}))
+    config = load_config(path, port=0, state_dir=None)
+    assert (config.port, config.max_attempts, config.state_dir) == (0, 3, "/s")
+
+
+def test_every_problem_is_listed(tmp_path):
+    path = tmp_path / "server.yaml"
+    path.write_text(yaml.safe_dump({"port": 70000, "max_queued": 0, "gpus": "all",
+                                    "auth_token_file": str(tmp_path / "none")}))
+    with pytest.raises(InvalidInput) as err:
+        load_config(path)
+    assert len(err.value.problems) == 4
+    assert "port is 70000; use 0 to 65535 (0: any free port)" in err.value.problems
+    assert str(path) in err.value.context
+    path.write_text(yaml.safe_dump({"prot": 1}))
+    with pytest.raises(InvalidInput, match="prot: unknown setting; known: .*port"):
+        load_config(path)
+
+
+def test_unreadable_config_names_the_file(tmp_path):
+    with pytest.raises(InvalidInput, match="cannot read server config .*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_slots_one_per_gpu_or_cpu(monkeypatch):
+    assert resolve_slots(ServerConfig(gpus=[])) == ("cpu0",)
+    assert resolve_slots(ServerConfig(gpus=[], max_concurrent_jobs=2)) == ("cpu0", "cpu1")
+    assert resolve_slots(ServerConfig(gpus=[], max_concurrent_jobs=0)) == ()
+    assert resolve_slots(ServerConfig(gpus=[2, 3])) == ("2", "3")
+    assert resolve_slots(ServerConfig(gpus=[2, 3], max_concurrent_jobs=1)) == ("2",)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
+    assert resolve_slots(ServerConfig()) == ("0", "1", "2")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert resolve_slots(ServerConfig()) == ("cpu0",)
+
+
+def test_auth_token_is_read_from_its_file(tmp_path):
+    (tmp_path / "token").write_text("s3cret\n")
+    assert load_config(auth_token_file=str(tmp_path / "token")).auth_token() == "s3cret"
