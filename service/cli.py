@@ -10,6 +10,7 @@ Exit codes, for pipelines: 0 succeeded, 2 invalid input, 3 rejected by guardrail
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import traceback
@@ -47,17 +48,14 @@ class _StopFlag:
 
 
 def cmd_run(args: argparse.Namespace, stop: _StopFlag) -> int:
-    from compression.pipeline import run
+    from compression.pipeline import REJECTED, run
+    from service.report_view import format_report
 
     result = run(load_job(args.job), ProgressPrinter(), stop)
-    if args.json:
-        print(result.report_path.read_text())
-        return EXIT_OK
-    for report in (result.teacher, result.student):
-        if report is not None:
-            print(f"\n{report.name}\n{report.format_table()}")
-    print(f"\nstatus: {result.status}\nreport: {result.report_path}")
-    return EXIT_OK
+    text = result.report_path.read_text()
+    print(text if args.json else f"\n{format_report(json.loads(text))}\n"
+                                 f"report: {result.report_path}")
+    return EXIT_REJECTED if result.status == REJECTED else EXIT_OK
 
 
 def cmd_train_teacher(args: argparse.Namespace, stop: _StopFlag) -> int:

@@ -92,7 +92,7 @@ def cmd_jobs(args: argparse.Namespace, stop: Any) -> int:
 
 
 def cmd_report(args: argparse.Namespace, stop: Any) -> int:
-    from compression.evaluation import EvalReport  # torch: only for this command
+    from service.report_view import format_report  # imports torch: only for this command
 
     with _client(args) as client:
         job = client.get_job(args.job_id)
@@ -102,11 +102,8 @@ def cmd_report(args: argparse.Namespace, stop: Any) -> int:
     if args.json:
         print(job.report_json)
         return exit_code_of_job(job)
-    report = json.loads(job.report_json)
-    for data in report.get("evaluations", {}).values():
-        evaluation = EvalReport.from_dict(data)
-        print(f"\n{evaluation.name}\n{evaluation.format_table()}")
-    print(f"\njob {job.id}: {job_state(job).value}\nartifacts: {job.output_dir}")
+    print(f"{format_report(json.loads(job.report_json))}\n\n"
+          f"job {job.id}: {job_state(job).value}\nartifacts: {job.output_dir}")
     return exit_code_of_job(job)
 
 

@@ -32,10 +32,35 @@ def test_train_teacher_then_distill_end_to_end(bars_job, tmp_path):
     assert [g["name"] for g in student["groups"]] == ["a", "b", "c", "d"]
     assert student["overall"]["n"] == 200
     assert student["overall"]["accuracy"] > 0.5  # the bars are easy to tell apart
-    assert set(report["artifacts"]) == {"student.pt2", "student.safetensors"}
+    assert report["status"] == "SUCCEEDED" and report["deployable"]
+    assert report["shipped"] == "int8"  # TensorRT is absent here: the fastest built artifact
+    assert report["exports"]["tensorrt"]["status"] == "SKIPPED"
+    assert report["exports"]["onnx"]["parity_vs_pytorch"]["top1_agreement"] == 1.0
+    assert {"student.pt2", "student.safetensors", "model.onnx", "model.int8.onnx",
+            "model_card.md", "guardrails.png", "triton/bars/config.pbtxt",
+            "triton/bars/1/model.onnx"} <= set(report["files"])
 
     program = torch.export.load(str(tmp_path / "out" / "student.pt2")).module()
     assert program(torch.rand(3, 1, 8, 8)).shape == (3, 4)
+
+
+def test_impossible_floor_rejects_with_exit_code_3(bars_job, tmp_path):
+    ran = tpet("run", bars_job(mitigation={"name": "one_hot"}, export={"int8": False},
+                               guardrails={"min_accuracy_by_group": {"c": 1.0},
+                                           "min_samples": 10}))
+    assert ran.returncode == 3, ran.stderr
+    assert "stage 'student' did not pass" in ran.stdout and "'c'" in ran.stdout
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["status"] == "REJECTED" and not report["deployable"]
+    assert report["guardrails"]["first_failing_stage"] == "student"
+    assert not (tmp_path / "out" / "triton").exists()
+
+
+def test_required_engine_without_tensorrt_fails_with_exit_code_4(bars_job):
+    ran = tpet("run", bars_job(mitigation={"name": "one_hot"},
+                               export={"int8": False, "tensorrt": "required"}))
+    assert ran.returncode == 4
+    assert "build_engine" in ran.stderr and "Traceback" not in ran.stderr
 
 
 def test_run_with_missing_teacher_is_invalid_input_without_traceback(bars_job):

@@ -1,0 +1,178 @@
+"""``run(spec, on_event, should_stop) -> RunResult``: the whole job, as a table of contents.
+
+load data -> check the policy -> profile the teacher -> (one-hot baseline) -> (choose the
+mitigation) -> distill -> validate -> export ONNX, INT8, TensorRT, validating each -> bundle.
+A subgroup below its floor is a result (status REJECTED with the report), not an exception.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compression.artifacts import choose_shipped, write_bundle
+from compression.data import Dataset, describe, load_dataset
+from compression.errors import InvalidInput
+from compression.evaluation import EvalReport
+from compression.events import EventSink, StopCheck, emit_nothing, never_stop
+from compression.guardrails import StageVerdict, check_policy, judge
+from compression.losses import check_mitigation, requirements
+from compression.models import count_parameters, known_archs, save_exported, save_weights
+from compression.pipeline.exports import Artifact, export_artifacts
+from compression.pipeline.job import Job, report_summary
+from compression.pipeline.students import (Baseline, StudentRun, one_hot_baseline,
+                                           select_mitigation, train_student)
+from compression.pipeline.teacher import TeacherView, prepare_teacher
+from compression.spec import JobSpec, spec_to_dict
+from compression.training import resolve_device
+
+__all__ = ["RunResult", "run", "SUCCEEDED", "REJECTED"]
+
+SUCCEEDED, REJECTED = "SUCCEEDED", "REJECTED"
+SHIP_PREFERENCE = ("tensorrt", "int8", "onnx")  # the fastest artifact that passed ships
+
+
+@dataclass(frozen=True)
+class RunResult:
+    status: str  # SUCCEEDED or REJECTED (failures raise)
+    output_dir: Path
+    report_path: Path
+    reports: dict[str, EvalReport]  # teacher, one_hot, student, onnx, int8, tensorrt
+    verdicts: tuple[StageVerdict, ...]
+    shipped: str | None
+    summary: str  # why each stage that did not pass failed
+
+
+def run(spec: JobSpec, on_event: EventSink = emit_nothing,
+        should_stop: StopCheck = never_stop) -> RunResult:
+    """Distill, validate, export and package ``spec``'s student."""
+    job = Job(spec, spec.resolved_output_dir, resolve_device(spec.training.device),
+              on_event, should_stop)
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    dataset = job.stage("load_data", lambda: load_dataset(spec.data), _data_summary)
+    _preflight(spec, dataset)
+
+    needs = requirements(spec.mitigation)
+    teacher = (prepare_teacher(job, dataset, needs.calibrate_teacher)
+               if needs.needs_teacher or spec.guardrails.max_drop_vs_teacher is not None
+               else None)
+    baseline = (one_hot_baseline(job, dataset)
+                if spec.guardrails.max_drop_vs_one_hot is not None else None)
+    selection = None
+    mitigation = spec.mitigation
+    if mitigation.name == "auto":
+        selection = select_mitigation(job, dataset, teacher, _holdout_gate(spec, teacher, baseline))
+        mitigation = selection.chosen
+
+    student = train_student(job, dataset, mitigation, teacher, stage="distill", workdir="student")
+    judge_stage = _judge(spec, teacher, baseline)
+    student_report = job.stage("evaluate_student", lambda: job.evaluate(
+        student.model, dataset, "student", reference=teacher and teacher.test_report),
+        report_summary)
+    student_verdict = judge_stage(student_report, "student")
+    artifacts = (export_artifacts(job, student.model, dataset, judge_stage)
+                 if student_verdict.passed else [])
+    extra = {"teacher": teacher.to_dict() if teacher else None,
+             "selection": selection.to_dict() if selection else None,
+             "mitigation": spec_to_dict(mitigation)}
+    return _finish(job, dataset, student, student_report, student_verdict, artifacts,
+                   [teacher and teacher.test_report, baseline and baseline.test_report], extra)
+
+
+def _preflight(spec: JobSpec, dataset: Dataset) -> None:
+    """Every problem that would stop the job later, listed before any training starts."""
+    problems = check_policy(spec.guardrails, dataset.group_names,
+                            dataset.test.group.bincount(minlength=dataset.num_groups).tolist())
+    try:
+        check_mitigation(spec.mitigation)
+    except InvalidInput as exc:
+        problems += exc.problems
+    if spec.student.arch not in known_archs():
+        problems.append(f"student.arch: unknown architecture {spec.student.arch!r}; known: "
+                        f"{', '.join(known_archs())}")
+    if problems:
+        raise InvalidInput(problems, "the job cannot run")
+
+
+def _judge(spec: JobSpec, teacher: TeacherView | None, baseline: Baseline | None):
+    def judge_stage(report: EvalReport, stage: str) -> StageVerdict:
+        return judge(report, spec.guardrails, stage,
+                     teacher=teacher and teacher.test_report,
+                     one_hot=baseline and baseline.test_report)
+    return judge_stage
+
+
+def _holdout_gate(spec: JobSpec, teacher: TeacherView | None, baseline: Baseline | None):
+    """Whether a candidate's holdout report meets the floors. Holdout subgroups are small, so
+    insufficient evidence does not count against a candidate here; the test split decides."""
+    policy = dataclasses.replace(spec.guardrails, block_on_insufficient_evidence=False)
+
+    def passes(report: EvalReport) -> bool:
+        return judge(report, policy, "selection", teacher=teacher and teacher.holdout_report,
+                     one_hot=baseline and baseline.holdout_report).passed
+    return passes
+
+
+def _finish(job: Job, dataset: Dataset, student: StudentRun, student_report: EvalReport,
+            student_verdict: StageVerdict, artifacts: list[Artifact],
+            references: list[EvalReport | None], extra: dict[str, Any]) -> RunResult:
+    files = job.stage("save_student", lambda: _save_student(student.model, dataset, job.out_dir))
+    built = [a for a in artifacts if a.verdict is not None]
+    verdicts = [student_verdict, *(a.verdict for a in built)]
+    files.update({a.stage: a.path for a in built})
+    shipped = (choose_shipped(verdicts[1:], SHIP_PREFERENCE) if built
+               else choose_shipped(verdicts, ["student"]))
+    reports = {r.name: r for r in [*references, student_report, *(a.report for a in built)] if r}
+    report = {"status": SUCCEEDED if shipped else REJECTED, **_header(job, dataset, student),
+              **extra, "exports": {a.stage: a.to_dict() for a in artifacts},
+              "stage_seconds": job.stage_seconds}
+    written = write_bundle(job.out_dir, report=report, stage_reports=reports, verdicts=verdicts,
+                           policy=job.spec.guardrails, shipped=shipped, files=files,
+                           reason=_ship_reason(artifacts, shipped))
+    return RunResult(written["status"], job.out_dir, job.out_dir / "report.json", reports,
+                     tuple(verdicts), shipped, written["guardrails"]["summary"])
+
+
+def _ship_reason(artifacts: list[Artifact], shipped: str | None) -> str | None:
+    notes = [a.reason for a in artifacts if a.reason]
+    return "; ".join(notes) if notes and shipped else None
+
+
+def _header(job: Job, dataset: Dataset, student: StudentRun) -> dict[str, Any]:
+    t = student.training
+    return {"spec": spec_to_dict(job.spec), "environment": _environment(job.device),
+            "data": describe(dataset), "student_parameters": count_parameters(student.model),
+            "training": {"epochs_run": t.epochs_run, "resumed_from_epoch": t.resumed_from_epoch,
+                         "final_loss": t.final_loss, "samples_per_s": t.samples_per_s,
+                         "seconds": t.seconds, "teacher_cache": t.used_teacher_cache,
+                         "loss_state": _jsonable(student.loss.state_dict())}}
+
+
+def _save_student(student: torch.nn.Module, dataset: Dataset, out_dir: Path) -> dict[str, Path]:
+    files = {"student": out_dir / "student.pt2",
+             "student_weights": out_dir / "student.safetensors"}
+    save_exported(student, dataset.input_shape, files["student"])
+    save_weights(student, files["student_weights"])
+    return files
+
+
+def _data_summary(dataset: Dataset) -> dict[str, Any]:
+    return {"train": len(dataset.train), "holdout": len(dataset.holdout),
+            "test": len(dataset.test), "groups": len(dataset.group_names)}
+
+
+def _jsonable(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+
+
+def _environment(device: torch.device) -> dict[str, str]:
+    env = {"python": platform.python_version(), "torch": torch.__version__,
+           "device": str(device)}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env

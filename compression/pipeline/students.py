@@ -1,0 +1,93 @@
+"""Train students: the one-hot baseline, the candidates of ``auto``, and the student itself."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import nn
+
+from compression.data import Dataset
+from compression.evaluation import EvalReport
+from compression.losses import Loss, LossContext, build_loss
+from compression.models import build_model
+from compression.pipeline.job import Job, report_summary
+from compression.pipeline.teacher import TeacherView
+from compression.selection import Selection, choose_mitigation
+from compression.spec import MitigationSpec, TrainingSpec, spec_to_dict
+from compression.training import TrainResult, train
+
+__all__ = ["Baseline", "StudentRun", "train_student", "one_hot_baseline", "select_mitigation"]
+
+
+@dataclass(frozen=True)
+class StudentRun:
+    model: nn.Module
+    loss: Loss
+    training: TrainResult
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The same student trained on labels alone: the paper's reference for harm."""
+
+    test_report: EvalReport
+    holdout_report: EvalReport
+
+
+def train_student(job: Job, dataset: Dataset, mitigation: MitigationSpec,
+                  teacher: TeacherView | None, *, stage: str, workdir: str,
+                  training: TrainingSpec | None = None) -> StudentRun:
+    """Build a fresh student and train it with ``mitigation`` (resuming from ``workdir``)."""
+    spec = job.spec
+    training = training or spec.training
+    reliability = teacher.reliability if teacher else None
+    loss = build_loss(mitigation, LossContext.from_dataset(dataset, reliability))
+    model = build_model(spec.student.arch, dataset.input_shape[0], dataset.num_classes,
+                        spec.student.width)
+    run_key = {"mitigation": spec_to_dict(mitigation),
+               "teacher_sha256": teacher.sha256 if teacher else None,
+               "teacher_calibrated": bool(teacher and teacher.calibration)}
+    result = job.stage(stage, lambda: train(
+        model, dataset.train, training, loss, teacher=teacher.model if teacher else None,
+        checkpoint_dir=job.out_dir / "checkpoints" / workdir, on_event=job.on_event,
+        should_stop=job.should_stop, stage=stage, run_key=run_key),
+        lambda r: {"epochs_run": r.epochs_run, "samples_per_s": round(r.samples_per_s, 1)})
+    return StudentRun(model, loss, result)
+
+
+def one_hot_baseline(job: Job, dataset: Dataset) -> Baseline:
+    run = train_student(job, dataset, MitigationSpec(name="one_hot"), None,
+                        stage="train_one_hot_baseline", workdir="one_hot")
+    return job.stage("evaluate_one_hot_baseline", lambda: Baseline(
+        job.evaluate(run.model, dataset, "one_hot"),
+        job.evaluate(run.model, dataset, "one_hot", split=dataset.holdout)),
+        lambda b: report_summary(b.test_report))
+
+
+def select_mitigation(job: Job, dataset: Dataset, teacher: TeacherView | None,
+                      passes: Callable[[EvalReport], bool]) -> Selection:
+    """``auto``: train each candidate briefly, score it on holdout, keep the best that passes."""
+    training = _selection_training(job.spec.training, job.spec.mitigation.selection_epochs)
+    candidates = job.spec.mitigation.candidates
+
+    def train_candidate(candidate: MitigationSpec) -> EvalReport:
+        index = candidates.index(candidate)  # equal candidates share (and resume) one run
+        run = train_student(job, dataset, candidate, teacher, training=training,
+                            stage=f"select_{index}_{candidate.name}",
+                            workdir=f"candidate_{index}_{candidate.name}")
+        return job.evaluate(run.model, dataset, candidate.name, split=dataset.holdout)
+
+    return job.stage("select_mitigation", lambda: choose_mitigation(
+        candidates, train_candidate, passes), _selection_summary)
+
+
+def _selection_training(training: TrainingSpec, selection_epochs: int) -> TrainingSpec:
+    epochs = selection_epochs or max(1, training.epochs // 3)
+    return dataclasses.replace(training, epochs=epochs,
+                               warmup_epochs=min(training.warmup_epochs, epochs - 1))
+
+
+def _selection_summary(selection: Selection) -> dict[str, Any]:
+    return {"chosen": selection.chosen.name, "met_floors": selection.met_floors}

@@ -1,0 +1,67 @@
+"""Load the teacher, measure it on test and holdout, calibrate it when asked, profile it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import Tensor
+
+from compression.calibration import calibrated, fit_calibration
+from compression.data import Dataset
+from compression.evaluation import EvalReport, evaluate, predict_logits
+from compression.models import load_teacher
+from compression.pipeline.job import Job, report_summary
+from compression.reliability import profile_teacher
+
+__all__ = ["TeacherView", "prepare_teacher"]
+
+
+@dataclass(frozen=True)
+class TeacherView:
+    """The teacher as the rest of the run sees it.
+
+    model: what the student distills from (the calibrated teacher when calibration is on).
+    test_report / holdout_report: of the teacher as given (the guardrails' reference).
+    reliability: per-subgroup holdout profile, of ``model``; calibration: None when off.
+    """
+
+    model: Callable[[Tensor], Tensor]
+    sha256: str
+    test_report: EvalReport
+    holdout_report: EvalReport
+    reliability: dict[str, Any]
+    calibration: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sha256": self.sha256, "reliability": self.reliability,
+                "calibration": self.calibration}
+
+
+def prepare_teacher(job: Job, dataset: Dataset, calibrate: bool) -> TeacherView:
+    spec = job.spec
+    teacher = job.stage("load_teacher", lambda: load_teacher(
+        spec.teacher, dataset.input_shape, dataset.num_classes, job.device),
+        lambda t: {"format": t.format, "sha256": t.sha256})
+    test_report = job.stage("evaluate_teacher",
+                            lambda: job.evaluate(teacher, dataset, "teacher"), report_summary)
+    return job.stage("profile_teacher", lambda: _profile(job, dataset, teacher, calibrate,
+                                                         test_report),
+                     lambda v: {"calibrated": v.calibration is not None})
+
+
+def _profile(job: Job, dataset: Dataset, teacher: Any, calibrate: bool,
+             test_report: EvalReport) -> TeacherView:
+    holdout = dataset.holdout
+    logits = predict_logits(teacher, holdout, job.spec.training.eval_batch_size, job.device)
+    holdout_report = evaluate(logits, holdout, dataset.class_names, dataset.group_names,
+                              name="teacher")
+    model, calibration = teacher, None
+    if calibrate:
+        fitted = fit_calibration(logits, holdout.y)
+        model, calibration = calibrated(teacher, fitted), fitted.to_dict()
+        logits = fitted.apply(logits)
+    reliability = profile_teacher(logits, holdout.y, holdout.group, dataset.group_names,
+                                  class_names=dataset.class_names)
+    return TeacherView(model, teacher.sha256, test_report, holdout_report,
+                       reliability.to_dict(), calibration)
