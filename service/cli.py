@@ -1,7 +1,8 @@
 """The ``tpet`` command line.
 
-``run``, ``train-teacher`` and ``demo`` work in this process; ``serve`` runs the server and
-``compress``, ``jobs``, ``watch``, ``cancel`` and ``report`` talk to it (service/commands.py).
+``run`` and ``train-teacher`` work in this process; ``serve`` runs the server and ``compress``,
+``jobs``, ``watch``, ``cancel`` and ``report`` talk to it (service/commands.py); ``demo`` starts
+a server, submits the example job and follows it (service/demo.py).
 
 Exit codes, for pipelines: 0 succeeded, 2 invalid input, 3 rejected by guardrails, 4 failed,
 5 cancelled.
@@ -25,7 +26,6 @@ __all__ = ["main", "EXIT_OK", "EXIT_INVALID", "EXIT_REJECTED", "EXIT_FAILED", "E
 
 EXIT_OK, EXIT_INVALID, EXIT_REJECTED, EXIT_FAILED, EXIT_CANCELLED = 0, 2, 3, 4, 5
 DEMO_JOB = "examples/fashion_mnist_lt.yaml"
-DEMO_TEACHER_ARCH = "resnet8"
 
 
 class _StopFlag:
@@ -71,17 +71,9 @@ def cmd_train_teacher(args: argparse.Namespace, stop: _StopFlag) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, stop: _StopFlag) -> int:
-    """Train the demo teacher when it is missing, then run the demo job."""
-    job = load_job(args.job)
-    if not Path(job.teacher.path).exists():
-        print(f"no teacher at {job.teacher.path}: training one ({DEMO_TEACHER_ARCH})",
-              file=sys.stderr)
-        code = cmd_train_teacher(argparse.Namespace(
-            job=args.job, out=None, arch=DEMO_TEACHER_ARCH, width=1.0, epochs=None,
-            augment=None), stop)
-        if code != EXIT_OK:
-            return code
-    return cmd_run(argparse.Namespace(job=args.job, json=False), stop)
+    from service.demo import run_demo
+
+    return run_demo(args.job, stop)
 
 
 def build_parser() -> argparse.ArgumentParser:
