@@ -21,7 +21,8 @@ from compression.errors import InvalidInput
 
 __all__ = [
     "LongTailSpec", "SubgroupSpec", "DataSpec", "TeacherSpec", "StudentSpec", "TrainingSpec",
-    "MitigationSpec", "GuardrailSpec", "ExportSpec", "JobSpec", "parse_spec", "load_job", "spec_to_dict",
+    "MitigationSpec", "GuardrailSpec", "ExportSpec", "JobSpec", "parse_spec", "read_job_file",
+    "load_job", "spec_to_dict",
 ]
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -373,16 +374,20 @@ def parse_spec(data: Any) -> JobSpec:
     return spec
 
 
-def load_job(path: str | Path) -> JobSpec:
-    """Read a job YAML (or JSON) file."""
+def read_job_file(path: str | Path) -> Any:
+    """The plain data of a job YAML (or JSON) file, unvalidated."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except OSError as exc:
         raise InvalidInput(f"cannot read job file {path}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
         raise InvalidInput(f"job file {path} is not valid YAML: {exc}") from exc
-    return parse_spec(data)
+
+
+def load_job(path: str | Path) -> JobSpec:
+    """Read and validate a job YAML (or JSON) file."""
+    return parse_spec(read_job_file(path))
 
 
 def spec_to_dict(spec: Any) -> dict[str, Any]:

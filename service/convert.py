@@ -11,11 +11,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from compression.errors import InvalidInput
-from compression.spec import JobSpec, parse_spec, spec_to_dict
+from compression.spec import JobSpec, parse_spec, read_job_file, spec_to_dict
 from service._proto import compress_pb2, spec_pb2
 from service.states import JobState
 from service.store import EventRecord, JobRecord
@@ -47,14 +46,7 @@ def dict_to_proto(data: Any, source: str = "job spec") -> spec_pb2.JobSpec:
 
 def load_job_proto(path: str | Path) -> spec_pb2.JobSpec:
     """Read a job file (YAML or JSON) into a ``JobSpec`` message."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise InvalidInput(f"cannot read job file {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise InvalidInput(f"job file {path} is not valid YAML: {exc}") from exc
-    return dict_to_proto(data, f"job file {path}")
+    return dict_to_proto(read_job_file(path), f"job file {path}")
 
 
 def proto_to_dict(message: spec_pb2.JobSpec) -> dict[str, Any]:
