@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 # prometheus provides promtool, which the tests run on the exported metrics and alert rules
-DEBIAN_PACKAGES := dataset-fashion-mnist prometheus
+DEBIAN_PACKAGES := dataset-fashion-mnist prometheus yamllint
 PYTEST_ARGS ?=
 
 .PHONY: demo test test-all install system-packages bench clean
