@@ -19,6 +19,7 @@ from compression.spec import JobSpec
 from service import convert
 from service._proto import compress_pb2, compress_pb2_grpc, spec_pb2
 from service.errors import Unavailable, error_from_status
+from service.security import ClientTls, channel_credentials, load_token
 from service.states import JobState, is_terminal
 
 __all__ = ["TpetClient", "DEFAULT_SERVER", "job_state"]
@@ -33,15 +34,19 @@ def job_state(job: compress_pb2.Job) -> JobState:
 
 class TpetClient:
     """``target``: host:port (default ``$TPET_SERVER`` or 127.0.0.1:50051); ``token``: the
-    server's bearer token, when it has one (default ``$TPET_TOKEN``)."""
+    server's bearer token, when it has one (default ``$TPET_TOKEN``, else the contents of
+    ``$TPET_TOKEN_FILE``); ``tls``: talk TLS (default: from ``$TPET_TLS_CA``,
+    ``$TPET_TLS_CERT`` and ``$TPET_TLS_KEY`` when one is set; else plaintext)."""
 
     def __init__(self, target: str | None = None, token: str | None = None,
-                 timeout_s: float = 30.0, retries: int = 3):
+                 timeout_s: float = 30.0, retries: int = 3, tls: ClientTls | None = None):
         self.target = target or os.environ.get("TPET_SERVER") or DEFAULT_SERVER
-        token = token if token is not None else os.environ.get("TPET_TOKEN", "")
+        token = token if token is not None else _env_token()
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout_s, self.retries = timeout_s, retries
-        self.channel = grpc.insecure_channel(self.target)
+        tls = tls if tls is not None else ClientTls.from_env()
+        self.channel = (grpc.secure_channel(self.target, channel_credentials(tls))
+                        if tls is not None else grpc.insecure_channel(self.target))
         self.stub = compress_pb2_grpc.CompressServiceStub(self.channel)
 
     def close(self) -> None:
@@ -130,6 +135,13 @@ class TpetClient:
                     raise error from None
                 time.sleep(0.5 * (attempt + 1))
         raise AssertionError("unreachable")
+
+
+def _env_token() -> str:
+    if os.environ.get("TPET_TOKEN"):
+        return os.environ["TPET_TOKEN"]
+    path = os.environ.get("TPET_TOKEN_FILE", "")
+    return load_token(path) if path else ""
 
 
 def _spec_message(spec: Any) -> spec_pb2.JobSpec:

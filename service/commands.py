@@ -1,7 +1,8 @@
 """The CLI commands that run or talk to a server: serve, compress, jobs, watch, cancel, report.
 
-``--server`` (or ``$TPET_SERVER``, default 127.0.0.1:50051) picks the server; ``--token`` (or
-``$TPET_TOKEN``) is its bearer token when it has one.
+``--server`` (or ``$TPET_SERVER``, default 127.0.0.1:50051) picks the server; ``--token-file``
+(or ``--token``, ``$TPET_TOKEN``, ``$TPET_TOKEN_FILE``) gives its bearer token when it has one;
+``--tls-ca`` (and ``--tls-cert``/``--tls-key`` for mutual TLS) talk TLS to it.
 """
 
 from __future__ import annotations
@@ -42,8 +43,12 @@ def cmd_serve(args: argparse.Namespace, stop: Any) -> int:
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = load_config(args.config, host=args.host, port=args.port, state_dir=args.state_dir)
+    config = load_config(args.config, host=args.host, port=args.port, state_dir=args.state_dir,
+                         metrics_port=args.metrics_port, data_roots=args.data_root)
     server = start_server(config)
+    if server.metrics_port is not None:
+        print(f"tpet: metrics on http://{config.metrics_host}:{server.metrics_port}/metrics",
+              file=sys.stderr)
     print(f"tpet: serving on {server.address} (state in {config.state_dir})", file=sys.stderr,
           flush=True)
     done = threading.Event()
@@ -108,7 +113,15 @@ def cmd_report(args: argparse.Namespace, stop: Any) -> int:
 
 
 def _client(args: argparse.Namespace) -> TpetClient:
-    return TpetClient(args.server, args.token)
+    from service.security import ClientTls, load_token
+
+    token = load_token(args.token_file) if args.token_file else args.token
+    env = ClientTls.from_env()  # flags override the environment one setting at a time
+    tls = (ClientTls(args.tls_ca or (env and env.ca_file) or "",
+                     args.tls_cert or (env and env.cert_file) or "",
+                     args.tls_key or (env and env.key_file) or "")
+           if args.tls_ca or args.tls_cert or args.tls_key else env)
+    return TpetClient(args.server, token, tls=tls)
 
 
 def _follow(client: TpetClient, job_id: str) -> int:
@@ -138,6 +151,16 @@ def _library_event(event: Any) -> Event:
     return Event(event.kind, event.stage, payload)
 
 
+def _add_connection_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", help="host:port (default $TPET_SERVER or 127.0.0.1:50051)")
+    p.add_argument("--token", help="the server's bearer token (default $TPET_TOKEN); "
+                                   "prefer --token-file: arguments show in `ps`")
+    p.add_argument("--token-file", help="a file holding the token (default $TPET_TOKEN_FILE)")
+    p.add_argument("--tls-ca", help="talk TLS, trusting this CA (default $TPET_TLS_CA)")
+    p.add_argument("--tls-cert", help="client certificate for mutual TLS ($TPET_TLS_CERT)")
+    p.add_argument("--tls-key", help="its private key ($TPET_TLS_KEY)")
+
+
 def add_server_commands(sub: Any) -> None:
     """Register the server commands on the ``tpet`` subparsers."""
     p = sub.add_parser("serve", help="run the Compress gRPC server")
@@ -145,6 +168,11 @@ def add_server_commands(sub: Any) -> None:
     p.add_argument("--port", type=int, help="port (default 50051; 0: any free port)")
     p.add_argument("--state-dir", help="job store and artifacts (default ./state)")
     p.add_argument("--config", help="server config YAML (see docs/operations.md)")
+    p.add_argument("--metrics-port", type=int,
+                   help="Prometheus /metrics port (default 9464; 0: any free port, -1: none)")
+    p.add_argument("--data-root", action="append",
+                   help="a directory jobs may read from (repeatable; default: the working "
+                        "directory and /usr/share/datasets)")
     p.set_defaults(func=cmd_serve, local=False)
 
     for name, func, help_text in (
@@ -154,8 +182,7 @@ def add_server_commands(sub: Any) -> None:
             ("cancel", cmd_cancel, "cancel a job"),
             ("report", cmd_report, "print a finished job's report")):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--server", help="host:port (default $TPET_SERVER or 127.0.0.1:50051)")
-        p.add_argument("--token", help="the server's bearer token (default $TPET_TOKEN)")
+        _add_connection_flags(p)
         p.set_defaults(func=func, local=False)
         if name == "compress":
             p.add_argument("job", help="job file (YAML)")

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from compression.errors import InvalidInput
+from service.security import DEFAULT_DATA_ROOTS, InputPolicy, load_token
 
 __all__ = ["ServerConfig", "load_config", "detect_gpus", "resolve_slots"]
 
@@ -32,8 +33,20 @@ class ServerConfig:
     max_attempts: int = 1  # launches per job when its worker dies (1: no retry)
     cancel_grace_s: float = 30.0
     rpc_threads: int = 32  # open WatchJob streams each hold one; 8 stay free for other calls
-    auth_token_file: str = ""  # when set, CompressService calls need `Bearer <token>`
+    auth_token_file: str = ""  # CompressService calls need `Bearer <token>` (or $TPET_TOKEN_FILE)
     worker_python: str = sys.executable
+    # What jobs may read: real paths under these roots (None: working dir, /usr/share/datasets).
+    data_roots: list[str] | None = None
+    max_data_bytes: int = 32 * 2**30  # the largest input (file, folder or manifest) a job reads
+    max_request_bytes: int = 16 * 2**20  # gRPC messages the server accepts (a report is one)
+    tls_cert_file: str = ""  # with tls_key_file: serve TLS only
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""  # mutual TLS: clients need a certificate this CA signed
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464  # Prometheus /metrics; 0: any free port, -1: none
+    metrics_recent_jobs: int = 20  # finished jobs whose per-subgroup series are kept
+    launcher: str = "local"  # or "kubernetes": each job runs as a Kubernetes Job
+    kubernetes: dict = dataclasses.field(default_factory=dict)  # that launcher's settings
 
     def problems(self) -> list[str]:
         out = []
@@ -51,10 +64,42 @@ class ServerConfig:
             out.append(f"cancel_grace_s is {self.cancel_grace_s}; it must be >= 0")
         if self.auth_token_file and not Path(self.auth_token_file).is_file():
             out.append(f"auth_token_file {self.auth_token_file} does not exist")
+        if self.launcher not in ("local", "kubernetes"):
+            out.append(f"launcher is {self.launcher!r}; use local or kubernetes")
+        elif self.launcher == "kubernetes":
+            out += _kubernetes_problems(self.kubernetes)
+        return out + self._security_problems()
+
+    def _security_problems(self) -> list[str]:
+        out = []
+        if self.data_roots is not None and not (
+                isinstance(self.data_roots, list) and self.data_roots
+                and all(isinstance(r, str) and r for r in self.data_roots)):
+            out.append(f"data_roots is {self.data_roots!r}; give a list of directories, or "
+                       "leave it out for the working directory and /usr/share/datasets")
+        for name in ("max_data_bytes", "max_request_bytes", "metrics_recent_jobs"):
+            if getattr(self, name) < 1:
+                out.append(f"{name} is {getattr(self, name)}; it must be >= 1")
+        if not -1 <= self.metrics_port <= 65535:
+            out.append(f"metrics_port is {self.metrics_port}; use 0 to 65535 (0: any free "
+                       "port, -1: no metrics endpoint)")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            out.append("tls_cert_file and tls_key_file go together; set both or neither")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            out.append("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+            if getattr(self, name) and not Path(getattr(self, name)).is_file():
+                out.append(f"{name} {getattr(self, name)} does not exist")
         return out
 
     def auth_token(self) -> str:
-        return Path(self.auth_token_file).read_text().strip() if self.auth_token_file else ""
+        """The bearer token from auth_token_file, else from $TPET_TOKEN_FILE ('': no auth)."""
+        path = self.auth_token_file or os.environ.get("TPET_TOKEN_FILE", "")
+        return load_token(path) if path else ""
+
+    def input_policy(self) -> InputPolicy:
+        return InputPolicy.of(DEFAULT_DATA_ROOTS if self.data_roots is None
+                              else self.data_roots, self.max_data_bytes)
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> ServerConfig:
@@ -99,9 +144,21 @@ def detect_gpus() -> list[int]:
 
 def resolve_slots(config: ServerConfig) -> tuple[str, ...]:
     """One slot per concurrent job: GPU indices when there are GPUs, else ``cpu<n>``."""
+    if config.launcher == "kubernetes":  # pods get their GPUs from the cluster's scheduler
+        count = 1 if config.max_concurrent_jobs is None else config.max_concurrent_jobs
+        return tuple(f"k8s{i}" for i in range(count))
     gpus = detect_gpus() if config.gpus == "auto" else list(config.gpus)
     if gpus:
         count = len(gpus) if config.max_concurrent_jobs is None else config.max_concurrent_jobs
         return tuple(str(g) for g in gpus[:count])
     count = 1 if config.max_concurrent_jobs is None else config.max_concurrent_jobs
     return tuple(f"cpu{i}" for i in range(count))
+
+
+def _kubernetes_problems(block: Any) -> list[str]:
+    try:
+        from service.k8s_objects import KubernetesConfig  # the client is needed only here
+    except ImportError as exc:
+        return [f"launcher kubernetes needs the kubernetes client ({exc}); "
+                "pip install kubernetes"]
+    return KubernetesConfig.problems_in(block)

@@ -25,7 +25,8 @@ from compression.spec import parse_spec
 from service.errors import (AlreadyExists, FailedPrecondition, PermissionDenied, QueueFull,
                             Unauthenticated)
 from service.launcher import ExitStatus, LaunchRequest, Launcher
-from service.metrics import Metrics, NoMetrics
+from service.metrics import Metrics, NoMetrics, QueueSnapshot, complete
+from service.security import InputPolicy
 from service.states import JobState, is_terminal
 from service.store import EventRecord, JobRecord, JobStore
 
@@ -48,6 +49,7 @@ class ManagerConfig:
     max_attempts: int = 1  # worker launches per job when workers die
     cancel_grace_s: float = 30.0  # then a cancelled worker is killed
     poll_interval_s: float = 0.2
+    inputs: InputPolicy | None = None  # what a job may read; None: anything (library use)
 
     @property
     def artifacts_dir(self) -> Path:
@@ -77,6 +79,8 @@ class JobManager:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._worker_target = ""
+        self._hooks = complete(self.metrics)  # an implementation may leave hooks out
+        self._hooks.watch_queue(self.queue_snapshot)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -121,8 +125,11 @@ class JobManager:
     # -- the public API ------------------------------------------------------------------
 
     def submit(self, spec: dict[str, Any], request_id: str | None = None) -> JobRecord:
-        """Queue a job (``spec`` in the job-file mapping); ``InvalidInput`` lists problems."""
-        name = parse_spec(spec).name
+        """Queue a job (``spec`` in the job-file mapping); ``InvalidInput`` lists problems,
+        ``PermissionDenied`` names an input outside the server's data roots."""
+        parsed = parse_spec(spec)
+        if self.config.inputs is not None:  # outside the lock: it may walk a directory
+            self.config.inputs.check(parsed)
         with self._lock:
             if request_id:
                 existing = self.store.find_request(request_id)
@@ -134,9 +141,9 @@ class JobManager:
                                 f"{self.config.max_queued}); retry later")
             job_id = "j" + secrets.token_hex(6)
             out = (self.config.artifacts_dir / job_id).resolve()
-            job, _ = self.store.create(job_id, request_id or None, name,
+            job, _ = self.store.create(job_id, request_id or None, parsed.name,
                                        {**spec, "output_dir": str(out)}, str(out), self.clock())
-            self.metrics.job_submitted()
+            self._hooks.job_submitted()
             self._changed.notify_all()
         return job
 
@@ -204,6 +211,7 @@ class JobManager:
                 stages = [stage for kind, stage, _ in events if kind == "stage_started"]
                 fields = {"stage": stages[-1]} if stages else {}
                 job = self._append(job_id, events, **fields)
+                self._hooks.job_reported(job_id, events, self.clock())
             return job.cancel_requested
 
     def worker_finish(self, job_id: str, token: str, outcome: str, error: str = "",
@@ -281,6 +289,11 @@ class JobManager:
         self._transition(job.id, JobState.RUNNING, event={"attempt": attempt, "slot": slot},
                          attempts=attempt, token_hash=_hash(token), stage="", error="",
                          error_kind="")
+        denied = self._inputs_denied(job)
+        if denied:
+            self._transition(job.id, JobState.FAILED, token_hash="", error=denied,
+                             error_kind="permission_denied")
+            return
         gpu = "" if slot.startswith("cpu") else slot  # a CPU slot's worker sees no GPU
         env = {"TPET_SERVER": self._worker_target, "TPET_JOB_ID": job.id,
                "TPET_JOB_TOKEN": token, "CUDA_VISIBLE_DEVICES": gpu}
@@ -294,6 +307,24 @@ class JobManager:
         self._running[job.id] = _Running(handle, slot)
         self.store.update(job.id, self.clock(), worker=handle.name)
 
+    def _inputs_denied(self, job: JobRecord) -> str:
+        """Why the job may no longer read its inputs ('' when it may): a path checked at
+        submission can since have become a symlink out of the roots, or the roots changed."""
+        if self.config.inputs is None:
+            return ""
+        try:
+            self.config.inputs.check(parse_spec(job.spec), deep=False)
+        except (PermissionDenied, InvalidInput) as exc:
+            return str(exc)
+        return ""
+
+    def queue_snapshot(self) -> QueueSnapshot:
+        """Jobs by state and the oldest queued job's wait, for the metrics."""
+        counts = {state.value: self.store.count(state) for state in JobState}
+        oldest = self.store.list([JobState.QUEUED], limit=1)
+        age = max(0.0, self.clock() - oldest[0].created) if oldest else 0.0
+        return QueueSnapshot(counts, age, self.config.max_queued)
+
     # -- the only writes -------------------------------------------------------------------
 
     def _transition(self, job_id: str, new: JobState, event: dict[str, Any] | None = None,
@@ -301,7 +332,8 @@ class JobManager:
         with self._changed:
             old = self.store.get(job_id).state
             job = self.store.transition(job_id, new, self.clock(), event, **fields)
-            self.metrics.job_transition(old, new)
+            self._hooks.job_transition(old, new)
+            self._hooks.job_changed(job, old)
             log.info("job %s %s -> %s%s", job_id, old.value, new.value,
                      f": {job.error}" if job.error and new is not JobState.RUNNING else "")
             self._changed.notify_all()

@@ -3,15 +3,19 @@
 ``start_server(config)`` binds (port 0 picks a free port; ``Server.port`` is the bound one),
 recovers and starts the job manager, and returns; ``Server.stop`` stops gracefully. RPC
 threads only convert and touch the store; pipelines run in worker processes.
+
+With TLS configured the public port speaks only TLS, and local workers reach the manager
+through a second, plaintext server on 127.0.0.1 that serves the worker channel alone (each
+of its calls needs a job's token). Metrics are served over HTTP on their own port.
 """
 
 from __future__ import annotations
 
 import logging
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -24,7 +28,8 @@ from service.config import ServerConfig, resolve_slots
 from service.errors import ErrorInterceptor
 from service.launcher import Launcher, LocalLauncher
 from service.manager import JobManager, ManagerConfig
-from service.metrics import Metrics, NoMetrics
+from service.metrics import Metrics, NoMetrics, PrometheusMetrics
+from service.security import server_credentials
 from service.servicer import CompressServicer, WorkerServicer
 from service.store import JobStore
 
@@ -43,6 +48,8 @@ class Server:
     health: health.HealthServicer
     host: str
     port: int
+    metrics_port: int | None = None  # the bound /metrics port; None: not served
+    closers: list[Callable[[], None]] = field(default_factory=list)  # extra listeners
 
     @property
     def address(self) -> str:
@@ -57,32 +64,47 @@ class Server:
         self.health.enter_graceful_shutdown()
         self.manager.stop(grace_s)
         self.grpc_server.stop(grace_s).wait()
+        for close in self.closers:
+            close()
         self.store.close()
 
 
 def start_server(config: ServerConfig, launcher: Launcher | None = None,
                  metrics: Metrics | None = None) -> Server:
+    token = config.auth_token()  # unreadable secrets fail before anything is opened
+    credentials = server_credentials(config.tls_cert_file, config.tls_key_file,
+                                     config.tls_client_ca_file) if config.tls_cert_file else None
+    launcher = launcher or _launcher(config)
+    metrics = metrics if metrics is not None else _metrics(config)
     state_dir = Path(config.state_dir).resolve()
     store = JobStore(state_dir / "store.db")
-    manager = JobManager(store, launcher or LocalLauncher(config.worker_python), ManagerConfig(
+    manager = JobManager(store, launcher, ManagerConfig(
         state_dir=state_dir, max_queued=config.max_queued, slots=resolve_slots(config),
-        max_attempts=config.max_attempts, cancel_grace_s=config.cancel_grace_s),
-        metrics or NoMetrics())
-    interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor()]  # first: sees all errors
-    if config.auth_token_file:
-        interceptors.append(BearerTokenInterceptor(config.auth_token()))
+        max_attempts=config.max_attempts, cancel_grace_s=config.cancel_grace_s,
+        inputs=config.input_policy()), metrics)
+    interceptors = _interceptors(metrics, BearerTokenInterceptor(token) if token else None)
     server = grpc.server(futures.ThreadPoolExecutor(config.rpc_threads, "tpet-rpc"),
-                         interceptors=interceptors)
+                         interceptors=interceptors, options=_options(config))
     compress_pb2_grpc.add_CompressServiceServicer_to_server(
         CompressServicer(manager, max_watches=max(1, config.rpc_threads - 8)), server)
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(manager), server)
     health_servicer = _add_health(server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = _bind(server, config.host, config.port, store)
-    server.start()
+    port = _bind(server, config.host, config.port, store, credentials)
     handle = Server(server, manager, store, health_servicer, config.host, port)
-    manager.start(worker_target=_worker_target(config.host, port))
+    worker_target = _worker_target(config.host, port)
+    try:
+        handle.metrics_port = _serve_metrics(config, metrics, handle.closers)
+        if config.tls_cert_file:
+            worker_target = _local_worker_server(manager, metrics, config, handle.closers)
+    except InvalidInput:
+        for close in handle.closers:
+            close()
+        store.close()
+        raise
+    server.start()
+    manager.start(worker_target=worker_target)
     log.info("serving on %s, state in %s, slots %s", handle.address, state_dir,
              ", ".join(manager.config.slots) or "none (queue only)")
     return handle
@@ -96,10 +118,66 @@ def _add_health(server: grpc.Server) -> health.HealthServicer:
     return servicer
 
 
-def _bind(server: grpc.Server, host: str, port: int, store: Any) -> int:
+def _metrics(config: ServerConfig) -> Metrics:
+    if config.metrics_port < 0:
+        return NoMetrics()
+    from prometheus_client import disable_created_metrics
+
+    disable_created_metrics()  # no *_created twin of every counter: half the series to store
+    return PrometheusMetrics(recent_jobs=config.metrics_recent_jobs)
+
+
+def _interceptors(metrics: Metrics, auth: grpc.ServerInterceptor | None) -> list[Any]:
+    # Order matters: metrics first (they see every final code), then the error mapping
+    # (it turns what the later ones raise into codes), then authentication.
+    chain: list[Any] = [metrics.rpc_interceptor()] if isinstance(
+        metrics, PrometheusMetrics) else []
+    return [*chain, ErrorInterceptor(), *([auth] if auth else [])]
+
+
+def _options(config: ServerConfig) -> list[tuple[str, int]]:
+    return [("grpc.max_receive_message_length", config.max_request_bytes)]
+
+
+def _serve_metrics(config: ServerConfig, metrics: Metrics,
+                   closers: list[Callable[[], None]]) -> int | None:
+    """Serve /metrics over HTTP; return the bound port (None when metrics are off)."""
+    if not isinstance(metrics, PrometheusMetrics) or config.metrics_port < 0:
+        return None
+    from prometheus_client import start_http_server
+
+    try:
+        httpd, _ = start_http_server(config.metrics_port, config.metrics_host,
+                                     registry=metrics.registry)
+    except OSError as exc:
+        raise InvalidInput(f"cannot serve metrics on {config.metrics_host}:"
+                           f"{config.metrics_port}: {exc.strerror}; pick another port with "
+                           "--metrics-port (0: any free port, -1: none)") from exc
+    closers.append(lambda: (httpd.shutdown(), httpd.server_close()))
+    return httpd.server_port
+
+
+def _local_worker_server(manager: JobManager, metrics: Metrics, config: ServerConfig,
+                         closers: list[Callable[[], None]]) -> str:
+    """A plaintext loopback server with only the worker channel, for local workers while
+    the public port speaks TLS; return its address."""
+    server = grpc.server(futures.ThreadPoolExecutor(4, "tpet-worker-rpc"),
+                         interceptors=_interceptors(metrics, None), options=_options(config))
+    worker_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(manager), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    if not port:
+        raise InvalidInput("cannot listen on 127.0.0.1 for the local workers")
+    server.start()
+    closers.append(lambda: server.stop(1).wait())
+    return f"127.0.0.1:{port}"
+
+
+def _bind(server: grpc.Server, host: str, port: int, store: Any,
+          credentials: grpc.ServerCredentials | None = None) -> int:
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(address)
+        bound = (server.add_secure_port(address, credentials) if credentials is not None
+                 else server.add_insecure_port(address))
     except RuntimeError:
         bound = 0
     if not bound:
@@ -114,3 +192,10 @@ def _worker_target(host: str, port: int) -> str:
     if host in ("0.0.0.0", "", "::", "[::]"):
         return f"127.0.0.1:{port}"
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _launcher(config: ServerConfig) -> Launcher:
+    if config.launcher == "kubernetes":  # the Kubernetes client loads only for this launcher
+        from service.k8s_launcher import KubernetesLauncher
+        return KubernetesLauncher.from_config(config.kubernetes)
+    return LocalLauncher(config.worker_python)

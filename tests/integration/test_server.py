@@ -48,12 +48,15 @@ def job(bars_job, teacher):
 
 
 @pytest.fixture
-def servers(tmp_path):
+def servers(tmp_path, tmp_path_factory):
     """``servers(**config)`` starts a server on a free port; all stop at the end."""
     started = []
 
     def start(**config):
-        config = {"port": 0, "state_dir": str(tmp_path / "state"), "gpus": [], **config}
+        # jobs read data and teachers from pytest's temporary folders; metrics on a free port
+        config = {"port": 0, "state_dir": str(tmp_path / "state"), "gpus": [],
+                  "metrics_port": 0, "data_roots": [str(tmp_path_factory.getbasetemp())],
+                  **config}
         server = start_server(ServerConfig(**config))
         started.append(server)
         return server, TpetClient(f"127.0.0.1:{server.port}", retries=0)
@@ -93,7 +96,8 @@ def test_submit_and_watch_to_success(servers, job):
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
     assert states_of(events) == ["QUEUED", "RUNNING", "SUCCEEDED"]
     started = [e.stage for e in events if e.kind == "stage_started"]
-    assert started[:4] == ["load_data", "load_teacher", "evaluate_teacher", "distill"]
+    assert started[:5] == ["load_data", "load_teacher", "evaluate_teacher", "profile_teacher",
+                           "distill"]
     progress = [struct_to_dict(e.payload) for e in events if e.kind == "progress"
                 and e.stage == "distill"]
     assert {p["epoch"] for p in progress if p.get("phase") == "train"} == {1, 2}

@@ -1,0 +1,216 @@
+"""What a job may read, and the TLS credentials of the server and its clients.
+
+A job names files on the server's machine (data, teacher checkpoint). ``InputPolicy`` allows
+only files whose real path (symlinks resolved) lies under a configured root, refuses ``..``
+in any path, and refuses inputs larger than a size limit. Checkpoints are never unpickled:
+the library loads them without pickle (``compression.models.safe_load``), whatever the path.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+
+from compression.errors import InvalidInput
+from compression.spec import JobSpec
+from service.errors import PermissionDenied
+
+__all__ = ["InputPolicy", "DEFAULT_DATA_ROOTS", "job_inputs", "ClientTls", "read_secret",
+           "load_token", "server_credentials", "channel_credentials"]
+
+DEFAULT_DATA_ROOTS = (".", "/usr/share/datasets")  # "." is the server's working directory
+
+
+@dataclass(frozen=True)
+class InputPolicy:
+    """roots: directories (made absolute and real at construction); max_bytes: the largest
+    input (a file, or a directory's or manifest's files together)."""
+
+    roots: tuple[Path, ...]
+    max_bytes: int
+
+    @classmethod
+    def of(cls, roots: list[str] | tuple[str, ...], max_bytes: int) -> InputPolicy:
+        return cls(tuple(Path(os.path.realpath(Path(r).expanduser())) for r in roots),
+                   max_bytes)
+
+    def check(self, spec: JobSpec, deep: bool = True) -> None:
+        """Raise ``PermissionDenied`` for a path outside the roots, ``InvalidInput`` for one
+        too large. ``deep``: also check every file of a directory or manifest, and sizes."""
+        for field, path in job_inputs(spec):
+            real = self.allowed(field, path)
+            if deep and real.exists():
+                manifest = spec.data.source == "manifest" and field.startswith("data.")
+                self._check_size(field, path, self._files_of(real, field, manifest))
+
+    def allowed(self, field: str, path: str) -> Path:
+        """The real path of ``path`` (relative: to the working directory) if it is under a
+        root; else ``PermissionDenied`` naming the field, the path and the roots."""
+        if ".." in path.split(os.sep):
+            raise PermissionDenied(f"{field} {path!r} contains '..'; give a path without it "
+                                   f"under the server's data roots ({self._roots()})")
+        real = os.path.realpath(os.path.expanduser(path))
+        # string prefixes, not Path.is_relative_to: this runs for every file of a folder
+        if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+                   for root in map(str, self.roots)):
+            via = f" (it resolves to {real})" if real != path else ""
+            raise PermissionDenied(
+                f"{field} {path!r}{via} is outside the server's data roots ({self._roots()}); "
+                "move it under one of them, or ask the operator to add its directory to "
+                "data_roots in the server config")
+        return Path(real)
+
+    def _check_size(self, field: str, path: str, files: Iterator[Path]) -> None:
+        total = 0
+        for file in files:
+            try:
+                total += file.stat().st_size
+            except OSError:  # gone, or a dangling link: the library reports what it misses
+                continue
+            if total > self.max_bytes:
+                raise InvalidInput(
+                    f"{field} {path!r} holds more than {_size(self.max_bytes)}, the server's "
+                    "max_data_bytes; use a smaller input or ask the operator to raise the "
+                    "limit")
+
+    def _files_of(self, real: Path, field: str, manifest: bool) -> Iterator[Path]:
+        """The files an input stands for, each checked against the roots: a symlink inside
+        a directory, or a manifest line, may point anywhere."""
+        if real.is_dir():
+            yield from self._walk(real, field)
+            return
+        yield real
+        for image in _manifest_paths(real) if manifest else ():
+            found = self.allowed(f"an image listed in {field} ({real}):", str(image))
+            if found.is_file():
+                yield found
+
+    def _walk(self, top: Path, field: str) -> Iterator[Path]:
+        """Every file under the real folder ``top``, following symlinks that stay inside the
+        roots (each folder once: no loops). Only symlinks need resolving: below a real
+        folder, any other entry's path is already real."""
+        stack, seen = [top], {top}
+        while stack:
+            try:
+                entries = list(os.scandir(stack.pop()))
+            except OSError:  # unreadable: the library reports what it cannot read
+                continue
+            for entry in entries:
+                real = self.allowed(field, entry.path) if entry.is_symlink() else Path(entry.path)
+                if not entry.is_dir():
+                    yield real
+                elif real not in seen:
+                    seen.add(real)
+                    stack.append(real)
+
+    def _roots(self) -> str:
+        return ", ".join(str(r) for r in self.roots)
+
+
+def job_inputs(spec: JobSpec) -> list[tuple[str, str]]:
+    """(field, path) of every file or directory the job reads."""
+    data = spec.data
+    if data.source == "fashion-mnist":  # test_path and holdout_path are not read
+        paths = [("data.path", data.resolved_path)]
+    else:
+        paths = [("data.path", data.path), ("data.test_path", data.test_path),
+                 ("data.holdout_path", data.holdout_path)]
+    return [(f, p) for f, p in [*paths, ("teacher.path", spec.teacher.path)] if p]
+
+
+def _manifest_paths(manifest: Path) -> Iterator[Path]:
+    """The image paths a manifest lists (as the library resolves them); rows it cannot parse
+    are left to the library to report."""
+    try:
+        with manifest.open(newline="", encoding="utf-8") as f:
+            if manifest.suffix.lower() == ".csv":
+                values = [row.get("path") for row in csv.DictReader(f)]
+            else:
+                values = [_json_path(line) for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return
+    for value in values:
+        if isinstance(value, str) and value.strip():
+            image = Path(value.strip()).expanduser()
+            yield image if image.is_absolute() else manifest.parent / image
+
+
+def _json_path(line: str) -> object:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row.get("path") if isinstance(row, dict) else None
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:g} {unit}" if unit == "bytes" else f"{n:.3g} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+# -- secrets and TLS ------------------------------------------------------------------------
+
+
+def read_secret(path: str | Path, what: str) -> bytes:
+    """A token or PEM file's bytes; ``InvalidInput`` naming the file when it is unreadable
+    or empty."""
+    try:
+        data = Path(path).expanduser().read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read the {what} {path}: {exc.strerror}") from exc
+    if not data.strip():
+        raise InvalidInput(f"the {what} {path} is empty")
+    return data
+
+
+def load_token(path: str | Path) -> str:
+    """The bearer token in ``path``, surrounding whitespace dropped."""
+    return read_secret(path, "auth token file").decode("utf-8", errors="replace").strip()
+
+
+def server_credentials(cert_file: str, key_file: str,
+                       client_ca_file: str = "") -> grpc.ServerCredentials:
+    """TLS with the server's certificate chain and key; with ``client_ca_file``, mutual TLS:
+    every client must present a certificate that CA signed."""
+    ca = read_secret(client_ca_file, "TLS client CA file") if client_ca_file else None
+    pair = (read_secret(key_file, "TLS key file"), read_secret(cert_file, "TLS certificate file"))
+    return grpc.ssl_server_credentials([pair], root_certificates=ca,
+                                       require_client_auth=ca is not None)
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """A client's TLS settings. ca_file: the CA that signed the server's certificate ('' :
+    the system's roots); cert_file and key_file: the client's own, for mutual TLS."""
+
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+    @classmethod
+    def from_env(cls) -> ClientTls | None:
+        """From TPET_TLS_CA, TPET_TLS_CERT and TPET_TLS_KEY; None when none is set."""
+        values = [os.environ.get(k, "") for k in ("TPET_TLS_CA", "TPET_TLS_CERT",
+                                                   "TPET_TLS_KEY")]
+        return cls(*values) if any(values) else None
+
+
+def channel_credentials(tls: ClientTls) -> grpc.ChannelCredentials:
+    if bool(tls.cert_file) != bool(tls.key_file):
+        raise InvalidInput("give both a client certificate and its key for mutual TLS "
+                           f"(certificate: {tls.cert_file or 'none'}, key: "
+                           f"{tls.key_file or 'none'})")
+    return grpc.ssl_channel_credentials(
+        root_certificates=read_secret(tls.ca_file, "TLS CA file") if tls.ca_file else None,
+        private_key=read_secret(tls.key_file, "TLS key file") if tls.key_file else None,
+        certificate_chain=(read_secret(tls.cert_file, "TLS certificate file")
+                           if tls.cert_file else None))
