@@ -34,7 +34,7 @@ def run_demo(job_path: str, should_stop: Callable[[], bool]) -> int:
         print(f"no teacher at {teacher}: training a {DEMO_TEACHER.arch} first", file=sys.stderr)
         report = train_teacher(job, DEMO_TEACHER, teacher, ProgressPrinter(), should_stop)
         print(f"teacher accuracy {report.overall.accuracy:.2%}", file=sys.stderr)
-    server = start_server(ServerConfig(port=0, state_dir=DEMO_STATE_DIR))
+    server = start_server(ServerConfig(port=0, metrics_port=0, state_dir=DEMO_STATE_DIR))
     try:
         with TpetClient(server.address) as client:
             submitted = client.compress(job_path)

@@ -19,7 +19,8 @@ SPEC = {"name": "q", "teacher": {"path": "t.pt2"}}
 def server(tmp_path):
     # rpc_threads 9 leaves room for exactly one open watch
     server = start_server(ServerConfig(port=0, state_dir=str(tmp_path), gpus=[],
-                                       max_concurrent_jobs=0, rpc_threads=9))
+                                       max_concurrent_jobs=0, rpc_threads=9,
+                                       metrics_port=0))
     yield server
     server.stop(grace_s=1)
 
