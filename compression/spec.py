@@ -7,6 +7,7 @@ Every problem in a spec is collected and raised together in one ``InvalidInput``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import types
@@ -333,13 +334,18 @@ def _convert(value: Any, hint: Any, where: str, problems: list[str]) -> Any:
     return float(value) if hint is float else value
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)  # slow, and the same for every spec: computed once
+
+
 def _build(cls: type, data: Any, where: str, problems: list[str]) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
         problems.append(f"{where or 'spec'}: expected a mapping, got {data!r}")
         return None
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for raw_key, value in data.items():
