@@ -1,8 +1,9 @@
 """TensorRT engines built from the exported ONNX models (TensorRT 10 Python API).
 
 TensorRT is imported lazily, so the library imports and runs where it is absent; only
-``build_engine`` and ``TrtEngine`` (tensorrt_runner) need it, and a CUDA GPU. ``tensorrt_available`` says why
-not, in the words a job report uses when it skips (or fails) its engine stage.
+``build_engine`` and ``TrtEngine`` (tensorrt_runner) need it, and a CUDA GPU.
+``tensorrt_available`` says why not, in the words a job report uses when it skips (or fails)
+its engine stage.
 
 Precisions: ``fp32`` and ``fp16`` build the FP32 ONNX model as a weakly typed network (TF32
 off for fp32, so it matches the ONNX model to float32 tolerance; the FP16 flag for fp16).
@@ -175,10 +176,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str 
     logger = TrtLog.get(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(_network_flags(trt, precision))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise StageFailed(STAGE, f"TensorRT cannot parse {onnx_path}: {'; '.join(errors)}")
+    parser = trt.OnnxParser(network, logger)  # fills ``network``; keep it alive meanwhile
+    _parse(parser, onnx_path)
     config = _builder_config(trt, builder, precision, workspace_bytes)
     _add_profile(builder, config, network, input_shape, batches)
     cache = Path(timing_cache_path) if timing_cache_path else None
@@ -200,6 +199,12 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str 
         timing_cache_loaded=cache_loaded)
     fingerprint_path(engine_path).write_text(json.dumps(info.to_dict(), indent=2))
     return info
+
+
+def _parse(parser: Any, onnx_path: Path) -> None:
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise StageFailed(STAGE, f"TensorRT cannot parse {onnx_path}: {'; '.join(errors)}")
 
 
 def _network_flags(trt: Any, precision: str) -> int:

@@ -102,7 +102,7 @@ def _tensorrt(job: Job, dataset: Dataset, onnx: Artifact, int8: Artifact | None,
         if spec.tensorrt == "required":
             raise StageFailed("build_engine", why_not)
         return Artifact("tensorrt", SKIPPED, reason=why_not)
-    source, precision, note = _engine_source(spec.tensorrt_precision, onnx, int8)
+    source, precision, note = _engine_source(job, dataset, onnx, int8)
     try:
         info = build_engine(source, job.out_dir / "model.engine", precision,
                             input_shape=dataset.input_shape, min_batch=spec.min_batch,
@@ -118,13 +118,19 @@ def _tensorrt(job: Job, dataset: Dataset, onnx: Artifact, int8: Artifact | None,
     return artifact
 
 
-def _engine_source(precision: str, onnx: Artifact, int8: Artifact | None) -> tuple[Path, str, str]:
-    """INT8 engines build from the QDQ model, unless that model broke a floor."""
-    if precision != "int8":
-        return onnx.path, precision, ""
-    if int8 is not None and int8.passed:
-        return int8.path, "int8", ""
-    return onnx.path, "fp16", "the INT8 model failed the guardrails: built FP16 instead"
+def _engine_source(job: Job, dataset: Dataset, onnx: Artifact,
+                   int8: Artifact | None) -> tuple[Path, str, str]:
+    """INT8 engines build from a QDQ model quantized for TensorRT (symmetric, signed), unless
+    the CPU INT8 model already broke a floor: then FP16 from the FP32 model."""
+    spec = job.spec.export
+    if spec.tensorrt_precision != "int8":
+        return onnx.path, spec.tensorrt_precision, ""
+    if int8 is not None and not int8.passed:
+        return onnx.path, "fp16", "the INT8 model failed the guardrails: built FP16 instead"
+    built = export_int8(onnx.path, job.out_dir / "model.int8.tensorrt.onnx", dataset.holdout,
+                        spec.calibration_per_group, job.spec.data.seed, dataset.group_names,
+                        target="tensorrt")
+    return built.path, "int8", ""
 
 
 def _validated(job: Job, dataset: Dataset, judge: Judge, stage: str, runner: Any, path: Path,

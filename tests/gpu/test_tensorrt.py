@@ -46,6 +46,10 @@ def trained(tmp_path_factory):
         loss.backward()
         opt.step()
     model.eval()
+    test = _synthetic(300, seed=1)
+    with torch.no_grad():
+        hits = model(test.x.cuda().float() / 255).argmax(1).cpu() == test.y
+    assert hits.float().mean() > 0.9  # learned: agreement figures below mean something
     folder = tmp_path_factory.mktemp("trt")
     fp32 = export_onnx(model, SHAPE, folder / "m.onnx", opset=17, max_batch=32)
     calib, _ = calibration_set(_synthetic(200, seed=2), 50)
@@ -59,8 +63,8 @@ def test_available_here():
     assert trt.__version__ in reason
 
 
-def test_fp32_engine_matches_torch_at_every_batch_size(trained, tmp_path):
-    model, fp32, _ = trained
+def test_fp32_engine_matches_onnx_at_every_batch_size(trained, tmp_path):
+    _, fp32, _ = trained
     cache = tmp_path / "timing.cache"
     info = build_engine(fp32, tmp_path / "m.fp32.plan", "fp32", input_shape=SHAPE,
                         min_batch=1, opt_batch=8, max_batch=16, timing_cache_path=cache)
@@ -73,12 +77,12 @@ def test_fp32_engine_matches_torch_at_every_batch_size(trained, tmp_path):
     assert json.loads(fingerprint_path(tmp_path / "m.fp32.plan").read_text()) == info.to_dict()
     engine = TrtEngine(tmp_path / "m.fp32.plan")
     assert (engine.min_batch, engine.max_batch) == (1, 16)
+    reference = OnnxModel(fp32)  # onnxruntime on the CPU: plain FP32, no TF32 anywhere
     for b in (1, 7, 40):  # 40: above max_batch, run in chunks
         x = torch.rand(b, *SHAPE, device="cuda")
         out = engine(x)
         assert out.shape == (b, 10) and out.device == x.device and out.dtype == torch.float32
-        with torch.no_grad():
-            assert torch.allclose(out, model(x), atol=1e-3)
+        assert torch.allclose(out.cpu(), reference(x), atol=1e-3)
     assert engine(torch.rand(3, *SHAPE)).device.type == "cpu"  # CPU in, CPU out
 
 
@@ -102,14 +106,15 @@ def test_fp16_engine_agrees_with_fp32_onnx(trained, tmp_path):
     assert result.max_abs_diff < 0.1
 
 
-def test_int8_engine_from_qdq_agrees_with_onnxruntime_int8(trained, tmp_path):
-    _, _, int8 = trained
+def test_int8_engine_from_qdq_agrees_with_fp32(trained, tmp_path):
+    _, fp32, int8 = trained
     info = build_engine(int8, tmp_path / "m.int8.plan", "int8", input_shape=SHAPE,
                         min_batch=2, opt_batch=8, max_batch=64)
     assert info.precision == "int8"
     engine = TrtEngine(tmp_path / "m.int8.plan")
     assert engine(torch.rand(1, *SHAPE, device="cuda")).shape == (1, 10)  # padded to min 2
-    result = parity(OnnxModel(int8), engine, _synthetic(300, 1), device="cuda")
+    # the synthetic task has wide margins, so INT8 rounding should flip almost nothing
+    result = parity(OnnxModel(fp32), engine, _synthetic(300, 1), device="cuda")
     assert result.top1_agreement >= 0.97
 
 

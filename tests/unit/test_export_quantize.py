@@ -97,12 +97,18 @@ def trained(tmp_path_factory):
     model = build_model("tiny_cnn", 1, 10)
     data = _synthetic(512, seed=0)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    for step in range(60):
-        idx = torch.arange(step * 64, step * 64 + 64) % len(data)
-        loss = torch.nn.functional.cross_entropy(model(data.x[idx].float() / 255), data.y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # convolutions this small run several times faster on one thread
+    try:
+        for step in range(60):
+            idx = torch.arange(step * 64, step * 64 + 64) % len(data)
+            x = data.x[idx].float() / 255
+            loss = torch.nn.functional.cross_entropy(model(x), data.y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
     model.eval()
     path = export_onnx(model, SHAPE, tmp_path_factory.mktemp("fp32") / "m.onnx", opset=17,
                        max_batch=64)
@@ -123,6 +129,9 @@ def test_int8_model_is_smaller_quantized_and_agrees_with_fp32(trained, tmp_path)
     ops = count_ops(result.path)
     assert ops["QuantizeLinear"] >= 4 and ops["DequantizeLinear"] >= 4
     assert result.path.stat().st_size < 0.6 * fp32_path.stat().st_size
+    graph = onnx.load(str(result.path)).graph
+    producer = next(n for n in graph.node if "logits" in n.output)
+    assert producer.op_type == "Gemm"  # logits stay float: not rounded by a Q/DQ pair
     int8 = OnnxModel(result.path)
     assert int8(torch.rand(7, *SHAPE)).shape == (7, 10)
     agreement = parity(OnnxModel(fp32_path), int8, test).top1_agreement
@@ -143,8 +152,8 @@ def test_tensorrt_target_is_symmetric_int8(trained, tmp_path):
     points = _zero_points(trt_path)
     assert points and all(p.dtype == np.int8 and not p.any() for p in points)
     cpu_path = quantize_int8(fp32_path, tmp_path / "cpu.onnx", x, target="cpu")
-    assert all(p.dtype == np.uint8 for p in _zero_points(cpu_path))  # u8 x s8 kernels
-    assert any(p.any() for p in _zero_points(cpu_path))  # asymmetric: the logits' range
+    cpu_points = _zero_points(cpu_path)
+    assert cpu_points and all(p.dtype == np.uint8 for p in cpu_points)  # u8 x s8 kernels
 
 
 def test_quantize_failures_are_reported(trained, tmp_path):
