@@ -31,5 +31,12 @@ test: install system-packages
 test-all: PYTEST_ARGS = -m ""
 test-all: test
 
+# torchdistill is a benchmark-only dependency: it never enters pyproject.toml
+bench: install system-packages
+	$(BIN)/pip install --quiet torchdistill==1.1.5
+	$(BIN)/python bench/distill_throughput.py --epochs 5 --threads 1 --repeats 2
+	$(BIN)/python bench/latency.py
+	$(BIN)/python bench/service_bench.py
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache
