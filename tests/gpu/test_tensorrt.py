@@ -18,17 +18,13 @@ from compression.export import (EngineInfo, OnnxModel, TrtEngine, build_engine, 
                                 calibration_set, export_onnx, fingerprint_path, parity,
                                 quantize_int8, tensorrt_available)
 from compression.models import build_model  # noqa: E402
+from tests.synthetic import row_bars  # noqa: E402
 
 SHAPE = (1, 12, 12)
 
 
 def _synthetic(n: int, seed: int) -> Split:
-    """10 classes; class k is a bright row at height k on noise."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 10, (n,), generator=g)
-    x = torch.randint(0, 60, (n, *SHAPE), generator=g)
-    x[torch.arange(n), 0, y + 1, :] = 250
-    return Split(x.to(torch.uint8), y, y % 2)
+    return row_bars(n, seed, SHAPE)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from compression.errors import InvalidInput, StageFailed
 from compression.export import (CalibrationReader, OnnxModel, calibration_set, count_ops,
                                 export_int8, export_onnx, parity, quantize_int8)
 from compression.models import build_model
+from tests.synthetic import row_bars
 
 SHAPE = (1, 12, 12)
 
@@ -82,12 +83,7 @@ def test_calibration_reader_batches_floats_and_rewinds():
 
 
 def _synthetic(n: int, seed: int) -> Split:
-    """10 classes; class k is a bright row at height k on noise: easy to learn in a few steps."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 10, (n,), generator=g)
-    x = torch.randint(0, 60, (n, *SHAPE), generator=g)
-    x[torch.arange(n), 0, y + 1, :] = 250
-    return Split(x.to(torch.uint8), y, y % 2)
+    return row_bars(n, seed, SHAPE)
 
 
 @pytest.fixture(scope="module")
