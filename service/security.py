@@ -22,7 +22,8 @@ from compression.spec import JobSpec
 from service.errors import PermissionDenied
 
 __all__ = ["InputPolicy", "DEFAULT_DATA_ROOTS", "job_inputs", "ClientTls", "read_secret",
-           "load_token", "server_credentials", "channel_credentials"]
+           "load_token", "server_credentials", "channel_credentials", "worker_channel",
+           "WORKER_TLS_ENV"]
 
 DEFAULT_DATA_ROOTS = (".", "/usr/share/datasets")  # "." is the server's working directory
 
@@ -214,3 +215,17 @@ def channel_credentials(tls: ClientTls) -> grpc.ChannelCredentials:
         private_key=read_secret(tls.key_file, "TLS key file") if tls.key_file else None,
         certificate_chain=(read_secret(tls.cert_file, "TLS certificate file")
                            if tls.cert_file else None))
+
+
+# A worker's own variables, not TPET_TLS_*: a server started from a shell with client TLS
+# settings passes its environment to local workers, which reach it over loopback plaintext.
+WORKER_TLS_ENV = ("TPET_WORKER_TLS_CA", "TPET_WORKER_TLS_CERT", "TPET_WORKER_TLS_KEY")
+
+
+def worker_channel(target: str) -> grpc.Channel:
+    """The worker's channel to the manager: TLS when any ``WORKER_TLS_ENV`` variable is set
+    (CA, and for mutual TLS the worker's certificate and key), else plaintext."""
+    tls = ClientTls(*(os.environ.get(k, "") for k in WORKER_TLS_ENV))
+    if not any((tls.ca_file, tls.cert_file, tls.key_file)):
+        return grpc.insecure_channel(target)
+    return grpc.secure_channel(target, channel_credentials(tls))
