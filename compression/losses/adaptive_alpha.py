@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from compression.distributed import batch_mean
 from compression.errors import InvalidInput
 from compression.losses.base import Loss, LossContext, StatelessLoss
 from compression.losses.per_example import kd_per_example
@@ -62,7 +63,7 @@ def adaptive_alpha_loss(student_logits: Tensor, teacher_logits: Tensor | None, l
     if margin is not None and teacher_logits is not None:
         trusted = teacher_margin(teacher_logits, labels) > margin  # [B] bool
         alpha = torch.where(trusted, alpha, alpha * gate)
-    return kd_per_example(student_logits, teacher_logits, labels, alpha, temperature).mean()
+    return batch_mean(kd_per_example(student_logits, teacher_logits, labels, alpha, temperature))
 
 
 def build(spec: MitigationSpec, context: LossContext, params: dict[str, Any]) -> Loss:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from compression.distributed import batch_mean
 from compression.errors import InvalidInput
 from compression.losses.base import Loss, LossContext, StatelessLoss
 from compression.losses.core import kd_kl
@@ -42,10 +43,10 @@ def adaptive_margin_loss(student_logits: Tensor, teacher_logits: Tensor | None, 
                          margins: Tensor, alpha: float, temperature: float) -> Tensor:
     """student_logits, teacher_logits: [B, C]; labels: [B]; margins: [C] -> scalar."""
     z = student_logits.float()
-    ce = F.cross_entropy(z - margins.to(z.device), labels)
+    ce = F.cross_entropy(z - margins.to(z.device), labels, reduction="none")  # [B]
     if alpha == 0:
-        return ce
-    return (1 - alpha) * ce + alpha * kd_kl(z, teacher_logits, temperature).mean()
+        return batch_mean(ce)
+    return batch_mean((1 - alpha) * ce + alpha * kd_kl(z, teacher_logits, temperature))
 
 
 def build(spec: MitigationSpec, context: LossContext, params: dict[str, Any]) -> Loss:

@@ -12,6 +12,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
+from compression.distributed import batch_mean
 from compression.losses.base import Loss, LossContext, StatelessLoss
 from compression.spec import MitigationSpec
 
@@ -19,8 +20,9 @@ __all__ = ["cross_entropy", "kd_kl", "kd_loss", "build_one_hot", "build_kd"]
 
 
 def cross_entropy(student_logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean cross entropy. student_logits: [B, C]; labels: [B] int64 -> scalar."""
-    return F.cross_entropy(student_logits.float(), labels)
+    """Mean cross entropy over the (global) batch. student_logits: [B, C]; labels: [B] int64
+    -> scalar."""
+    return batch_mean(F.cross_entropy(student_logits.float(), labels, reduction="none"))
 
 
 def kd_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -39,12 +41,13 @@ def kd_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) ->
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, alpha: float,
             temperature: float) -> Tensor:
-    """``(1 - alpha) * CE + alpha * T^2 * KL(teacher_T || student_T)``, batch mean.
+    """``(1 - alpha) * CE + alpha * T^2 * KL(teacher_T || student_T)``, global-batch mean.
 
     student_logits, teacher_logits: [B, C]; labels: [B] int64 -> scalar.
     """
-    ce = cross_entropy(student_logits, labels)
-    return (1 - alpha) * ce + alpha * kd_kl(student_logits, teacher_logits, temperature).mean()
+    ce = F.cross_entropy(student_logits.float(), labels, reduction="none")  # [B]
+    kl = kd_kl(student_logits, teacher_logits, temperature)  # [B]
+    return batch_mean((1 - alpha) * ce + alpha * kl)
 
 
 def build_one_hot(spec: MitigationSpec, context: LossContext, params: dict[str, Any]) -> Loss:

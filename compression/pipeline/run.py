@@ -3,6 +3,9 @@
 load data -> check the policy -> profile the teacher -> (one-hot baseline) -> (choose the
 mitigation) -> distill -> validate -> export ONNX, INT8, TensorRT, validating each -> bundle.
 A subgroup below its floor is a result (status REJECTED with the report), not an exception.
+
+Under torchrun every rank runs the job through training (``compression.distributed``); then
+the other ranks return None and rank 0 alone validates, exports and writes the bundle.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 import torch
 
+from compression import distributed
 from compression.artifacts import choose_shipped, write_bundle
 from compression.data import Dataset, describe, load_dataset
 from compression.errors import InvalidInput
@@ -49,10 +53,10 @@ class RunResult:
 
 
 def run(spec: JobSpec, on_event: EventSink = emit_nothing,
-        should_stop: StopCheck = never_stop) -> RunResult:
-    """Distill, validate, export and package ``spec``'s student."""
+        should_stop: StopCheck = never_stop) -> RunResult | None:
+    """Distill, validate, export and package ``spec``'s student (None on ranks other than 0)."""
     job = Job(spec, spec.resolved_output_dir, resolve_device(spec.training.device),
-              on_event, should_stop)
+              on_event, distributed.agreed_stop(should_stop))  # all ranks stop together
     job.out_dir.mkdir(parents=True, exist_ok=True)
     dataset = job.stage("load_data", lambda: load_dataset(spec.data), _data_summary)
     _preflight(spec, dataset)
@@ -70,6 +74,9 @@ def run(spec: JobSpec, on_event: EventSink = emit_nothing,
         mitigation = selection.chosen
 
     student = train_student(job, dataset, mitigation, teacher, stage="distill", workdir="student")
+    if not distributed.is_primary():
+        return None
+    job.should_stop = should_stop  # rank 0 goes on alone
     judge_stage = _judge(spec, teacher, baseline)
     student_report = job.stage("evaluate_student", lambda: job.evaluate(
         student.model, dataset, "student", reference=teacher and teacher.test_report),

@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from compression import distributed
 from compression.data import Dataset
 from compression.evaluation import EvalReport
 from compression.losses import Loss, LossContext, build_loss
@@ -79,8 +80,9 @@ def select_mitigation(job: Job, dataset: Dataset, teacher: TeacherView | None,
                             workdir=f"candidate_{index}_{candidate.name}")
         return job.evaluate(run.model, dataset, candidate.name, split=dataset.holdout)
 
-    return job.stage("select_mitigation", lambda: choose_mitigation(
-        candidates, train_candidate, passes), _selection_summary)
+    # Every rank trains every candidate; rank 0's choice holds, so all go on with one student.
+    return job.stage("select_mitigation", lambda: distributed.from_primary(choose_mitigation(
+        candidates, train_candidate, passes)), _selection_summary)
 
 
 def _selection_training(training: TrainingSpec, selection_epochs: int) -> TrainingSpec:

@@ -3,6 +3,12 @@
 ``train`` reads top to bottom: set up, resume, attach the teacher (cached or online), run the
 epochs, checkpoint after each. Every source of randomness is seeded from ``spec.seed`` (and the
 epoch), so on CPU a seed gives bit-identical weights, also across a stop and resume.
+
+Inside a torchrun process group (``compression.distributed``) the model trains under DDP:
+``batch_size`` stays the global batch, each rank takes every world-th example of it (after the
+whole batch is augmented, so the crops do not depend on the number of ranks), the losses
+average over the global batch, and only rank 0 writes checkpoints. Up to float rounding the
+weights are those of one process, BatchNorm aside: its batch statistics are per rank.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from compression import distributed
 from compression.data.dataset import Split
 from compression.errors import Cancelled, InvalidInput, StageFailed
 from compression.events import Event, EventSink, StopCheck, emit_nothing, never_stop
@@ -62,6 +70,7 @@ class _Run:
     """Everything an epoch needs, set up once by ``train``. x/y/group: the split on device."""
 
     model: nn.Module
+    forward: nn.Module  # ``model``, or its DDP wrapper inside a process group
     spec: TrainingSpec
     loss: "Loss"
     stage: str
@@ -93,6 +102,7 @@ def train(model: nn.Module, data: Split, spec: TrainingSpec, loss: "Loss", *,
     Raises ``Cancelled`` when ``should_stop()`` turns True, ``StageFailed`` on a non-finite loss.
     """
     start = time.perf_counter()
+    should_stop = distributed.agreed_stop(should_stop)
     device = resolve_device(spec.device)
     _check_inputs(data, loss, teacher, stage)
     memory = PeakMemory(device)
@@ -110,7 +120,7 @@ def train(model: nn.Module, data: Split, spec: TrainingSpec, loss: "Loss", *,
         final_loss, epoch_seconds = _run_epoch(run, epoch)
         _end_epoch(run)
         samples, seconds = samples + len(data), seconds + epoch_seconds
-        if path is not None:
+        if path is not None and distributed.is_primary():
             save_checkpoint(path, _checkpoint(run, epoch + 1, final_loss, fingerprint))
     model.to(memory_format=torch.contiguous_format).eval()
     return TrainResult(
@@ -127,6 +137,10 @@ def _end_epoch(run: _Run) -> None:
     hook = getattr(run.loss, "on_epoch_end", None)
     if hook is not None:
         hook(run.model)
+    if hook is not None and distributed.is_distributed():
+        # rank 0's update holds everywhere, whatever float noise the ranks' evaluations had
+        state = _to_device(run.loss.state_dict(), torch.device("cpu"))
+        run.loss.load_state_dict(_to_device(distributed.from_primary(state), run.device))
 
 
 def uses_teacher_cache(spec: TrainingSpec) -> bool:
@@ -164,12 +178,20 @@ def _setup(model: nn.Module, data: Split, spec: TrainingSpec, loss: "Loss",
     steps = steps_per_epoch(len(data), spec.batch_size)
     # The whole split moves to the device once: no per-step host-to-device copies.
     return _Run(
-        model=model, spec=spec, loss=loss, stage=stage, device=device, x=data.x.to(device),
+        model=model, forward=_data_parallel(model, device), spec=spec, loss=loss, stage=stage, device=device, x=data.x.to(device),
         y=data.y.to(device), group=data.group.to(device), optimizer=optimizer,
         scheduler=build_scheduler(optimizer, spec, steps),
         scaler=torch.amp.GradScaler(device.type, enabled=amp is torch.float16),
         amp=amp, channels_last=channels_last, steps=steps, on_event=on_event,
         should_stop=should_stop)
+
+
+def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
+    """DDP around ``model`` inside a process group (it starts from rank 0's weights)."""
+    if not distributed.is_distributed():
+        return model
+    ids = [torch.cuda.current_device()] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
 
 
 def _resume(run: _Run, path: Path | None, fingerprint: str) -> tuple[int, float]:
@@ -258,13 +280,14 @@ def _run_epoch(run: _Run, epoch: int) -> tuple[float, float]:
 
 
 def _train_step(run: _Run, idx: torch.Tensor, augment_rng: torch.Generator) -> torch.Tensor:
-    """idx: [B] sample indices -> the batch loss (detached scalar), after one optimizer step."""
-    x = to_inputs(augment_batch(run.x[idx], run.spec.augment, augment_rng))  # [B, C, H, W]
-    teacher = run.teacher_fn(idx, x) if run.teacher_fn is not None else None  # [B, K]
+    """idx: [B] sample indices of the global batch -> this rank's loss (detached scalar),
+    after one optimizer step."""
+    idx, x = _local_batch(run, idx, augment_rng)  # [b], [b, C, H, W]
+    teacher = run.teacher_fn(idx, x) if run.teacher_fn is not None else None  # [b, K]
     if run.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with autocast(run.device, run.amp):
-        logits = run.model(x)  # [B, K]
+        logits = run.forward(x)  # [b, K]
     value = run.loss(logits.float(), run.y[idx], teacher, run.group[idx])
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(value).backward()
@@ -272,6 +295,16 @@ def _train_step(run: _Run, idx: torch.Tensor, augment_rng: torch.Generator) -> t
     run.scaler.update()
     run.scheduler.step()
     return value.detach()
+
+
+def _local_batch(run: _Run, idx: torch.Tensor,
+                 augment_rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's share of the global batch idx: [B] -> (idx [b], float inputs [b, C, H, W])."""
+    mine = slice(distributed.rank(), None, distributed.world_size())
+    if run.spec.augment == "none":
+        return idx[mine], to_inputs(run.x[idx[mine]])
+    # The whole batch draws its crops: the same ones whatever the number of ranks.
+    return idx[mine], to_inputs(augment_batch(run.x[idx], run.spec.augment, augment_rng)[mine])
 
 
 @dataclass
@@ -289,7 +322,8 @@ class _Window:
 
     def close(self, stage: str, epoch: int) -> dict[str, float]:
         """loss (sample-weighted mean), loss_sum, samples_per_s; StageFailed on NaN or inf."""
-        losses = torch.stack(self.losses).double().cpu()  # [S]
+        # [S] global-batch losses: each rank's value is its share in the distributed convention
+        losses = distributed.mean_over_ranks(torch.stack(self.losses)).double().cpu()
         bad = (~losses.isfinite()).nonzero()
         if len(bad):
             i = int(bad[0])
