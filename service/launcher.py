@@ -1,8 +1,8 @@
 """Launchers start, watch and stop worker processes; the job manager owns the only instance.
 
-``LocalLauncher`` runs ``python -m service.worker`` as a child process. A Kubernetes launcher
-will implement the same three calls with Jobs and pods; the worker talks back to the manager
-over gRPC either way, so nothing else changes.
+``LocalLauncher`` runs ``python -m service.worker`` as a child process;
+``service.k8s_launcher`` implements the same three calls with Jobs and pods. The worker talks
+back to the manager over gRPC either way, so nothing else changes.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Protocol
 
 __all__ = ["LaunchRequest", "ExitStatus", "WorkerHandle", "Launcher", "LocalLauncher",
-           "exit_reason"]
+           "exit_reason", "torchrun_args", "WORKER_MODULE"]
 
 
 @dataclass(frozen=True)
@@ -57,12 +57,27 @@ class _LocalHandle:
         return f"pid {self.process.pid}"
 
 
+WORKER_MODULE = ("-m", "service.worker")
+
+
+def torchrun_args(processes: int) -> tuple[str, ...]:
+    """``LocalLauncher`` arguments that run the worker as ``processes`` data-parallel ranks."""
+    return ("-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+            *WORKER_MODULE)
+
+
 class LocalLauncher:
-    """Workers as child processes of the server, logging to ``<output_dir>/worker.log``."""
+    """Workers as child processes of the server, logging to ``<output_dir>/worker.log``.
+
+    ``worker_args`` follow the Python executable: the worker module, or ``torchrun_args(n)``.
+    Each worker leads its own process group, so signals reach torchrun's ranks too.
+    """
 
     def __init__(self, python: str = sys.executable, cwd: str | Path | None = None,
-                 extra_env: Mapping[str, str] | None = None):
+                 extra_env: Mapping[str, str] | None = None,
+                 worker_args: tuple[str, ...] = WORKER_MODULE):
         self.python = python
+        self.worker_args = tuple(worker_args)
         self.cwd = Path(cwd) if cwd is not None else Path.cwd()
         self.extra_env = dict(extra_env or {})
 
@@ -73,7 +88,7 @@ class LocalLauncher:
             log.write(f"--- attempt {job.attempt}\n".encode())
             log.flush()
             process = subprocess.Popen(
-                [self.python, "-m", "service.worker"], cwd=self.cwd, stdin=subprocess.DEVNULL,
+                [self.python, *self.worker_args], cwd=self.cwd, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.extra_env, **env},
                 start_new_session=True)  # Ctrl-C on the server's terminal is not the worker's
         return _LocalHandle(process, log_path)
@@ -86,7 +101,10 @@ class LocalLauncher:
 
     def kill(self, handle: _LocalHandle, force: bool = False) -> None:
         if handle.process.poll() is None:
-            handle.process.send_signal(signal.SIGKILL if force else signal.SIGTERM)
+            try:
+                os.killpg(handle.process.pid, signal.SIGKILL if force else signal.SIGTERM)
+            except ProcessLookupError:  # ended in between
+                pass
 
 
 def exit_reason(code: int, last_output: str = "") -> str:

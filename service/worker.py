@@ -4,6 +4,9 @@ Started by a launcher as ``python -m service.worker`` with ``TPET_SERVER`` (the 
 address), ``TPET_JOB_ID`` and ``TPET_JOB_TOKEN`` (this attempt's token) in its environment.
 It fetches the spec (StartJob), runs ``compression.pipeline.run`` with its events streamed back
 (ReportEvents, whose answers carry the cancel request) and reports the outcome (FinishJob).
+
+Under torchrun (a job spanning GPUs or nodes) rank 0 alone talks to the manager: it passes the
+spec to the other ranks, which help train and then exit (``compression.distributed``).
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ from typing import Any
 
 import grpc
 
+from compression import distributed
 from compression.errors import Cancelled, InvalidInput, StageFailed, TpetError
-from compression.events import Event
-from service._proto import worker_pb2, worker_pb2_grpc
+from compression.events import Event, emit_nothing, never_stop
+from service._proto import spec_pb2, worker_pb2, worker_pb2_grpc
 from service.convert import dict_to_struct, proto_to_spec
 from service.progress import ProgressPrinter
+from service.security import worker_channel
 
 __all__ = ["Reporter", "run_job", "main", "TOKEN_METADATA"]
 
@@ -142,18 +147,29 @@ def main() -> int:
         print(f"worker: {exc.args[0]} is not set; workers are started by `tpet serve`",
               file=sys.stderr)
         return 2
+    joined = distributed.init_from_env()
     try:
+        if not distributed.is_primary():
+            return _help_primary()
         return _work(target, job_id, ((TOKEN_METADATA, token),))
     except grpc.RpcError as exc:  # the manager refused or is gone: nothing left to report to
         print(f"worker: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
+    finally:
+        if joined:
+            distributed.shutdown()
 
 
 def _work(target: str, job_id: str, metadata: tuple) -> int:
-    with grpc.insecure_channel(target) as channel:
+    with worker_channel(target) as channel:
         stub = worker_pb2_grpc.WorkerServiceStub(channel)
-        started = stub.StartJob(worker_pb2.StartJobRequest(job_id=job_id), metadata=metadata,
-                                timeout=60, wait_for_ready=True)
+        try:
+            started = stub.StartJob(worker_pb2.StartJobRequest(job_id=job_id),
+                                    metadata=metadata, timeout=60, wait_for_ready=True)
+        except grpc.RpcError:
+            distributed.from_primary(None)  # the other ranks give up too
+            raise
+        distributed.from_primary(started.spec.SerializeToString())
         print(f"worker: job {job_id} attempt {started.attempt}", file=sys.stderr, flush=True)
         reporter = Reporter(stub, job_id, metadata)
         outcome, error, kind, report = run_job(started.spec, reporter)
@@ -166,6 +182,26 @@ def _work(target: str, job_id: str, metadata: tuple) -> int:
             error_kind=kind, report_json=report), metadata=metadata, timeout=60,
             wait_for_ready=True)
     print(f"worker: job {job_id} {outcome}", file=sys.stderr)
+    return 0
+
+
+def _help_primary() -> int:
+    """A rank other than 0: train along with rank 0, which reports and ships.
+
+    A job error (invalid input, a failed stage, a cancel) reaches every rank at the same point,
+    and rank 0 reports it; this rank exits 0 so that torchrun leaves rank 0 time to do so.
+    """
+    spec_bytes = distributed.from_primary(None)
+    if spec_bytes is None:
+        print("worker: rank 0 could not start the job", file=sys.stderr)
+        return 1
+    spec = spec_pb2.JobSpec.FromString(spec_bytes)
+    from compression.pipeline import run
+
+    try:
+        run(proto_to_spec(spec), emit_nothing, never_stop)
+    except TpetError as exc:
+        print(f"worker rank {distributed.rank()}: {type(exc).__name__}: {exc}", file=sys.stderr)
     return 0
 
 

@@ -177,9 +177,9 @@ def _jsonable(state: dict[str, Any]) -> dict[str, Any]:
     return {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
 
 
-def _environment(device: torch.device) -> dict[str, str]:
-    env = {"python": platform.python_version(), "torch": torch.__version__,
-           "device": str(device)}
+def _environment(device: torch.device) -> dict[str, Any]:
+    env: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
+                           "device": str(device), "ranks": distributed.world_size()}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
