@@ -9,6 +9,7 @@ ARG TENSORRT_IMAGE=nvcr.io/nvidia/tensorrt:25.01-py3
 FROM ${TENSORRT_IMAGE}
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DEBIAN_FRONTEND=noninteractive
 # Ubuntu's archive keeps only its current python3-venv, so it cannot be pinned usefully.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3-venv \
     && rm -rf /var/lib/apt/lists/*

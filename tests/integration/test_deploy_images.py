@@ -1,7 +1,8 @@
-"""The Dockerfiles, read as a linter would (no Docker daemon or registry here, so nothing is
-built), and the API image's health check script run against a real server."""
+"""The Dockerfiles, linted by hadolint and read as a reviewer would (no Docker daemon or registry
+here, so nothing is built), and the API image's health check script run against a real server."""
 
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -61,6 +62,16 @@ def pinned(image: str) -> bool:
 def pyproject_pins() -> dict[str, str]:
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     return dict(d.split("==") for d in deps if "==" in d)
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_hadolint_passes(image):
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or \
+        shutil.which("hadolint")
+    assert hadolint, "hadolint is missing: pip install -e '.[dev]'"
+    done = subprocess.run([hadolint, "--no-color", str(DOCKER / f"{image}.Dockerfile")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("image", IMAGES)
