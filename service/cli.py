@@ -48,10 +48,20 @@ class _StopFlag:
 
 
 def cmd_run(args: argparse.Namespace, stop: _StopFlag) -> int:
+    from compression import distributed
+    from compression.events import emit_nothing
     from compression.pipeline import REJECTED, run
     from service.report_view import format_report
 
-    result = run(load_job(args.job), ProgressPrinter(), stop)
+    joined = distributed.init_from_env()  # under torchrun every rank trains, rank 0 reports
+    try:
+        result = run(load_job(args.job),
+                     ProgressPrinter() if distributed.is_primary() else emit_nothing, stop)
+    finally:
+        if joined:
+            distributed.shutdown()
+    if result is None:  # a rank other than 0: its part is done
+        return EXIT_OK
     text = result.report_path.read_text()
     print(text if args.json else f"\n{format_report(json.loads(text))}\n"
                                  f"report: {result.report_path}")

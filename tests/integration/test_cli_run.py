@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -105,3 +106,18 @@ def test_one_hot_needs_no_teacher(bars_job, tmp_path):
     report = json.loads(ran.stdout)
     assert "teacher" not in report["evaluations"] and report["teacher"] is None
     assert report["evaluations"]["student"]["overall"]["n"] == 200
+
+
+def test_run_under_torchrun_trains_on_two_ranks(bars_job, tmp_path):
+    from compression.models import build_model, save_exported
+
+    save_exported(build_model("tiny_cnn", 1, 4, 1.0).eval(), (1, 8, 8), tmp_path / "teacher.pt2")
+    job = bars_job(training={"epochs": 2})
+    ran = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node=2", "-m", "service.cli", "run", job],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert ran.stdout.count("status: SUCCEEDED") == 1  # rank 0 alone reports
+    assert ran.stderr.count("==> distill") == 1
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["environment"]["ranks"] == 2 and report["status"] == "SUCCEEDED"
