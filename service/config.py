@@ -67,8 +67,20 @@ class ServerConfig:
         if self.launcher not in ("local", "kubernetes"):
             out.append(f"launcher is {self.launcher!r}; use local or kubernetes")
         elif self.launcher == "kubernetes":
-            out += _kubernetes_problems(self.kubernetes)
+            out += _kubernetes_problems(self.kubernetes) + self._worker_tls_problems()
         return out + self._security_problems()
+
+    def _worker_tls_problems(self) -> list[str]:
+        """Kubernetes worker pods dial the public port: with TLS on they need TLS too."""
+        block = self.kubernetes if isinstance(self.kubernetes, dict) else {}
+        if not self.tls_cert_file or block.get("tls_secret"):
+            return []
+        client = (", and for mutual TLS (tls_client_ca_file) tls.crt and tls.key, a client "
+                  "certificate that CA signed") if self.tls_client_ca_file else ""
+        return ["kubernetes.tls_secret: required with tls_cert_file, since worker pods reach "
+                "the server on its TLS-only port; create a Secret holding ca.crt (the CA that "
+                f"signed tls_cert_file){client}, and name it here (docs/operations.md, TLS "
+                "and mutual TLS)"]
 
     def _security_problems(self) -> list[str]:
         out = []

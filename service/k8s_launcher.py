@@ -94,15 +94,18 @@ class KubernetesHandle:
 
 class KubernetesLauncher:
     """The ``Launcher`` protocol over the Kubernetes API (``batch``: BatchV1Api, ``core``:
-    CoreV1Api; tests pass recording fakes, since no cluster runs there)."""
+    CoreV1Api; tests pass recording fakes, since no cluster runs there). ``client_cert``: the
+    server requires client certificates (mutual TLS), so pods present the tls_secret's."""
 
     def __init__(self, config: KubernetesConfig, batch: Any, core: Any,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, client_cert: bool = False):
         self.config, self.batch, self.core, self.clock = config, batch, core, clock
+        self.client_cert = client_cert
         self.namespace = config.namespace or _own_namespace()
 
     @classmethod
-    def from_config(cls, data: Mapping[str, Any] | None) -> KubernetesLauncher:
+    def from_config(cls, data: Mapping[str, Any] | None,
+                    client_cert: bool = False) -> KubernetesLauncher:
         """From the ``kubernetes:`` block, with in-cluster credentials (else ``KUBECONFIG``)."""
         from kubernetes import config as kube_config
 
@@ -117,15 +120,17 @@ class KubernetesLauncher:
                                    f"({exc}); run the server in a pod with a service account, "
                                    "or set KUBECONFIG") from exc
         api = client.ApiClient()
-        return cls(config, client.BatchV1Api(api), client.CoreV1Api(api))
+        return cls(config, client.BatchV1Api(api), client.CoreV1Api(api),
+                   client_cert=client_cert)
 
     def start(self, job: LaunchRequest, env: Mapping[str, str]) -> KubernetesHandle:
         self._check_output_dir(job.output_dir)
         name, ns = job_object_name(job.job_id, job.attempt), self.namespace
         try:
             self._delete_stale(job.job_id, keep=name)
-            created = self.batch.create_namespaced_job(ns, build_job(self.config, job, env),
-                                                       _request_timeout=_TIMEOUT_S)
+            created = self.batch.create_namespaced_job(
+                ns, build_job(self.config, job, env, client_cert=self.client_cert),
+                _request_timeout=_TIMEOUT_S)
             try:
                 self.core.create_namespaced_secret(
                     ns, build_token_secret(job, env["TPET_JOB_TOKEN"], created),

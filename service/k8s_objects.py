@@ -4,9 +4,11 @@
 (``python -m service.worker``; ``torchrun ... -m service.worker`` when it spans GPUs or nodes)
 with the manager's worker environment, except that ``TPET_SERVER`` is the in-cluster address
 (``manager_target``) and the token is read from the attempt's Secret (``build_token_secret``):
-a literal env value would show to anyone allowed to read Jobs or pods. Several nodes make an
-Indexed Job whose pod 0 hosts the torchrun rendezvous, named by a headless Service
-(``build_rendezvous_service``). Built with the official client's model objects.
+a literal env value would show to anyone allowed to read Jobs or pods. With ``tls_secret`` the
+pod mounts that Secret and the worker dials the manager over TLS (``security.worker_channel``),
+presenting the Secret's certificate too when the server asks for one (mutual TLS). Several
+nodes make an Indexed Job whose pod 0 hosts the torchrun rendezvous, named by a headless
+Service (``build_rendezvous_service``). Built with the official client's model objects.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from service.launcher import LaunchRequest
 
 __all__ = ["KubernetesConfig", "build_job", "build_token_secret", "build_rendezvous_service",
            "worker_command", "job_object_name", "JOB_ID_LABEL", "ATTEMPT_LABEL", "WORKER_UID",
-           "FAIL_JOB_EXIT_CODES"]
+           "FAIL_JOB_EXIT_CODES", "WORKER_TLS_DIR"]
 
 JOB_ID_LABEL = "teachers-pet/job-id"
 ATTEMPT_LABEL = "teachers-pet/attempt"
@@ -32,6 +34,12 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # attempt's token (or Python crashed); 2, the worker was started without its environment.
 # The manager retries with a new attempt and token when max_attempts allows.
 FAIL_JOB_EXIT_CODES = [1, 2]
+# Where the worker finds the tls_secret's keys: ca.crt, and for mutual TLS tls.crt and tls.key
+# (the keys cert-manager and `kubectl create secret tls` write).
+WORKER_TLS_DIR = "/var/run/secrets/teachers-pet/tls"
+_TLS_MODE = 0o440  # owner and group (fsGroup, the worker's group) may read; nobody else
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
+_HOST_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
 _RESERVED_ENV = ("TPET_", "JOB_COMPLETION_INDEX")
 _TOLERATION_KEYS = {"key": "key", "operator": "operator", "value": "value",
@@ -61,6 +69,8 @@ class KubernetesConfig:
     ttl_after_finished_s: int = 86400
     poll_interval_s: float = 5.0
     rendezvous_port: int = 29500
+    tls_secret: str = ""  # a Secret with ca.crt (mutual TLS: tls.crt, tls.key): pods speak TLS
+    tls_server_name: str = ""  # the name the server's certificate carries, if not the target's
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None) -> KubernetesConfig:
@@ -77,7 +87,7 @@ class KubernetesConfig:
 
     def problems(self) -> list[str]:
         return [*_text_problems(self), *_number_problems(self),
-                *_list_problems(self.tolerations, self.volumes)]
+                *_list_problems(self.tolerations, self.volumes), *_tls_problems(self)]
 
 
 def _parse(data: Any) -> tuple[KubernetesConfig | None, list[str]]:
@@ -118,6 +128,21 @@ def _text_problems(config: KubernetesConfig) -> list[str]:
     if reserved:
         out.append(f"env sets {', '.join(reserved)}; the launcher sets TPET_* and "
                    "JOB_COMPLETION_INDEX itself")
+    return out
+
+
+def _tls_problems(config: KubernetesConfig) -> list[str]:
+    secret, name = config.tls_secret, config.tls_server_name
+    out = []
+    if not isinstance(secret, str) or secret and not _DNS_SUBDOMAIN.match(secret):
+        out.append(f"tls_secret is {secret!r}; use the name of a Secret in the Jobs' "
+                   "namespace (lowercase letters, digits, '-', '.'), e.g. tpet-worker-tls")
+    if not isinstance(name, str) or name and not _HOST_NAME.match(name):
+        out.append(f"tls_server_name is {name!r}; use a DNS name or IP address that the "
+                   "server's certificate carries, e.g. tpet-api.teachers-pet.svc")
+    elif name and not secret:
+        out.append("tls_server_name needs tls_secret: set it to a Secret whose ca.crt signed "
+                   "the server's certificate")
     return out
 
 
@@ -194,11 +219,26 @@ def worker_command(config: KubernetesConfig, job_name: str) -> list[str]:
             "-m", "service.worker"]
 
 
-def _env(config: KubernetesConfig, job_name: str, env: Mapping[str, str]) -> list[client.V1EnvVar]:
+def _tls_env(config: KubernetesConfig, client_cert: bool) -> dict[str, str]:
+    """The worker's TLS variables (``security.worker_channel``); none without tls_secret."""
+    if not config.tls_secret:
+        return {}
+    out = {"TPET_WORKER_TLS_CA": f"{WORKER_TLS_DIR}/ca.crt"}
+    if client_cert:
+        out.update(TPET_WORKER_TLS_CERT=f"{WORKER_TLS_DIR}/tls.crt",
+                   TPET_WORKER_TLS_KEY=f"{WORKER_TLS_DIR}/tls.key")
+    if config.tls_server_name:
+        out["TPET_WORKER_TLS_SERVER_NAME"] = config.tls_server_name
+    return out
+
+
+def _env(config: KubernetesConfig, job_name: str, env: Mapping[str, str],
+         client_cert: bool) -> list[client.V1EnvVar]:
     # The device plugin decides which GPUs the pod sees; the manager's slot index means nothing
     # here. A pod without GPUs is told so, as a CPU slot's local worker is.
     plain = {k: v for k, v in env.items() if k not in ("TPET_JOB_TOKEN", "CUDA_VISIBLE_DEVICES")}
     plain.update(config.env, TPET_SERVER=config.manager_target, HOME="/tmp")
+    plain.update(_tls_env(config, client_cert))
     if config.gpus_per_node == 0:
         plain["CUDA_VISIBLE_DEVICES"] = ""
     out = [client.V1EnvVar(name=k, value=v) for k, v in sorted(plain.items())]
@@ -211,8 +251,8 @@ def _env(config: KubernetesConfig, job_name: str, env: Mapping[str, str]) -> lis
     return out
 
 
-def _container(config: KubernetesConfig, job_name: str,
-               env: Mapping[str, str]) -> client.V1Container:
+def _container(config: KubernetesConfig, job_name: str, env: Mapping[str, str],
+               client_cert: bool) -> client.V1Container:
     amounts = {"cpu": str(config.cpu), "memory": str(config.memory)}  # YAML may give 8
     if config.gpus_per_node:
         amounts[GPU_RESOURCE] = str(config.gpus_per_node)
@@ -221,9 +261,13 @@ def _container(config: KubernetesConfig, job_name: str,
     mounts += [client.V1VolumeMount(name=f"vol{i}", mount_path=v["mount_path"],
                                     read_only=v.get("read_only", False))
                for i, v in enumerate(config.volumes)]
+    if config.tls_secret:
+        mounts.append(client.V1VolumeMount(name="worker-tls", mount_path=WORKER_TLS_DIR,
+                                           read_only=True))
     return client.V1Container(
         name="worker", image=config.image, image_pull_policy=config.image_pull_policy,
-        command=worker_command(config, job_name), env=_env(config, job_name, env),
+        command=worker_command(config, job_name),
+        env=_env(config, job_name, env, client_cert),
         resources=client.V1ResourceRequirements(requests=dict(amounts), limits=dict(amounts)),
         volume_mounts=mounts, termination_message_policy="FallbackToLogsOnError",
         security_context=client.V1SecurityContext(
@@ -231,8 +275,7 @@ def _container(config: KubernetesConfig, job_name: str,
             capabilities=client.V1Capabilities(drop=["ALL"])))
 
 
-def _pod_spec(config: KubernetesConfig, job_name: str,
-              env: Mapping[str, str]) -> client.V1PodSpec:
+def _volumes(config: KubernetesConfig) -> list[client.V1Volume]:
     volumes = [client.V1Volume(name="tmp", empty_dir=client.V1EmptyDirVolumeSource()),
                client.V1Volume(name="dshm", empty_dir=client.V1EmptyDirVolumeSource(
                    medium="Memory", size_limit=str(config.shm_size)))]
@@ -240,8 +283,19 @@ def _pod_spec(config: KubernetesConfig, job_name: str,
         client.V1PersistentVolumeClaimVolumeSource(claim_name=v["claim"],
                                                    read_only=v.get("read_only", False))))
         for i, v in enumerate(config.volumes)]
+    if config.tls_secret:
+        # optional: a missing Secret (or key) lets the worker start and fail at once, naming
+        # the file it lacks, rather than leave the pod waiting for the mount with no end.
+        volumes.append(client.V1Volume(name="worker-tls", secret=client.V1SecretVolumeSource(
+            secret_name=config.tls_secret, default_mode=_TLS_MODE, optional=True)))
+    return volumes
+
+
+def _pod_spec(config: KubernetesConfig, job_name: str, env: Mapping[str, str],
+              client_cert: bool) -> client.V1PodSpec:
     return client.V1PodSpec(
-        restart_policy="Never", containers=[_container(config, job_name, env)], volumes=volumes,
+        restart_policy="Never", containers=[_container(config, job_name, env, client_cert)],
+        volumes=_volumes(config),
         service_account_name=config.service_account or None,
         automount_service_account_token=False,  # workers talk to the manager, not the API
         node_selector=config.node_selector or None,
@@ -254,8 +308,10 @@ def _pod_spec(config: KubernetesConfig, job_name: str,
 
 
 def build_job(config: KubernetesConfig, job: LaunchRequest, env: Mapping[str, str],
-              suspend: bool = True) -> client.V1Job:
-    """The attempt's Job; ``env`` is the manager's worker environment (token included)."""
+              suspend: bool = True, client_cert: bool = False) -> client.V1Job:
+    """The attempt's Job; ``env`` is the manager's worker environment (token included).
+    ``client_cert``: the server wants mutual TLS, so the worker presents the tls_secret's
+    tls.crt and tls.key."""
     name = job_object_name(job.job_id, job.attempt)
     indexed = config.nodes > 1
     policy = client.V1PodFailurePolicy(rules=[
@@ -278,7 +334,7 @@ def build_job(config: KubernetesConfig, job: LaunchRequest, env: Mapping[str, st
             completions=config.nodes, parallelism=config.nodes,
             template=client.V1PodTemplateSpec(
                 metadata=client.V1ObjectMeta(labels=_labels(job)),
-                spec=_pod_spec(config, name, env))))
+                spec=_pod_spec(config, name, env, client_cert))))
 
 
 def _owned_meta(name: str, job: LaunchRequest, owner: client.V1Job | None) -> client.V1ObjectMeta:

@@ -23,7 +23,7 @@ from service.errors import PermissionDenied
 
 __all__ = ["InputPolicy", "DEFAULT_DATA_ROOTS", "job_inputs", "ClientTls", "read_secret",
            "load_token", "server_credentials", "channel_credentials", "worker_channel",
-           "WORKER_TLS_ENV"]
+           "WORKER_TLS_ENV", "WORKER_TLS_SERVER_NAME_ENV"]
 
 DEFAULT_DATA_ROOTS = (".", "/usr/share/datasets")  # "." is the server's working directory
 
@@ -220,12 +220,29 @@ def channel_credentials(tls: ClientTls) -> grpc.ChannelCredentials:
 # A worker's own variables, not TPET_TLS_*: a server started from a shell with client TLS
 # settings passes its environment to local workers, which reach it over loopback plaintext.
 WORKER_TLS_ENV = ("TPET_WORKER_TLS_CA", "TPET_WORKER_TLS_CERT", "TPET_WORKER_TLS_KEY")
+# The name the server's certificate must carry, when it is not the host of the target (a pod
+# dials tpet-api:50051; the certificate may name tpet-api.teachers-pet.svc).
+WORKER_TLS_SERVER_NAME_ENV = "TPET_WORKER_TLS_SERVER_NAME"
 
 
 def worker_channel(target: str) -> grpc.Channel:
-    """The worker's channel to the manager: TLS when any ``WORKER_TLS_ENV`` variable is set
-    (CA, and for mutual TLS the worker's certificate and key), else plaintext."""
-    tls = ClientTls(*(os.environ.get(k, "") for k in WORKER_TLS_ENV))
-    if not any((tls.ca_file, tls.cert_file, tls.key_file)):
+    """The worker's channel to the manager: TLS when any ``WORKER_TLS_ENV`` variable or
+    ``WORKER_TLS_SERVER_NAME_ENV`` is set (CA, for mutual TLS the worker's certificate and
+    key, and the name to check the server's certificate against), else plaintext.
+
+    ``InvalidInput`` names the file that is missing or unreadable, and the variables."""
+    files = {k: os.environ.get(k, "") for k in WORKER_TLS_ENV}
+    server_name = os.environ.get(WORKER_TLS_SERVER_NAME_ENV, "").strip()
+    if not any(files.values()) and not server_name:
         return grpc.insecure_channel(target)
-    return grpc.secure_channel(target, channel_credentials(tls))
+    try:
+        credentials = channel_credentials(ClientTls(*files.values()))
+    except InvalidInput as exc:
+        given = ", ".join(f"{k}={v or '(unset)'}" for k, v in files.items())
+        # The hint goes on each problem: a pod's last log line is what its Job reports.
+        raise InvalidInput([f"{p}; in a Kubernetes worker pod, check that the Secret named "
+                            "by kubernetes.tls_secret holds ca.crt (and tls.crt, tls.key for "
+                            "mutual TLS)" for p in exc.problems],
+                           f"the worker's TLS settings do not work ({given})") from exc
+    options = [("grpc.ssl_target_name_override", server_name)] if server_name else None
+    return grpc.secure_channel(target, credentials, options=options)

@@ -4,9 +4,11 @@
 recovers and starts the job manager, and returns; ``Server.stop`` stops gracefully. RPC
 threads only convert and touch the store; pipelines run in worker processes.
 
-With TLS configured the public port speaks only TLS, and local workers reach the manager
+With TLS configured the public port speaks only TLS. Local workers then reach the manager
 through a second, plaintext server on 127.0.0.1 that serves the worker channel alone (each
-of its calls needs a job's token). Metrics are served over HTTP on their own port.
+of its calls needs a job's token); Kubernetes worker pods cannot reach loopback, so with that
+launcher there is no second server and pods dial the TLS port with the Secret the config names
+(``kubernetes.tls_secret``). Metrics are served over HTTP on their own port.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ def start_server(config: ServerConfig, launcher: Launcher | None = None,
     worker_target = _worker_target(config.host, port)
     try:
         handle.metrics_port = _serve_metrics(config, metrics, handle.closers)
-        if config.tls_cert_file:
+        if config.tls_cert_file and config.launcher == "local":
             worker_target = _local_worker_server(manager, metrics, config, handle.closers)
     except InvalidInput:
         for close in handle.closers:
@@ -197,5 +199,6 @@ def _worker_target(host: str, port: int) -> str:
 def _launcher(config: ServerConfig) -> Launcher:
     if config.launcher == "kubernetes":  # the Kubernetes client loads only for this launcher
         from service.k8s_launcher import KubernetesLauncher
-        return KubernetesLauncher.from_config(config.kubernetes)
+        return KubernetesLauncher.from_config(config.kubernetes,
+                                              client_cert=bool(config.tls_client_ca_file))
     return LocalLauncher(config.worker_python)

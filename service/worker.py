@@ -154,7 +154,14 @@ def main() -> int:
         return _work(target, job_id, ((TOKEN_METADATA, token),))
     except grpc.RpcError as exc:  # the manager refused or is gone: nothing left to report to
         print(f"worker: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # a failed TLS handshake looks so
+            print(f"worker: could not reach the manager at {target}; with TLS check "
+                  "TPET_WORKER_TLS_* (kubernetes.tls_secret) and that the server certificate "
+                  "names the target or TPET_WORKER_TLS_SERVER_NAME", file=sys.stderr)
         return 1
+    except TpetError as exc:  # e.g. unreadable TLS files: the last line says which
+        print(f"worker: {exc}", file=sys.stderr)
+        return 2
     finally:
         if joined:
             distributed.shutdown()

@@ -1,3 +1,5 @@
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -7,6 +9,7 @@ import yaml
 
 TPET = [sys.executable, "-m", "service.cli"]
 REPO = Path(__file__).resolve().parents[2]
+INCLUSTER_NAME = "tpet-api.teachers-pet.svc"  # what a pod-facing server certificate names
 
 
 def _bars(n: int, num_classes: int, rng: np.random.Generator):
@@ -41,3 +44,38 @@ def bars_job(tmp_path):
         return path
 
     return make
+
+
+# Certificates for the TLS tests (test_security.py, test_worker_tls.py).
+def openssl(*args: str, cwd) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def _issue(d, name: str, ca: str, usage: str, san: str = "") -> None:
+    """``name``.key/.pem signed by ``ca``.key/.pem (EC P-256: fast to make)."""
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
+    (d / f"{name}.ext").write_text(f"extendedKeyUsage={usage}\n" +
+                                   (f"subjectAltName={san}\n" if san else ""))
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+            "-CAcreateserial", "-days", "1", "-out", f"{name}.pem", "-extfile", f"{name}.ext",
+            cwd=d)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    """A CA with a server (127.0.0.1, localhost) and a client certificate, a server
+    certificate naming only an in-cluster Service (``INCLUSTER_NAME``), and a rogue CA with
+    its own client certificate."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed (it makes the test certificates)")
+    d = tmp_path_factory.mktemp("pki")
+    for ca in ("ca", "rogue-ca"):
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "1", "-subj",
+                f"/CN={ca}", cwd=d)
+    _issue(d, "server", "ca", "serverAuth", "IP:127.0.0.1,DNS:localhost")
+    _issue(d, "incluster", "ca", "serverAuth", f"DNS:{INCLUSTER_NAME}")
+    _issue(d, "client", "ca", "clientAuth")
+    _issue(d, "rogue", "rogue-ca", "clientAuth")
+    return d

@@ -7,6 +7,7 @@ No cluster runs here: nothing is applied, and no image is built or pulled.
 
 import functools
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path, PurePosixPath
@@ -14,6 +15,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
+from compression.errors import InvalidInput
 from service.config import load_config
 
 pytestmark = pytest.mark.integration
@@ -184,6 +186,42 @@ def test_prod_runs_gpu_jobs_on_shared_volumes_with_a_matching_worker_image():
     assert config.service_account in accounts
     api_tag = api_container("prod")["image"].rsplit(":", 1)[1]
     assert config.image.rsplit(":", 1)[1] == api_tag, "release the API and worker images together"
+
+
+def test_prod_tls_lines_once_uncommented_give_worker_pods_mutual_tls(tmp_path):
+    pytest.importorskip("kubernetes", reason="needs the kubernetes client")
+    kv = pytest.importorskip("kubernetes_validate", reason="needs kubernetes-validate")
+    from service.k8s_objects import KubernetesConfig, build_job
+    from service.launcher import LaunchRequest
+
+    text = one("prod", "ConfigMap", "tpet-server-config")["data"]["server.yaml"]
+    enabled = yaml.safe_load(re.sub(r"^( *)# (tls_\w+: )", r"\1\2", text, flags=re.M))
+    files = {k: v for k, v in enabled.items() if k.startswith("tls_")}
+    assert set(files) == {"tls_cert_file", "tls_key_file", "tls_client_ca_file"}
+    assert {"tls_secret", "tls_server_name"} <= set(enabled["kubernetes"])
+    # Stand-ins for the mounted Secret's files; the real ones exist only in the pod.
+    for name in (*files, "auth_token_file"):
+        (tmp_path / name).write_text("x")
+    here = {name: str(tmp_path / name) for name in (*files, "auth_token_file")}
+    config = load_config(None, **{**enabled, **here})
+    with pytest.raises(InvalidInput, match="kubernetes.tls_secret: required with tls_cert"):
+        load_config(None, **{**enabled, **here, "kubernetes": server_yaml("prod")["kubernetes"]})
+    request = LaunchRequest("j1", 1, Path(config.state_dir, "artifacts", "j1"))
+    job = client_dict(build_job(KubernetesConfig.from_mapping(config.kubernetes), request,
+                                {"TPET_JOB_ID": "j1", "TPET_JOB_TOKEN": "t"},
+                                client_cert=bool(config.tls_client_ca_file)))
+    for version in K8S_VERSIONS:
+        kv.validate(job, version, strict=True)
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    env = {e["name"] for e in container["env"]}
+    assert {"TPET_WORKER_TLS_CA", "TPET_WORKER_TLS_CERT", "TPET_WORKER_TLS_KEY",
+            "TPET_WORKER_TLS_SERVER_NAME"} <= env
+
+
+def client_dict(obj) -> dict:
+    from kubernetes import client
+
+    return client.ApiClient().sanitize_for_serialization(obj)
 
 
 def test_rbac_grants_what_the_kubernetes_launcher_calls():

@@ -1,11 +1,10 @@
-"""The server's security as a client meets it: TLS and mutual TLS (certificates made here with
-the openssl CLI), bearer tokens from files, loopback-only defaults, data roots, size limits,
-and a pickled teacher that must never be unpickled."""
+"""The server's security as a client meets it: TLS and mutual TLS (certificates made with the
+openssl CLI, in conftest.py), bearer tokens from files, loopback-only defaults, data roots,
+size limits, and a pickled teacher that must never be unpickled."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 
@@ -22,38 +21,6 @@ from service.states import JobState
 from tests.integration.conftest import REPO, TPET
 
 pytestmark = pytest.mark.integration
-
-
-def openssl(*args: str, cwd) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def _issue(d, name: str, ca: str, usage: str, san: str = "") -> None:
-    """``name``.key/.pem signed by ``ca``.key/.pem (EC P-256: fast to make)."""
-    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
-    (d / f"{name}.ext").write_text(f"extendedKeyUsage={usage}\n" +
-                                   (f"subjectAltName={san}\n" if san else ""))
-    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-            "-CAcreateserial", "-days", "1", "-out", f"{name}.pem", "-extfile", f"{name}.ext",
-            cwd=d)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    """A CA with a server (127.0.0.1, localhost) and a client certificate, and a rogue CA
-    with its own client certificate."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is not installed (it makes the test certificates)")
-    d = tmp_path_factory.mktemp("pki")
-    for ca in ("ca", "rogue-ca"):
-        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "1", "-subj",
-                f"/CN={ca}", cwd=d)
-    _issue(d, "server", "ca", "serverAuth", "IP:127.0.0.1,DNS:localhost")
-    _issue(d, "client", "ca", "clientAuth")
-    _issue(d, "rogue", "rogue-ca", "clientAuth")
-    return d
 
 
 @pytest.fixture

@@ -148,6 +148,47 @@ def test_token_secret_is_owned_by_the_job():
          "uid": "uid-7"}]
 
 
+def test_tls_secret_is_mounted_read_only_and_named_in_the_worker_env():
+    cfg = config(tls_secret="tpet-worker-tls", tls_server_name="tpet-api.teachers-pet.svc")
+    tls_dir = "/var/run/secrets/teachers-pet/tls"
+    for client_cert in (False, True):
+        job = serialize(build_job(cfg, REQUEST, ENV, client_cert=client_cert))
+        strictly_valid(job)
+        pod = job["spec"]["template"]["spec"]
+        (volume,) = [v for v in pod["volumes"] if "secret" in v]
+        assert volume["secret"] == {"secretName": "tpet-worker-tls", "defaultMode": 0o440,
+                                    "optional": True}
+        # 0440 with fsGroup: the worker's group reads the files, others cannot.
+        assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+        (mount,) = [m for m in container_of(job)["volumeMounts"]
+                    if m["name"] == volume["name"]]
+        assert mount == {"name": volume["name"], "mountPath": tls_dir, "readOnly": True}
+        env = {e["name"]: e.get("value") for e in container_of(job)["env"]
+               if e["name"].startswith("TPET_WORKER_TLS_")}
+        expected = {"TPET_WORKER_TLS_CA": f"{tls_dir}/ca.crt",
+                    "TPET_WORKER_TLS_SERVER_NAME": "tpet-api.teachers-pet.svc"}
+        if client_cert:  # mutual TLS: the Secret's certificate is the worker's
+            expected.update(TPET_WORKER_TLS_CERT=f"{tls_dir}/tls.crt",
+                            TPET_WORKER_TLS_KEY=f"{tls_dir}/tls.key")
+        assert env == expected
+    plain = serialize(build_job(config(), REQUEST, ENV, client_cert=True))
+    assert "TPET_WORKER_TLS" not in str(plain) and "secret" not in str(
+        plain["spec"]["template"]["spec"]["volumes"])
+
+
+def test_tls_settings_are_checked():
+    with pytest.raises(InvalidInput) as err:
+        config(tls_secret="Worker_TLS", tls_server_name="tpet api")
+    assert len(err.value.problems) == 2, err.value.problems
+    assert "tls_secret is 'Worker_TLS'; use the name of a Secret" in str(err.value)
+    assert "tls_server_name is 'tpet api'; use a DNS name or IP address" in str(err.value)
+    with pytest.raises(InvalidInput, match="tls_server_name needs tls_secret"):
+        config(tls_server_name="tpet-api.teachers-pet.svc")
+    with pytest.raises(InvalidInput, match="tls_secret is 3; use the name"):
+        config(tls_secret=3)
+    assert config(tls_secret="tpet-worker-tls", tls_server_name="10.0.0.5").problems() == []
+
+
 def test_object_names_are_dns_labels():
     assert job_object_name("j0123456789ab", 12) == "tpet-j0123456789ab-a12"
     assert job_object_name("Job_ID.x" * 10, 1) == "tpet-job-id-xjob-id-xjob-id-xjob-id-xjob-a1"

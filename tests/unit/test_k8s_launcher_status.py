@@ -202,6 +202,20 @@ def test_start_creates_suspended_job_then_owned_secret_then_resumes():
         ("patch_job", "tpet-jabc-a1", "tp", {"body": {"spec": {"suspend": False}}})]
 
 
+def test_a_launcher_for_mutual_tls_gives_pods_the_secrets_client_certificate():
+    config = KubernetesConfig.from_mapping({**CONFIG, "tls_secret": "tpet-worker-tls"})
+    env = {}
+    for client_cert in (False, True):
+        api = FakeApi()
+        KubernetesLauncher(config, api, api, Clock(), client_cert=client_cert).start(
+            REQUEST, ENV)
+        (job,) = api.jobs.values()
+        env[client_cert] = {e.name for e in job.spec.template.spec.containers[0].env}
+    assert "TPET_WORKER_TLS_CA" in env[False] & env[True]
+    assert "TPET_WORKER_TLS_CERT" not in env[False]
+    assert {"TPET_WORKER_TLS_CERT", "TPET_WORKER_TLS_KEY"} <= env[True]
+
+
 def test_start_deletes_jobs_of_earlier_attempts_and_adds_a_rendezvous_for_nodes():
     made, api, _ = launcher(nodes=2)
     api.jobs["tpet-jabc-a1"] = v1job()  # left by a server that died

@@ -49,3 +49,25 @@ def test_slots_one_per_gpu_or_cpu(monkeypatch):
 def test_auth_token_is_read_from_its_file(tmp_path):
     (tmp_path / "token").write_text("s3cret\n")
     assert load_config(auth_token_file=str(tmp_path / "token")).auth_token() == "s3cret"
+
+
+def test_kubernetes_workers_need_a_tls_secret_when_the_server_speaks_tls(tmp_path):
+    pytest.importorskip("kubernetes", reason="the kubernetes block needs the client")
+    for name in ("server.pem", "server.key", "clients.pem"):
+        (tmp_path / name).write_text("x")
+    block = {"image": "w:1", "manager_target": "tpet-api:50051"}
+    tls = {"launcher": "kubernetes", "tls_cert_file": str(tmp_path / "server.pem"),
+           "tls_key_file": str(tmp_path / "server.key")}
+    with pytest.raises(InvalidInput) as err:
+        load_config(**tls, kubernetes=block)
+    (problem,) = err.value.problems
+    assert problem.startswith("kubernetes.tls_secret: required with tls_cert_file")
+    assert "holding ca.crt" in problem and "tls.crt" not in problem
+    with pytest.raises(InvalidInput) as err:
+        load_config(**tls, kubernetes=block, tls_client_ca_file=str(tmp_path / "clients.pem"))
+    assert "for mutual TLS (tls_client_ca_file) tls.crt and tls.key" in err.value.problems[0]
+    secret = {**block, "tls_secret": "tpet-worker-tls"}
+    assert load_config(**tls, kubernetes=secret).kubernetes["tls_secret"] == "tpet-worker-tls"
+    # Without TLS on the server, or with local workers (loopback), nothing more is needed.
+    assert load_config(launcher="kubernetes", kubernetes=block).tls_cert_file == ""
+    assert load_config(**{**tls, "launcher": "local"}).launcher == "local"

@@ -10,7 +10,8 @@ from compression.spec import parse_spec
 from service.auth import BearerTokenInterceptor, token_matches
 from service.config import ServerConfig, load_config
 from service.errors import PermissionDenied, Unauthenticated
-from service.security import ClientTls, InputPolicy, channel_credentials, job_inputs
+from service.security import (ClientTls, InputPolicy, channel_credentials, job_inputs,
+                              worker_channel)
 
 
 def npz_job(train, test="", teacher="", source="npz"):
@@ -167,6 +168,26 @@ def test_client_tls_needs_a_key_with_its_certificate(tmp_path, monkeypatch):
     assert ClientTls.from_env() is None
     monkeypatch.setenv("TPET_TLS_CA", "ca.pem")
     assert ClientTls.from_env() == ClientTls("ca.pem", "", "")
+
+
+def test_worker_tls_files_that_cannot_be_read_are_named_with_their_variables(tmp_path,
+                                                                            monkeypatch):
+    for key in ("CA", "CERT", "KEY", "SERVER_NAME"):
+        monkeypatch.delenv(f"TPET_WORKER_TLS_{key}", raising=False)
+    monkeypatch.setenv("TPET_WORKER_TLS_CA", str(tmp_path / "ca.crt"))
+    with pytest.raises(InvalidInput) as err:
+        worker_channel("tpet-api:50051")
+    (problem,) = err.value.problems
+    assert problem.startswith(f"cannot read the TLS CA file {tmp_path}/ca.crt: No such file")
+    assert "the Secret named by kubernetes.tls_secret holds ca.crt" in problem
+    assert f"TPET_WORKER_TLS_CA={tmp_path}/ca.crt" in err.value.context
+    (tmp_path / "ca.crt").write_text("")
+    with pytest.raises(InvalidInput, match="the TLS CA file .*ca.crt is empty"):
+        worker_channel("tpet-api:50051")
+    monkeypatch.delenv("TPET_WORKER_TLS_CA")
+    monkeypatch.setenv("TPET_WORKER_TLS_CERT", str(tmp_path / "tls.crt"))
+    with pytest.raises(InvalidInput, match="both a client certificate and its key"):
+        worker_channel("tpet-api:50051")
 
 
 def test_the_manager_checks_inputs_at_submission_and_again_at_launch(tree, tmp_path):
