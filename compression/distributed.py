@@ -5,10 +5,10 @@ the job up to the end of training, on its share of each global batch; rank 0 (th
 alone reports, validates, exports and writes files. Decisions that must agree (stop now? which
 mitigation?) are taken on the primary and shared, never recomputed per rank.
 
-Gradients are *averaged* over ranks. A loss that normalises by batch-level counts (group-DRO's per-group
-means, LTKD's batch group prior) must see the counts of the global batch, or each rank
-optimises a different objective. Every helper here is a no-op without an initialised process
-group, so single-process code pays nothing.
+Gradients are *averaged* over ranks. A loss that normalises by batch-level counts (group-DRO's
+per-group means, LTKD's batch group prior) must see the counts of the global batch, or each
+rank optimises a different objective. Every helper here is a no-op without an initialised
+process group, so single-process code pays nothing.
 
 Convention for losses built on these helpers: the value a rank returns, averaged over ranks,
 is the global-batch loss, and so is its gradient once DDP averages it.
@@ -17,6 +17,7 @@ is the global-batch loss, and so is its gradient once DDP averages it.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
@@ -29,6 +30,9 @@ __all__ = ["is_distributed", "world_size", "rank", "is_primary", "init_from_env"
            "all_reduce_sum", "mean_over_ranks", "batch_mean", "from_primary", "agreed_stop"]
 
 T = TypeVar("T")
+# How long a rank waits in a collective for the others: a rank that failed alone (out of
+# memory, a file missing on one node) then ends the job in minutes, not gloo's 30.
+COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 
 
 def is_distributed() -> bool:
@@ -61,9 +65,9 @@ def init_from_env() -> bool:
         return is_distributed()
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("cpu:gloo,cuda:nccl")
+        dist.init_process_group("cpu:gloo,cuda:nccl", timeout=COLLECTIVE_TIMEOUT)
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
     return True
 
 

@@ -35,7 +35,7 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # The manager retries with a new attempt and token when max_attempts allows.
 FAIL_JOB_EXIT_CODES = [1, 2]
 # Where the worker finds the tls_secret's keys: ca.crt, and for mutual TLS tls.crt and tls.key
-# (the keys cert-manager and `kubectl create secret tls` write).
+# (the keys cert-manager writes for a Certificate whose issuer provides its CA).
 WORKER_TLS_DIR = "/var/run/secrets/teachers-pet/tls"
 _TLS_MODE = 0o440  # owner and group (fsGroup, the worker's group) may read; nobody else
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -33,6 +34,8 @@ from service.security import worker_channel
 __all__ = ["Reporter", "run_job", "main", "TOKEN_METADATA"]
 
 TOKEN_METADATA = "x-tpet-job-token"
+TERMINATION_LOG = Path("/dev/termination-log")  # Kubernetes' default terminationMessagePath
+_REPORT_GRACE_S = 20.0
 _DENIED = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
            grpc.StatusCode.NOT_FOUND)
 
@@ -114,7 +117,7 @@ def _json_safe(payload: dict[str, Any]) -> dict[str, Any]:
 
 def run_job(spec_message: Any, reporter: Reporter) -> tuple[str, str, str, str]:
     """Run the pipeline; return (outcome, error, error_kind, report_json)."""
-    from compression.pipeline import run  # torch loads here, after the manager answered
+    from compression.pipeline import run
 
     printer = ProgressPrinter()
 
@@ -144,27 +147,37 @@ def main() -> int:
         target, job_id, token = (os.environ[k] for k in
                                  ("TPET_SERVER", "TPET_JOB_ID", "TPET_JOB_TOKEN"))
     except KeyError as exc:
-        print(f"worker: {exc.args[0]} is not set; workers are started by `tpet serve`",
-              file=sys.stderr)
-        return 2
-    joined = distributed.init_from_env()
+        return _fail(f"worker: {exc.args[0]} is not set; workers are started by `tpet serve`", 2)
+    joined, code = distributed.init_from_env(), 1
     try:
-        if not distributed.is_primary():
-            return _help_primary()
-        return _work(target, job_id, ((TOKEN_METADATA, token),))
+        code = (_work(target, job_id, ((TOKEN_METADATA, token),)) if distributed.is_primary()
+                else _help_primary())
     except grpc.RpcError as exc:  # the manager refused or is gone: nothing left to report to
-        print(f"worker: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # a failed TLS handshake looks so
-            print(f"worker: could not reach the manager at {target}; with TLS check "
-                  "TPET_WORKER_TLS_* (kubernetes.tls_secret) and that the server certificate "
-                  "names the target or TPET_WORKER_TLS_SERVER_NAME", file=sys.stderr)
-        return 1
-    except TpetError as exc:  # e.g. unreadable TLS files: the last line says which
-        print(f"worker: {exc}", file=sys.stderr)
-        return 2
+        hint = (f"; could not reach the manager at {target}: with TLS check TPET_WORKER_TLS_* "
+                "(kubernetes.tls_secret) and that the server certificate names the target or "
+                "TPET_WORKER_TLS_SERVER_NAME" if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                else "")  # a failed TLS handshake shows as a deadline
+        code = _fail(f"worker: {exc.code().name}: {exc.details()}{hint}", 1)
+    except TpetError as exc:  # e.g. unreadable TLS files: the message says which
+        code = _fail(f"worker: {exc}", 2)
     finally:
-        if joined:
+        # After a failure other ranks may wait in a collective: exiting non-zero without
+        # leaving the group makes torchrun end them at once.
+        if joined and code == 0:
             distributed.shutdown()
+    return code
+
+
+def _fail(message: str, code: int) -> int:
+    """Print why the worker ends; in a Kubernetes pod it also becomes the container's
+    termination message, which the server shows (torchrun's own output ends its log)."""
+    print(message, file=sys.stderr)
+    try:
+        if TERMINATION_LOG.exists():
+            TERMINATION_LOG.write_text(message[:4000])
+    except OSError:
+        pass
+    return code
 
 
 def _work(target: str, job_id: str, metadata: tuple) -> int:
@@ -182,33 +195,39 @@ def _work(target: str, job_id: str, metadata: tuple) -> int:
         outcome, error, kind, report = run_job(started.spec, reporter)
         reporter.close()
         if reporter.revoked:
-            print("worker: the manager no longer grants this attempt; exiting", file=sys.stderr)
-            return 1
+            return _fail("worker: the manager no longer grants this attempt; exiting", 1)
         stub.FinishJob(worker_pb2.FinishJobRequest(
             job_id=job_id, outcome=worker_pb2.Outcome.Value(f"OUTCOME_{outcome}"), error=error,
             error_kind=kind, report_json=report), metadata=metadata, timeout=60,
             wait_for_ready=True)
     print(f"worker: job {job_id} {outcome}", file=sys.stderr)
-    return 0
+    # A failure may be this rank's alone while the others wait for it (see main).
+    return 1 if outcome == "FAILED" and distributed.is_distributed() else 0
 
 
 def _help_primary() -> int:
     """A rank other than 0: train along with rank 0, which reports and ships.
 
-    A job error (invalid input, a failed stage, a cancel) reaches every rank at the same point,
-    and rank 0 reports it; this rank exits 0 so that torchrun leaves rank 0 time to do so.
+    A cancel reaches every rank at the same step. After any other error this rank waits
+    ``_REPORT_GRACE_S`` before it exits 1 (and torchrun ends the job): an error every rank
+    shares (invalid input, a NaN loss) reaches rank 0 too, which reports it meanwhile; one of
+    this rank's own would otherwise leave rank 0 waiting for it.
     """
     spec_bytes = distributed.from_primary(None)
     if spec_bytes is None:
-        print("worker: rank 0 could not start the job", file=sys.stderr)
-        return 1
+        return _fail("worker: rank 0 could not start the job", 1)
     spec = spec_pb2.JobSpec.FromString(spec_bytes)
     from compression.pipeline import run
 
     try:
         run(proto_to_spec(spec), emit_nothing, never_stop)
-    except TpetError as exc:
-        print(f"worker rank {distributed.rank()}: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except Cancelled:
+        return 0
+    except Exception as exc:
+        if not isinstance(exc, TpetError):
+            traceback.print_exc()
+        time.sleep(_REPORT_GRACE_S)
+        return _fail(f"worker rank {distributed.rank()}: {type(exc).__name__}: {exc}", 1)
     return 0
 
 

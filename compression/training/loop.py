@@ -104,7 +104,7 @@ def train(model: nn.Module, data: Split, spec: TrainingSpec, loss: "Loss", *,
     start = time.perf_counter()
     should_stop = distributed.agreed_stop(should_stop)
     device = resolve_device(spec.device)
-    _check_inputs(data, loss, teacher, stage)
+    _check_inputs(data, spec, loss, teacher, stage)
     memory = PeakMemory(device)
     run = _setup(model, data, spec, loss, device, stage, on_event, should_stop)
     path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
@@ -148,7 +148,13 @@ def uses_teacher_cache(spec: TrainingSpec) -> bool:
     return spec.teacher_cache == "on" or (spec.teacher_cache == "auto" and spec.augment == "none")
 
 
-def _check_inputs(data: Split, loss: "Loss", teacher: TeacherCall | None, stage: str) -> None:
+def _min_batch() -> int:
+    """The smallest batch every rank gets 2 examples of (BatchNorm needs 2)."""
+    return 2 * distributed.world_size()
+
+
+def _check_inputs(data: Split, spec: TrainingSpec, loss: "Loss", teacher: TeacherCall | None,
+                  stage: str) -> None:
     problems = []
     if len(data) == 0:
         problems.append("the training split is empty; check the data source and max_train")
@@ -158,6 +164,10 @@ def _check_inputs(data: Split, loss: "Loss", teacher: TeacherCall | None, stage:
     if not len(data.x) == len(data.y) == len(data.group):
         problems.append(f"x, y and group hold {len(data.x)}, {len(data.y)} and "
                         f"{len(data.group)} samples; they must agree")
+    if data.x.shape[0] and spec.batch_size < _min_batch():
+        problems.append(f"training.batch_size {spec.batch_size} leaves some of the "
+                        f"{distributed.world_size()} ranks fewer than 2 examples a step; use "
+                        f"batch_size >= {_min_batch()} (it is the global batch)")
     if loss.needs_teacher and teacher is None:
         problems.append(f"the {type(loss).__name__} loss needs a teacher and none was given; "
                         "give a teacher or use a loss without one (one_hot)")
@@ -175,12 +185,12 @@ def _setup(model: nn.Module, data: Split, spec: TrainingSpec, loss: "Loss",
         model.to(memory_format=torch.channels_last)
     amp = amp_dtype(spec.amp, device)
     optimizer = build_optimizer(model, spec)
-    steps = steps_per_epoch(len(data), spec.batch_size)
+    steps = steps_per_epoch(len(data), spec.batch_size, _min_batch())
     # The whole split moves to the device once: no per-step host-to-device copies.
     return _Run(
-        model=model, forward=_data_parallel(model, device), spec=spec, loss=loss, stage=stage, device=device, x=data.x.to(device),
-        y=data.y.to(device), group=data.group.to(device), optimizer=optimizer,
-        scheduler=build_scheduler(optimizer, spec, steps),
+        model=model, forward=_data_parallel(model, device), spec=spec, loss=loss, stage=stage,
+        device=device, x=data.x.to(device), y=data.y.to(device), group=data.group.to(device),
+        optimizer=optimizer, scheduler=build_scheduler(optimizer, spec, steps),
         scaler=torch.amp.GradScaler(device.type, enabled=amp is torch.float16),
         amp=amp, channels_last=channels_last, steps=steps, on_event=on_event,
         should_stop=should_stop)
@@ -196,7 +206,11 @@ def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
 
 def _resume(run: _Run, path: Path | None, fingerprint: str) -> tuple[int, float]:
     """Load ``path`` into the run if it exists; return (epochs done, their last mean loss)."""
-    state = load_checkpoint(path, fingerprint) if path is not None else None
+    # Rank 0 reads and shares it: every rank must resume from the same epoch, even where a
+    # shared volume shows a fresh file late.
+    state = distributed.from_primary(
+        load_checkpoint(path, fingerprint) if path is not None and distributed.is_primary()
+        else None)
     if state is None:
         return 0, float("nan")
     run.model.load_state_dict(state["model"])
@@ -262,7 +276,7 @@ def _run_epoch(run: _Run, epoch: int) -> tuple[float, float]:
     for step in range(run.steps):
         if run.should_stop():
             raise Cancelled(f"{run.stage} cancelled at epoch {epoch + 1} step {step + 1}")
-        lo, hi = batch_bounds(step, n, spec.batch_size)
+        lo, hi = batch_bounds(step, n, spec.batch_size, _min_batch())
         lr = run.optimizer.param_groups[0]["lr"]  # the rate this step uses
         window.add(_train_step(run, order[lo:hi], augment_rng), hi - lo)
         last = step + 1 == run.steps

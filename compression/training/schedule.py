@@ -14,17 +14,18 @@ from compression.spec import TrainingSpec
 __all__ = ["steps_per_epoch", "batch_bounds", "lr_factor", "build_optimizer", "build_scheduler"]
 
 
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    """Optimizer steps per epoch; the last partial batch is kept (see ``batch_bounds``)."""
+def steps_per_epoch(n: int, batch_size: int, min_last: int = 2) -> int:
+    """Optimizer steps per epoch; the last partial batch is kept (see ``batch_bounds``) unless
+    it holds fewer than ``min_last`` samples: then it joins the previous batch. BatchNorm
+    cannot train on a batch of one, nor a rank on a share of one (2 per rank under DDP)."""
     steps = -(-n // batch_size)
-    # A lone last sample joins the previous batch: BatchNorm cannot train on a batch of one.
-    return steps - 1 if steps > 1 and n % batch_size == 1 else steps
+    return steps - 1 if steps > 1 and 0 < n % batch_size < min_last else steps
 
 
-def batch_bounds(step: int, n: int, batch_size: int) -> tuple[int, int]:
+def batch_bounds(step: int, n: int, batch_size: int, min_last: int = 2) -> tuple[int, int]:
     """[start, end) of batch ``step`` (0-based) within an epoch of ``n`` samples."""
     start = step * batch_size
-    last = step == steps_per_epoch(n, batch_size) - 1
+    last = step == steps_per_epoch(n, batch_size, min_last) - 1
     return start, n if last else start + batch_size
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from compression.errors import Cancelled
+from compression.errors import Cancelled, InvalidInput
 from compression.losses import LossContext, build_loss
 from compression.spec import MitigationSpec, TrainingSpec
 from compression.training import train
@@ -100,6 +100,12 @@ def rank_main(out_dir: str) -> None:
         results["cancelled"] = None
     except Cancelled as exc:
         results["cancelled"] = str(exc)
+    try:  # 3 examples a step cannot give both ranks the 2 each that BatchNorm needs
+        train(student(), data()[0], TrainingSpec(**{**BASE, "batch_size": 3}),
+              build_loss(MitigationSpec(name="one_hot"), LossContext(10, 2, ("e", "o"), [1] * 10)))
+        results["small_batch"] = None
+    except InvalidInput as exc:
+        results["small_batch"] = str(exc)
     torch.save(results, out / f"rank{rank}.pt")
     distributed.shutdown()
 
@@ -160,6 +166,11 @@ def test_a_stop_on_rank_0_stops_every_rank_at_the_same_step(ranks):
     messages = [r["cancelled"] for r in ranks]
     assert messages[0] is not None and messages[0] == messages[1]
     assert "epoch 1 step 4" in messages[0]
+
+
+def test_a_global_batch_too_small_for_the_ranks_is_refused(ranks):
+    for rank in ranks:
+        assert "use batch_size >= 4 (it is the global batch)" in rank["small_batch"]
 
 
 if __name__ == "__main__":

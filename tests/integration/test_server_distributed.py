@@ -72,6 +72,16 @@ def test_two_ranks_run_one_job_and_rank_0_reports(server, job):
     assert gone(submitted.id), "a rank or the torchrun agent did not exit"
 
 
+def test_a_failure_every_rank_shares_is_reported_and_ends_every_rank(server, job):
+    _, client = server
+    submitted = client.compress(job(epochs=3, lr=1e12))  # the loss overflows on both ranks
+    done = client.wait(submitted.id, timeout_s=120)
+    assert job_state(done) is JobState.FAILED
+    assert "loss became" in done.error and "lower lr" in done.error, done.error
+    # rank 1 would wait 20 s for rank 0 to report; rank 0's exit 1 makes torchrun end it sooner
+    assert gone(submitted.id, timeout_s=12)
+
+
 def test_cancel_ends_every_rank(server, job):
     _, client = server
     submitted = client.compress(job(epochs=400, progress_every_steps=5))

@@ -68,6 +68,14 @@ def test_batches_keep_the_last_partial_one(n: int, batch: int, steps: int,
     assert covered == list(range(n))
 
 
+@pytest.mark.parametrize("n, steps, last", [(67, 4, (48, 67)), (68, 5, (64, 68)),
+                                            (64, 4, (48, 64))])
+def test_under_two_ranks_a_last_batch_under_4_joins_the_one_before(n, steps, last) -> None:
+    # each of 2 ranks needs 2 examples of every batch: 67 = 4 x 16 + 3
+    assert steps_per_epoch(n, 16, min_last=4) == steps
+    assert batch_bounds(steps - 1, n, 16, min_last=4) == last
+
+
 def test_crop_padding_scales_with_size() -> None:
     assert [crop_padding(s) for s in (8, 24, 28, 32, 64)] == [1, 3, 4, 4, 8]
 
