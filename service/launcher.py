@@ -69,7 +69,8 @@ def torchrun_args(processes: int) -> tuple[str, ...]:
 class LocalLauncher:
     """Workers as child processes of the server, logging to ``<output_dir>/worker.log``.
 
-    ``worker_args`` follow the Python executable: the worker module, or ``torchrun_args(n)``.
+    ``worker_args`` follow the Python executable: the worker module, or ``torchrun_args(n)``
+    (on CPU slots only: a GPU slot shows its worker one GPU, and each rank needs its own).
     Each worker leads its own process group, so signals reach torchrun's ranks too.
     """
 

@@ -317,8 +317,8 @@ def _local_batch(run: _Run, idx: torch.Tensor,
     mine = slice(distributed.rank(), None, distributed.world_size())
     if run.spec.augment == "none":
         return idx[mine], to_inputs(run.x[idx[mine]])
-    # The whole batch draws its crops: the same ones whatever the number of ranks.
-    return idx[mine], to_inputs(augment_batch(run.x[idx], run.spec.augment, augment_rng)[mine])
+    # Draws for the whole batch: the same crops whatever the number of ranks.
+    return idx[mine], to_inputs(augment_batch(run.x[idx], run.spec.augment, augment_rng, mine))
 
 
 @dataclass

@@ -120,6 +120,15 @@ def test_crop_flip_mirrors_about_half() -> None:
     assert augment_batch(x, "none", torch.Generator()) is x
 
 
+@pytest.mark.parametrize("mode", ["crop", "crop_flip"])
+def test_a_share_of_the_batch_gets_the_augmentation_of_the_whole(mode) -> None:
+    x = torch.randint(0, 255, (7, 2, 10, 10), dtype=torch.uint8)
+    whole = augment_batch(x, mode, torch.Generator().manual_seed(5))
+    for rank in range(3):
+        share = augment_batch(x, mode, torch.Generator().manual_seed(5), slice(rank, None, 3))
+        assert torch.equal(share, whole[rank::3])
+
+
 class CountingTeacher(nn.Module):
     """A linear teacher that counts the samples it has seen."""
 
