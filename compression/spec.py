@@ -156,7 +156,7 @@ class TrainingSpec:
     step_gamma: float = 0.1
     augment: str = _choice("none", "crop", "crop_flip", default="none")
     amp: str = _choice("auto", "off", "bf16", "fp16", default="auto")  # auto: bf16 on CUDA
-    channels_last: bool = True  # CUDA only
+    channels_last: bool = True  # student and module teachers, CPU and CUDA
     device: str = _choice("auto", "cpu", "cuda", default="auto")
     teacher_cache: str = _choice("auto", "on", "off", default="auto")  # auto: on without augment
     seed: int = 0

@@ -48,7 +48,8 @@ class Teacher:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, C, H, W] -> logits [B, K] float32 on x.device."""
         with torch.no_grad():  # not inference_mode: its tensors cannot enter a KD loss graph
-            out = self._run(x.to(self.device, torch.float32))
+            # contiguous: a loaded graph may view activations as laid out when exported
+            out = self._run(x.to(self.device, torch.float32).contiguous())
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"the model returned a {type(out).__name__}, not a logits tensor")
         return out.to(x.device, torch.float32)

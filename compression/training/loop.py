@@ -114,7 +114,8 @@ def train(model: nn.Module, data: Split, spec: TrainingSpec, loss: "Loss", *,
     cache_seconds, used_cache = 0.0, False
     if loss.needs_teacher and resumed < spec.epochs:
         used_cache = uses_teacher_cache(spec)
-        cache_seconds = _attach_teacher(run, prepare_teacher(teacher, device), used_cache)
+        cache_seconds = _attach_teacher(
+            run, prepare_teacher(teacher, device, run.channels_last), used_cache)
     samples, seconds = 0, 0.0
     for epoch in range(resumed, spec.epochs):
         final_loss, epoch_seconds = _run_epoch(run, epoch)
@@ -179,7 +180,7 @@ def _setup(model: nn.Module, data: Split, spec: TrainingSpec, loss: "Loss",
            device: torch.device, stage: str, on_event: EventSink,
            should_stop: StopCheck) -> _Run:
     torch.manual_seed(spec.seed)  # model-side randomness (dropout); resume restores its state
-    channels_last = device.type == "cuda" and spec.channels_last
+    channels_last = spec.channels_last
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -251,10 +252,12 @@ def _attach_teacher(run: _Run, teacher: TeacherCall, cached: bool) -> float:
         return 0.0
     # The one caching pass runs in fp32 (no autocast): bf16 logits would lose the precision
     # the fp16 cache keeps, and a single forward pass is cheap next to training.
+    # On CPU a batch of 512 costs 10-20% more per image than a training batch (cache misses).
+    batch = spec.eval_batch_size if run.device.type == "cuda" else spec.batch_size
     cache = TeacherCache.build(
-        teacher, run.x, batch_size=spec.eval_batch_size, device=run.device, stage=run.stage,
+        teacher, run.x, batch_size=batch, device=run.device, stage=run.stage,
         on_event=run.on_event, should_stop=run.should_stop,
-        progress_every=spec.progress_every_steps)
+        progress_every=spec.progress_every_steps, channels_last=run.channels_last)
     run.teacher_fn = lambda idx, x: cache[idx]
     return cache.seconds
 
@@ -297,9 +300,9 @@ def _train_step(run: _Run, idx: torch.Tensor, augment_rng: torch.Generator) -> t
     """idx: [B] sample indices of the global batch -> this rank's loss (detached scalar),
     after one optimizer step."""
     idx, x = _local_batch(run, idx, augment_rng)  # [b], [b, C, H, W]
-    teacher = run.teacher_fn(idx, x) if run.teacher_fn is not None else None  # [b, K]
-    if run.channels_last:
+    if run.channels_last:  # before the teacher: a module teacher is channels_last too
         x = x.contiguous(memory_format=torch.channels_last)
+    teacher = run.teacher_fn(idx, x) if run.teacher_fn is not None else None  # [b, K]
     with autocast(run.device, run.amp):
         logits = run.forward(x)  # [b, K]
     value = run.loss(logits.float(), run.y[idx], teacher, run.group[idx])

@@ -24,10 +24,14 @@ __all__ = ["TeacherCall", "prepare_teacher", "teacher_logits", "TeacherCache"]
 TeacherCall = Callable[[torch.Tensor], torch.Tensor]
 
 
-def prepare_teacher(teacher: TeacherCall, device: torch.device) -> TeacherCall:
-    """An ``nn.Module`` teacher goes to ``device`` in eval mode; other callables are used as-is."""
+def prepare_teacher(teacher: TeacherCall, device: torch.device,
+                    channels_last: bool = False) -> TeacherCall:
+    """An ``nn.Module`` teacher goes to ``device`` in eval mode (and the channels_last layout);
+    other callables, such as loaded checkpoints, are used as they are."""
     if isinstance(teacher, nn.Module):
         teacher.to(device).eval()
+        if channels_last:
+            teacher.to(memory_format=torch.channels_last)
     return teacher
 
 
@@ -62,7 +66,7 @@ class TeacherCache:
     def build(cls, teacher: TeacherCall, x: torch.Tensor, *, batch_size: int, device: torch.device,
               amp: torch.dtype | None = None, stage: str = "distill",
               on_event: EventSink = emit_nothing, should_stop: StopCheck = never_stop,
-              progress_every: int = 20) -> "TeacherCache":
+              progress_every: int = 20, channels_last: bool = False) -> "TeacherCache":
         """Run ``teacher`` once over x: [N, C, H, W] uint8, in order, ``batch_size`` at a time.
 
         Emits ``progress`` events with ``phase: teacher_cache`` every ``progress_every``
@@ -74,8 +78,11 @@ class TeacherCache:
         for step in range(steps):
             if should_stop():
                 raise Cancelled(f"{stage}: cancelled while caching teacher logits")
-            batch = x[step * batch_size:(step + 1) * batch_size].to(device, non_blocking=True)
-            chunks.append(teacher_logits(teacher, to_inputs(batch), stage, amp))
+            batch = to_inputs(x[step * batch_size:(step + 1) * batch_size].to(
+                device, non_blocking=True))
+            if channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            chunks.append(teacher_logits(teacher, batch, stage, amp))
             if (step + 1) % progress_every == 0 or step + 1 == steps:
                 done = min(n, (step + 1) * batch_size)
                 on_event(Event("progress", stage, {
