@@ -5,9 +5,9 @@ epochs, checkpoint after each. Every source of randomness is seeded from ``spec.
 epoch), so on CPU a seed gives bit-identical weights, also across a stop and resume.
 
 Inside a torchrun process group (``compression.distributed``) the model trains under DDP:
-``batch_size`` stays the global batch, each rank takes every world-th example of it (after the
-whole batch is augmented, so the crops do not depend on the number of ranks), the losses
-average over the global batch, and only rank 0 writes checkpoints. Up to float rounding the
+``batch_size`` stays the global batch, each rank takes every world-th example of it (its
+crops drawn with the whole batch's, so they do not depend on the number of ranks), the losses
+average over the global batch, and only rank 0 reads and writes checkpoints. Up to float rounding the
 weights are those of one process, BatchNorm aside: its batch statistics are per rank.
 """
 
@@ -252,7 +252,8 @@ def _attach_teacher(run: _Run, teacher: TeacherCall, cached: bool) -> float:
         return 0.0
     # The one caching pass runs in fp32 (no autocast): bf16 logits would lose the precision
     # the fp16 cache keeps, and a single forward pass is cheap next to training.
-    # On CPU a batch of 512 costs 10-20% more per image than a training batch (cache misses).
+    # On CPU a batch of 512 costs 10-20% more per image than a training batch of 128
+    # (measured: docs/benchmarks.md).
     batch = spec.eval_batch_size if run.device.type == "cuda" else spec.batch_size
     cache = TeacherCache.build(
         teacher, run.x, batch_size=batch, device=run.device, stage=run.stage,
