@@ -233,11 +233,17 @@ class GuardrailSpec:
     max_group_gap: float | None = None  # best minus worst subgroup accuracy
     min_samples: int = 30  # fewer test samples in a subgroup: INSUFFICIENT_EVIDENCE
     block_on_insufficient_evidence: bool = True
+    # Every exported artifact against the student it came from, paired on the test examples.
+    max_drop_vs_student: float | None = 0.01
+    confidence: float = 0.95  # one-sided level of every PASS, and 1 - family-wise FAIL rate
+    multiplicity: str = _choice("holm", "bonferroni", "none", default="holm")
 
     def problems(self) -> list[str]:
         out = _fraction_problems(self, ("min_accuracy", "max_drop_vs_teacher",
                                         "max_drop_vs_one_hot", "min_worst_group_accuracy",
-                                        "max_group_gap"))
+                                        "max_group_gap", "max_drop_vs_student"))
+        if not 0.5 < self.confidence < 1:
+            out.append(f"confidence is {self.confidence}; it must be in (0.5, 1), e.g. 0.95")
         out += [f"min_accuracy_by_group.{g} is {v}; it must be in [0, 1]"
                 for g, v in self.min_accuracy_by_group.items() if v is not None and not 0 <= v <= 1]
         if self.min_samples < 1:

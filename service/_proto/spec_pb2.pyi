@@ -141,7 +141,7 @@ class MitigationSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., alpha: _Optional[float] = ..., temperature: _Optional[float] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., calibrate_teacher: _Optional[bool] = ..., candidates: _Optional[_Iterable[_Union[MitigationSpec, _Mapping]]] = ..., selection_epochs: _Optional[int] = ...) -> None: ...
 
 class GuardrailSpec(_message.Message):
-    __slots__ = ("min_accuracy", "min_accuracy_by_group", "max_drop_vs_teacher", "max_drop_vs_one_hot", "min_worst_group_accuracy", "max_group_gap", "min_samples", "block_on_insufficient_evidence")
+    __slots__ = ("min_accuracy", "min_accuracy_by_group", "max_drop_vs_teacher", "max_drop_vs_one_hot", "min_worst_group_accuracy", "max_group_gap", "min_samples", "block_on_insufficient_evidence", "max_drop_vs_student", "confidence", "multiplicity")
     class MinAccuracyByGroupEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -157,6 +157,9 @@ class GuardrailSpec(_message.Message):
     MAX_GROUP_GAP_FIELD_NUMBER: _ClassVar[int]
     MIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     BLOCK_ON_INSUFFICIENT_EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    MAX_DROP_VS_STUDENT_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    MULTIPLICITY_FIELD_NUMBER: _ClassVar[int]
     min_accuracy: float
     min_accuracy_by_group: _containers.ScalarMap[str, float]
     max_drop_vs_teacher: float
@@ -165,7 +168,10 @@ class GuardrailSpec(_message.Message):
     max_group_gap: float
     min_samples: int
     block_on_insufficient_evidence: bool
-    def __init__(self, min_accuracy: _Optional[float] = ..., min_accuracy_by_group: _Optional[_Mapping[str, float]] = ..., max_drop_vs_teacher: _Optional[float] = ..., max_drop_vs_one_hot: _Optional[float] = ..., min_worst_group_accuracy: _Optional[float] = ..., max_group_gap: _Optional[float] = ..., min_samples: _Optional[int] = ..., block_on_insufficient_evidence: _Optional[bool] = ...) -> None: ...
+    max_drop_vs_student: float
+    confidence: float
+    multiplicity: str
+    def __init__(self, min_accuracy: _Optional[float] = ..., min_accuracy_by_group: _Optional[_Mapping[str, float]] = ..., max_drop_vs_teacher: _Optional[float] = ..., max_drop_vs_one_hot: _Optional[float] = ..., min_worst_group_accuracy: _Optional[float] = ..., max_group_gap: _Optional[float] = ..., min_samples: _Optional[int] = ..., block_on_insufficient_evidence: _Optional[bool] = ..., max_drop_vs_student: _Optional[float] = ..., confidence: _Optional[float] = ..., multiplicity: _Optional[str] = ...) -> None: ...
 
 class ExportSpec(_message.Message):
     __slots__ = ("onnx", "int8", "tensorrt", "tensorrt_precision", "opset", "calibration_per_group", "parity_max_abs_diff", "parity_min_top1_agreement", "min_batch", "opt_batch", "max_batch")
