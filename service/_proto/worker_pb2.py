@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from . import spec_pb2 as teacherspet_dot_v1_dot_spec__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bteacherspet/v1/worker.proto\x12\x0eteacherspet.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x19teacherspet/v1/spec.proto\"!\n\x0fStartJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"J\n\x10StartJobResponse\x12%\n\x04spec\x18\x01 \x01(\x0b\x32\x17.teacherspet.v1.JobSpec\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"T\n\x0bWorkerEvent\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12(\n\x07payload\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"R\n\x13ReportEventsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12+\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x1b.teacherspet.v1.WorkerEvent\"$\n\x14ReportEventsResponse\x12\x0c\n\x04stop\x18\x01 \x01(\x08\"\x84\x01\n\x10\x46inishJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12(\n\x07outcome\x18\x02 \x01(\x0e\x32\x17.teacherspet.v1.Outcome\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x12\n\nerror_kind\x18\x04 \x01(\t\x12\x13\n\x0breport_json\x18\x05 \x01(\t\"\x13\n\x11\x46inishJobResponse*z\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_SUCCEEDED\x10\x01\x12\x14\n\x10OUTCOME_REJECTED\x10\x02\x12\x12\n\x0eOUTCOME_FAILED\x10\x03\x12\x15\n\x11OUTCOME_CANCELLED\x10\x04\x32\x8b\x02\n\rWorkerService\x12M\n\x08StartJob\x12\x1f.teacherspet.v1.StartJobRequest\x1a .teacherspet.v1.StartJobResponse\x12Y\n\x0cReportEvents\x12#.teacherspet.v1.ReportEventsRequest\x1a$.teacherspet.v1.ReportEventsResponse\x12P\n\tFinishJob\x12 .teacherspet.v1.FinishJobRequest\x1a!.teacherspet.v1.FinishJobResponseB\x02P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bteacherspet/v1/worker.proto\x12\x0eteacherspet.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x19teacherspet/v1/spec.proto\"!\n\x0fStartJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"w\n\x10StartJobResponse\x12%\n\x04spec\x18\x01 \x01(\x0b\x32\x17.teacherspet.v1.JobSpec\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12+\n\x06\x61\x63\x63\x65ss\x18\x03 \x01(\x0b\x32\x1b.teacherspet.v1.InputAccess\"]\n\x0bInputAccess\x12\x12\n\ndata_roots\x18\x01 \x03(\t\x12\x16\n\x0emax_data_bytes\x18\x02 \x01(\x03\x12\"\n\x1a\x61llow_torchscript_teachers\x18\x03 \x01(\x08\"T\n\x0bWorkerEvent\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12(\n\x07payload\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"R\n\x13ReportEventsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12+\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x1b.teacherspet.v1.WorkerEvent\"$\n\x14ReportEventsResponse\x12\x0c\n\x04stop\x18\x01 \x01(\x08\"\x84\x01\n\x10\x46inishJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12(\n\x07outcome\x18\x02 \x01(\x0e\x32\x17.teacherspet.v1.Outcome\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x12\n\nerror_kind\x18\x04 \x01(\t\x12\x13\n\x0breport_json\x18\x05 \x01(\t\"\x13\n\x11\x46inishJobResponse*z\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_SUCCEEDED\x10\x01\x12\x14\n\x10OUTCOME_REJECTED\x10\x02\x12\x12\n\x0eOUTCOME_FAILED\x10\x03\x12\x15\n\x11OUTCOME_CANCELLED\x10\x04\x32\x8b\x02\n\rWorkerService\x12M\n\x08StartJob\x12\x1f.teacherspet.v1.StartJobRequest\x1a .teacherspet.v1.StartJobResponse\x12Y\n\x0cReportEvents\x12#.teacherspet.v1.ReportEventsRequest\x1a$.teacherspet.v1.ReportEventsResponse\x12P\n\tFinishJob\x12 .teacherspet.v1.FinishJobRequest\x1a!.teacherspet.v1.FinishJobResponseB\x02P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,22 +34,24 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'teacherspet.v1.worker_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'P\001'
-  _globals['_OUTCOME']._serialized_start=579
-  _globals['_OUTCOME']._serialized_end=701
+  _globals['_OUTCOME']._serialized_start=719
+  _globals['_OUTCOME']._serialized_end=841
   _globals['_STARTJOBREQUEST']._serialized_start=104
   _globals['_STARTJOBREQUEST']._serialized_end=137
   _globals['_STARTJOBRESPONSE']._serialized_start=139
-  _globals['_STARTJOBRESPONSE']._serialized_end=213
-  _globals['_WORKEREVENT']._serialized_start=215
-  _globals['_WORKEREVENT']._serialized_end=299
-  _globals['_REPORTEVENTSREQUEST']._serialized_start=301
-  _globals['_REPORTEVENTSREQUEST']._serialized_end=383
-  _globals['_REPORTEVENTSRESPONSE']._serialized_start=385
-  _globals['_REPORTEVENTSRESPONSE']._serialized_end=421
-  _globals['_FINISHJOBREQUEST']._serialized_start=424
-  _globals['_FINISHJOBREQUEST']._serialized_end=556
-  _globals['_FINISHJOBRESPONSE']._serialized_start=558
-  _globals['_FINISHJOBRESPONSE']._serialized_end=577
-  _globals['_WORKERSERVICE']._serialized_start=704
-  _globals['_WORKERSERVICE']._serialized_end=971
+  _globals['_STARTJOBRESPONSE']._serialized_end=258
+  _globals['_INPUTACCESS']._serialized_start=260
+  _globals['_INPUTACCESS']._serialized_end=353
+  _globals['_WORKEREVENT']._serialized_start=355
+  _globals['_WORKEREVENT']._serialized_end=439
+  _globals['_REPORTEVENTSREQUEST']._serialized_start=441
+  _globals['_REPORTEVENTSREQUEST']._serialized_end=523
+  _globals['_REPORTEVENTSRESPONSE']._serialized_start=525
+  _globals['_REPORTEVENTSRESPONSE']._serialized_end=561
+  _globals['_FINISHJOBREQUEST']._serialized_start=564
+  _globals['_FINISHJOBREQUEST']._serialized_end=696
+  _globals['_FINISHJOBRESPONSE']._serialized_start=698
+  _globals['_FINISHJOBRESPONSE']._serialized_end=717
+  _globals['_WORKERSERVICE']._serialized_start=844
+  _globals['_WORKERSERVICE']._serialized_end=1111
 # @@protoc_insertion_point(module_scope)

@@ -29,12 +29,24 @@ class StartJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class StartJobResponse(_message.Message):
-    __slots__ = ("spec", "attempt")
+    __slots__ = ("spec", "attempt", "access")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_FIELD_NUMBER: _ClassVar[int]
     spec: _spec_pb2.JobSpec
     attempt: int
-    def __init__(self, spec: _Optional[_Union[_spec_pb2.JobSpec, _Mapping]] = ..., attempt: _Optional[int] = ...) -> None: ...
+    access: InputAccess
+    def __init__(self, spec: _Optional[_Union[_spec_pb2.JobSpec, _Mapping]] = ..., attempt: _Optional[int] = ..., access: _Optional[_Union[InputAccess, _Mapping]] = ...) -> None: ...
+
+class InputAccess(_message.Message):
+    __slots__ = ("data_roots", "max_data_bytes", "allow_torchscript_teachers")
+    DATA_ROOTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DATA_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_TORCHSCRIPT_TEACHERS_FIELD_NUMBER: _ClassVar[int]
+    data_roots: _containers.RepeatedScalarFieldContainer[str]
+    max_data_bytes: int
+    allow_torchscript_teachers: bool
+    def __init__(self, data_roots: _Optional[_Iterable[str]] = ..., max_data_bytes: _Optional[int] = ..., allow_torchscript_teachers: _Optional[bool] = ...) -> None: ...
 
 class WorkerEvent(_message.Message):
     __slots__ = ("kind", "stage", "payload")
