@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import re
 import types
 import typing
@@ -27,6 +28,7 @@ __all__ = [
 ]
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+_MAX_INT = 2**53  # any count or seed beyond it is a typo (and JSON numbers lose precision)
 
 
 def _choice(*values: str, default: str) -> Any:
@@ -34,17 +36,50 @@ def _choice(*values: str, default: str) -> Any:
 
 
 @dataclass(frozen=True)
+class Range:
+    """The values a numeric field accepts: ``lo``/``hi`` bounds, each closed unless ``*_open``.
+
+    Every float field must be finite whether or not it declares a range.
+    """
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def contains(self, value: float) -> bool:
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+
+    def __str__(self) -> str:
+        left = "(" if self.lo_open or self.lo is None else "["
+        right = ")" if self.hi_open or self.hi is None else "]"
+        lo = "-inf" if self.lo is None else f"{self.lo:g}"
+        hi = "inf" if self.hi is None else f"{self.hi:g}"
+        return f"{left}{lo}, {hi}{right}"
+
+
+def _num(default: Any, lo: float | None = None, hi: float | None = None, *,
+         lo_open: bool = False, hi_open: bool = False) -> Any:
+    """A numeric field with its declared range (checked when a spec is parsed)."""
+    return field(default=default, metadata={"range": Range(lo, hi, lo_open, hi_open)})
+
+
+_SEED = dict(lo=0, hi=2**32 - 1)  # numpy's legacy seeding takes 32 bits
+_COUNT = dict(lo=0, hi=2**31 - 1)
+_BATCH = dict(lo=1, hi=2**20)
+
+
+@dataclass(frozen=True)
 class LongTailSpec:
     """Class-imbalanced subsampling of the training set (CIFAR-LT style)."""
 
     profile: str = _choice("none", "exp", "step", default="none")
-    imbalance: float = 1.0  # n_max / n_min, >= 1
+    imbalance: float = _num(1.0, 1.0, 1e6)  # n_max / n_min
 
     def problems(self) -> list[str]:
-        out = []
-        if self.imbalance < 1:
-            out.append(f"imbalance is {self.imbalance}; it is n_max/n_min and must be >= 1")
-        return out
+        return []
 
 
 @dataclass(frozen=True)
@@ -54,8 +89,8 @@ class SubgroupSpec:
     by: str = _choice("class", "frequency", "attribute", "map", default="class")
     # frequency: classes ranked by training count and split into head/medium/tail thirds,
     # unless both thresholds are set (head: count >= head_min_count, tail: count <= tail_max_count).
-    head_min_count: int = 0
-    tail_max_count: int = 0
+    head_min_count: int = _num(0, **_COUNT)
+    tail_max_count: int = _num(0, **_COUNT)
     # map: class name (or class index as a string) -> group name; every class must be mapped.
     mapping: dict[str, str] = field(default_factory=dict)
 
@@ -82,14 +117,14 @@ class DataSpec:
     path: str = ""  # train data; for fashion-mnist the idx directory (Debian's by default)
     test_path: str = ""
     holdout_path: str = ""  # when empty, holdout is carved from train (stratified, seeded)
-    holdout_fraction: float = 0.1
+    holdout_fraction: float = _num(0.1, 0.0, 1.0, hi_open=True)
     long_tail: LongTailSpec = field(default_factory=LongTailSpec)
     subgroups: SubgroupSpec = field(default_factory=SubgroupSpec)
-    max_train: int = 0  # 0: all; otherwise a stratified, seeded subsample (quick runs)
-    max_test: int = 0
-    image_size: int = 0  # imagefolder/manifest: resize to this square size; 0 keeps the size
+    max_train: int = _num(0, **_COUNT)  # 0: all; otherwise a stratified, seeded subsample
+    max_test: int = _num(0, **_COUNT)
+    image_size: int = _num(0, 0, 8192)  # imagefolder/manifest: resize to this square size; 0 keeps
     channels: int = 0  # 0 keeps the stored channels; 1 or 3 converts
-    seed: int = 0
+    seed: int = _num(0, **_SEED)
 
     def problems(self) -> list[str]:
         out = []
@@ -99,9 +134,6 @@ class DataSpec:
             out.append(f"test_path is required for source {self.source!r}")
         if not 0 < self.holdout_fraction < 1 and not self.holdout_path:
             out.append(f"holdout_fraction is {self.holdout_fraction}; it must be in (0, 1)")
-        for name in ("max_train", "max_test", "image_size"):
-            if getattr(self, name) < 0:
-                out.append(f"{name} is {getattr(self, name)}; it must be >= 0")
         if self.channels not in (0, 1, 3):
             out.append(f"channels is {self.channels}; use 0 (as stored), 1 or 3")
         return out
@@ -118,7 +150,7 @@ class TeacherSpec:
     path: str = ""
     format: str = _choice("auto", "export", "torchscript", "onnx", "weights", default="auto")
     arch: str = ""  # required for format 'weights' (safetensors or a weights-only state dict)
-    width: float = 1.0
+    width: float = _num(1.0, 0.0, 16.0, lo_open=True)
 
     def problems(self) -> list[str]:
         out = []
@@ -128,52 +160,47 @@ class TeacherSpec:
             self.format == "auto" and Path(self.path).suffix in (".safetensors", ".pth"))
         if is_weights and not self.arch:
             out.append("arch is required for a weights checkpoint (e.g. arch: resnet20)")
-        if self.width <= 0:
-            out.append(f"width is {self.width}; it must be > 0")
         return out
 
 
 @dataclass(frozen=True)
 class StudentSpec:
     arch: str = "tiny_cnn"
-    width: float = 1.0
+    width: float = _num(1.0, 0.0, 16.0, lo_open=True)
 
     def problems(self) -> list[str]:
-        return [f"width is {self.width}; it must be > 0"] if self.width <= 0 else []
+        return [] if self.arch.strip() else ["arch is empty; name a student architecture"]
 
 
 @dataclass(frozen=True)
 class TrainingSpec:
-    epochs: int = 5
-    batch_size: int = 128
+    epochs: int = _num(5, 1, 100_000)
+    batch_size: int = _num(128, **_BATCH)
     optimizer: str = _choice("sgd", "adamw", default="sgd")
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    lr: float = _num(0.05, 0.0, 10.0, lo_open=True)
+    momentum: float = _num(0.9, 0.0, 1.0, hi_open=True)
+    weight_decay: float = _num(5e-4, 0.0, 1.0)
     schedule: str = _choice("cosine", "step", "constant", default="cosine")
-    warmup_epochs: int = 0
+    warmup_epochs: int = _num(0, 0, 100_000)
     step_milestones: tuple[int, ...] = ()  # epochs at which a step schedule multiplies by gamma
-    step_gamma: float = 0.1
+    step_gamma: float = _num(0.1, 0.0, 1.0, lo_open=True)
     augment: str = _choice("none", "crop", "crop_flip", default="none")
     amp: str = _choice("auto", "off", "bf16", "fp16", default="auto")  # auto: bf16 on CUDA
     channels_last: bool = True  # student and module teachers, CPU and CUDA
     device: str = _choice("auto", "cpu", "cuda", default="auto")
     teacher_cache: str = _choice("auto", "on", "off", default="auto")  # auto: on without augment
-    seed: int = 0
-    eval_batch_size: int = 512
-    progress_every_steps: int = 20
+    seed: int = _num(0, **_SEED)
+    eval_batch_size: int = _num(512, **_BATCH)
+    progress_every_steps: int = _num(20, 1, 2**31 - 1)
 
     def problems(self) -> list[str]:
         out = []
-        for name in ("epochs", "batch_size", "eval_batch_size", "progress_every_steps"):
-            if getattr(self, name) < 1:
-                out.append(f"{name} is {getattr(self, name)}; it must be >= 1")
-        if self.lr <= 0:
-            out.append(f"lr is {self.lr}; it must be > 0")
-        if not 0 <= self.warmup_epochs < max(self.epochs, 1):
+        if not self.warmup_epochs < self.epochs:
             out.append(f"warmup_epochs is {self.warmup_epochs}; it must be in [0, epochs)")
         if self.schedule == "step" and not self.step_milestones:
             out.append("schedule 'step' needs step_milestones, e.g. [30, 60]")
+        out += [f"step_milestones[{i}] is {m}; it must be an epoch in [1, epochs]"
+                for i, m in enumerate(self.step_milestones) if not 1 <= m <= self.epochs]
         if self.teacher_cache == "on" and self.augment != "none":
             out.append("teacher_cache 'on' needs augment 'none': cached logits are for fixed inputs")
         return out
@@ -184,12 +211,12 @@ class MitigationSpec:
     """The distillation objective. ``one_hot`` ignores the teacher; ``kd`` is standard KD."""
 
     name: str = "kd"  # or "auto": train `candidates` briefly and keep the best that passes
-    alpha: float = 0.5  # weight of the distillation term
-    temperature: float = 4.0
+    alpha: float = _num(0.5, 0.0, 1.0)  # weight of the distillation term
+    temperature: float = _num(4.0, 0.0, 100.0, lo_open=True)
     params: dict[str, Any] = field(default_factory=dict)  # mitigation-specific parameters
     calibrate_teacher: bool = False  # per-class post-hoc calibration on holdout first
     candidates: tuple[MitigationSpec, ...] = ()  # for name "auto"
-    selection_epochs: int = 0  # epochs per candidate for "auto"; 0: a third of training.epochs
+    selection_epochs: int = _num(0, 0, 100_000)  # epochs per candidate for "auto"; 0: a third
 
     def problems(self) -> list[str]:
         out = []
@@ -199,12 +226,6 @@ class MitigationSpec:
             out.append(f"candidates are only used with name 'auto' (name is {self.name!r})")
         if any(c.name == "auto" for c in self.candidates):
             out.append("a candidate cannot itself be 'auto'")
-        if self.selection_epochs < 0:
-            out.append(f"selection_epochs is {self.selection_epochs}; it must be >= 0")
-        if not 0 <= self.alpha <= 1:
-            out.append(f"alpha is {self.alpha}; it must be in [0, 1]")
-        if self.temperature <= 0:
-            out.append(f"temperature is {self.temperature}; it must be > 0")
         return out
 
 
@@ -259,13 +280,13 @@ class ExportSpec:
     int8: bool = True  # static QDQ quantization with onnxruntime (needs onnx)
     tensorrt: str = _choice("auto", "off", "required", default="auto")  # auto: when installed
     tensorrt_precision: str = _choice("fp16", "int8", "fp32", default="fp16")
-    opset: int = 17
-    calibration_per_group: int = 32  # INT8 calibration images per subgroup (from holdout)
-    parity_max_abs_diff: float = 1e-3  # ONNX FP32 logits vs PyTorch
-    parity_min_top1_agreement: float = 0.99
-    min_batch: int = 1
-    opt_batch: int = 32
-    max_batch: int = 256
+    opset: int = _num(17, 13, 21)
+    calibration_per_group: int = _num(32, 1, 100_000)  # INT8 calibration images per subgroup
+    parity_max_abs_diff: float = _num(1e-3, 0.0, 1e3, lo_open=True)  # ONNX FP32 vs PyTorch
+    parity_min_top1_agreement: float = _num(0.99, 0.0, 1.0)
+    min_batch: int = _num(1, **_BATCH)
+    opt_batch: int = _num(32, **_BATCH)
+    max_batch: int = _num(256, **_BATCH)
 
     def problems(self) -> list[str]:
         out = []
@@ -276,11 +297,6 @@ class ExportSpec:
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
             out.append(f"batch profile must satisfy 1 <= min_batch <= opt_batch <= max_batch "
                        f"(got {self.min_batch}, {self.opt_batch}, {self.max_batch})")
-        if self.calibration_per_group < 1:
-            out.append(f"calibration_per_group is {self.calibration_per_group}; must be >= 1")
-        if not 13 <= self.opset <= 21:
-            out.append(f"opset is {self.opset}; use 13 to 21")
-        out += _fraction_problems(self, ("parity_min_top1_agreement",))
         return out
 
 
@@ -319,13 +335,13 @@ def _convert(value: Any, hint: Any, where: str, problems: list[str]) -> Any:
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            problems.append(f"{where}: expected a list, got {value!r}")
+            problems.append(f"{where}: expected a list, got {_shown(value)}")
             return None
         return tuple(_convert(v, typing.get_args(hint)[0], f"{where}[{i}]", problems)
                      for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
-            problems.append(f"{where}: expected a mapping, got {value!r}")
+            problems.append(f"{where}: expected a mapping, got {_shown(value)}")
             return None
         val_hint = typing.get_args(hint)[1]
         return {str(k): _convert(v, val_hint, f"{where}.{k}", problems) for k, v in value.items()}
@@ -335,9 +351,32 @@ def _convert(value: Any, hint: Any, where: str, problems: list[str]) -> Any:
     ok = (isinstance(value, hint) and not (hint is int and isinstance(value, bool))) or (
         hint is float and isinstance(value, int) and not isinstance(value, bool))
     if not ok:
-        problems.append(f"{where}: expected {hint.__name__}, got {value!r}")
+        problems.append(f"{where}: expected {hint.__name__}, got {_shown(value)}")
+        return None
+    if hint is float and not math.isfinite(value):
+        problems.append(f"{where}: {value} is not a finite number")
+        return None
+    if hint is int and abs(value) > _MAX_INT:
+        problems.append(f"{where}: {_shown(value)} is out of range; use a value below 2**53")
         return None
     return float(value) if hint is float else value
+
+
+def _optional(hint: Any) -> bool:
+    return type(None) in typing.get_args(hint)
+
+
+def _shown(value: Any) -> str:
+    """``repr`` cut short: a message must not echo a megabyte of someone's input."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def _range_problem(path: str, value: Any, meta: Any) -> str | None:
+    declared = meta.get("range")
+    if declared is None or value is None or declared.contains(value):
+        return None
+    return f"{path} is {_shown(value)}; it must be in {declared}"
 
 
 @functools.cache
@@ -349,7 +388,7 @@ def _build(cls: type, data: Any, where: str, problems: list[str]) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        problems.append(f"{where or 'spec'}: expected a mapping, got {data!r}")
+        problems.append(f"{where or 'spec'}: expected a mapping, got {_shown(data)}")
         return None
     hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -358,15 +397,19 @@ def _build(cls: type, data: Any, where: str, problems: list[str]) -> Any:
         key = _snake(str(raw_key))
         path = f"{where}.{key}" if where else key
         if key not in fields:
-            problems.append(f"{path}: unknown field; known: {', '.join(fields)}")
+            shown = path if len(path) <= 80 else f"{path[:77]}..."
+            problems.append(f"{shown}: unknown field; known: {', '.join(fields)}")
             continue
         choices = fields[key].metadata.get("choices")
         if choices and value not in choices:
-            problems.append(f"{path}: {value!r} is not one of {', '.join(choices)}")
+            problems.append(f"{path}: {_shown(value)} is not one of {', '.join(choices)}")
             continue
         converted = _convert(value, hints[key], path, problems)
-        if converted is not None or value is None:
-            kwargs[key] = converted
+        out_of_range = _range_problem(path, converted, fields[key].metadata)
+        if out_of_range:
+            problems.append(out_of_range)
+        elif converted is not None or (value is None and _optional(hints[key])):
+            kwargs[key] = converted  # null elsewhere keeps the default, as in proto JSON
     try:
         obj = cls(**kwargs)
     except TypeError as exc:  # a nested conversion failed; problems already say why
