@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from compression.errors import InvalidInput
+from compression.safe_yaml import load_yaml_file
 
 __all__ = [
     "LongTailSpec", "SubgroupSpec", "DataSpec", "TeacherSpec", "StudentSpec", "TrainingSpec",
@@ -430,14 +429,18 @@ def parse_spec(data: Any) -> JobSpec:
 
 
 def read_job_file(path: str | Path) -> Any:
-    """The plain data of a job YAML (or JSON) file, unvalidated."""
-    path = Path(path)
-    try:
-        return yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise InvalidInput(f"cannot read job file {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise InvalidInput(f"job file {path} is not valid YAML: {exc}") from exc
+    """The plain data of a job YAML (or JSON) file, unvalidated but a mapping.
+
+    The file is read with bounded size, nesting and alias expansion (``load_yaml_file``); an
+    empty file is refused here, since every field has a default and an empty job would run
+    the whole default data set before failing on what it lacks."""
+    data = load_yaml_file(path, "job file")
+    if data is None or data == {}:
+        raise InvalidInput(f"the job file {path} is empty; start from one in examples/")
+    if not isinstance(data, dict):
+        raise InvalidInput(f"the job file {path} must be a mapping of settings (name:, "
+                           f"teacher:, data: ...), not a {type(data).__name__}")
+    return data
 
 
 def load_job(path: str | Path) -> JobSpec:
