@@ -6,7 +6,12 @@ policy (allowed roots, size limit, trusted formats) before the pipeline starts; 
 would block forever) and TorchScript teachers (a TorchScript file is code).
 
 Checks happen when a file is opened, symlinks resolved at that moment, so a manifest line or a
-symlink added after a job was submitted cannot lead a worker outside the roots.
+symlink added after a job was submitted cannot lead a worker outside the roots. After the open,
+the real path of the open file itself is checked again (``/proc/self/fd``), so swapping a folder
+on the way for a symlink between the check and the open does not help either.
+
+Every function takes an optional ``access``: a caller that checks on behalf of a job without
+running it (the server, at submission) passes its policy instead of installing it.
 """
 
 from __future__ import annotations
@@ -20,8 +25,14 @@ from typing import BinaryIO, Iterator
 
 from compression.errors import InvalidInput
 
-__all__ = ["InputAccess", "AccessDenied", "current", "install", "granted", "open_input",
-           "read_input", "checked_path"]
+__all__ = ["InputAccess", "AccessDenied", "DEFAULT_DECODED_BYTES", "current", "install",
+           "granted", "open_input", "read_input", "checked_path", "list_dir", "walk_files",
+           "special_kind", "decoded_limit"]
+
+# The most bytes one split may decode into memory when the policy sets no max_bytes: a header
+# that declares more is corrupt or hostile, and would otherwise be allocated before any check.
+DEFAULT_DECODED_BYTES = 16 * 2**30
+_PROC_FD = "/proc/self/fd"
 
 
 class AccessDenied(InvalidInput):
@@ -34,7 +45,8 @@ class AccessDenied(InvalidInput):
 @dataclass(frozen=True)
 class InputAccess:
     """roots: real directories a job may read under (None: any); max_bytes: the largest file
-    a job may open (None: no limit); allow_torchscript: whether a TorchScript teacher (code)
+    a job may open, and the most bytes one split may decode (None: no file limit, and
+    ``DEFAULT_DECODED_BYTES`` decoded); allow_torchscript: whether a TorchScript teacher (code)
     may be loaded at all."""
 
     roots: tuple[str, ...] | None = None
@@ -79,43 +91,63 @@ def granted(access: InputAccess) -> Iterator[InputAccess]:
         install(before)
 
 
-def checked_path(path: str | os.PathLike, what: str) -> Path:
+def decoded_limit(access: InputAccess | None = None) -> int:
+    """The most bytes one split may decode into memory under ``access`` (default: current)."""
+    limit = (access or current()).max_bytes
+    return DEFAULT_DECODED_BYTES if limit is None else limit
+
+
+def checked_path(path: str | os.PathLike, what: str, access: InputAccess | None = None) -> Path:
     """The real path of ``path`` if the policy allows it; ``AccessDenied`` names ``what``."""
     real = os.path.realpath(os.path.expanduser(os.fspath(path)))
-    access = current()
-    if not access.allows(real):
-        via = f" (it resolves to {real})" if real != os.fspath(path) else ""
-        raise AccessDenied(f"{what} {os.fspath(path)!r}{via} is outside the allowed data roots "
-                           f"({', '.join(access.roots or ())}); move it under one of them, or "
-                           "ask the operator to add its directory to data_roots")
+    _require(real, os.fspath(path), what, access or current())
     return Path(real)
 
 
-def open_input(path: str | os.PathLike, what: str) -> BinaryIO:
+def _require(real: str, shown: str, what: str, access: InputAccess) -> None:
+    if not access.allows(real):
+        via = f" (it resolves to {real})" if real != shown else ""
+        raise AccessDenied(f"{what} {shown!r}{via} is outside the allowed data roots "
+                           f"({', '.join(access.roots or ())}); move it under one of them, or "
+                           "ask the operator to add its directory to data_roots")
+
+
+def special_kind(path: str | os.PathLike) -> str | None:
+    """'a FIFO', 'a socket', ... when ``path`` (symlinks followed) is neither a regular file
+    nor a directory; None otherwise, or when it does not exist. Never opens the file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else _kind(mode)
+
+
+def open_input(path: str | os.PathLike, what: str,
+               access: InputAccess | None = None) -> BinaryIO:
     """Open a regular file for reading, checked against the policy at this moment.
 
-    The file is opened by its resolved path without following a final symlink, then
-    ``fstat``-ed, so what was checked is what is read: a special file (FIFO, device, socket)
-    or a file over the size limit is refused without reading a byte.
+    The file is opened by its resolved path without following a final symlink, non-blocking,
+    then ``fstat``-ed, and the real path of what was opened is checked again: a special file
+    (FIFO, device, socket), a file over the size limit or one reached through a folder swapped
+    for a symlink is refused without reading a byte.
     """
-    real = checked_path(path, what)
+    access = access or current()
+    shown = os.fspath(path)
+    real = str(checked_path(path, what, access))
+    kind = special_kind(real)  # refused before opening: opening a device can act on it
+    if kind is not None:
+        raise InvalidInput(f"{what} {shown!r} is not a regular file ({kind}); give a file")
+    fd = _open_fd(real, shown, what, os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
-        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise InvalidInput(f"{what} {os.fspath(path)!r} does not exist") from None
-    except OSError as exc:
-        raise InvalidInput(f"{what} {os.fspath(path)!r} cannot be opened: "
-                           f"{exc.strerror or exc}") from None
-    try:
+        _confirm_opened(fd, real, shown, what, access)
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise InvalidInput(f"{what} {os.fspath(path)!r} is not a regular file "
+            raise InvalidInput(f"{what} {shown!r} is not a regular file "
                                f"({_kind(info.st_mode)}); give a file")
-        limit = current().max_bytes
-        if limit is not None and info.st_size > limit:
-            raise InvalidInput(f"{what} {os.fspath(path)!r} is {info.st_size} bytes, over the "
-                               f"limit of {limit} bytes; use a smaller file or ask the operator "
-                               "to raise max_data_bytes")
+        if access.max_bytes is not None and info.st_size > access.max_bytes:
+            raise InvalidInput(f"{what} {shown!r} is {info.st_size} bytes, over the limit of "
+                               f"{access.max_bytes} bytes; use a smaller file or ask the "
+                               "operator to raise max_data_bytes")
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
@@ -123,10 +155,87 @@ def open_input(path: str | os.PathLike, what: str) -> BinaryIO:
         raise
 
 
-def read_input(path: str | os.PathLike, what: str) -> bytes:
-    """The whole content of ``path`` (see ``open_input``), read once."""
-    with open_input(path, what) as f:
-        return f.read()
+def read_input(path: str | os.PathLike, what: str, access: InputAccess | None = None,
+               limit: int | None = None) -> bytes:
+    """The whole content of ``path`` (see ``open_input``), read once and at most ``limit``
+    bytes (default ``decoded_limit``): a file that grows while it is read cannot make it
+    unbounded."""
+    limit = decoded_limit(access) if limit is None else limit
+    with open_input(path, what, access) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise InvalidInput(f"{what} {os.fspath(path)!r} holds more than {limit} bytes; use a "
+                           "smaller file or ask the operator to raise max_data_bytes")
+    return data
+
+
+def list_dir(path: str | os.PathLike, what: str,
+             access: InputAccess | None = None) -> list[tuple[str, Path]]:
+    """(name, real path) of every entry of the folder ``path``, sorted by name.
+
+    Each entry is resolved and checked when listed (a symlink in an allowed folder may point
+    anywhere); readers open it with ``open_input``, which checks it again.
+    """
+    access = access or current()
+    shown = os.fspath(path)
+    real = str(checked_path(path, what, access))
+    fd = _open_fd(real, shown, what, os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        _confirm_opened(fd, real, shown, what, access)
+        names = sorted(os.listdir(fd))
+    except OSError as exc:
+        raise InvalidInput(f"cannot list {what} {shown!r}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    out = []
+    for name in names:
+        entry = os.path.realpath(os.path.join(real, name))
+        _require(entry, os.path.join(shown, name), what, access)
+        out.append((name, Path(entry)))
+    return out
+
+
+def walk_files(path: str | os.PathLike, what: str,
+               access: InputAccess | None = None) -> list[Path]:
+    """Every entry below the folder ``path`` that is not a folder, as listed (``path/a/b``),
+    sorted. Like ``Path.rglob``, symlinked folders are not descended into (so a loop cannot
+    hang the walk); every entry, followed or not, must resolve inside the roots."""
+    access = access or current()
+    found: list[Path] = []
+    stack = [Path(path)]
+    while stack:
+        folder = stack.pop()
+        for name, real in list_dir(folder, what, access):
+            entry = folder / name
+            if os.path.isdir(real):
+                if not os.path.islink(entry):
+                    stack.append(entry)
+            else:
+                found.append(entry)
+    return sorted(found)
+
+
+def _open_fd(real: str, shown: str, what: str, flags: int) -> int:
+    try:
+        return os.open(real, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | flags)
+    except FileNotFoundError:
+        raise InvalidInput(f"{what} {shown!r} does not exist") from None
+    except NotADirectoryError:
+        raise InvalidInput(f"{what} {shown!r} is not a directory") from None
+    except OSError as exc:
+        raise InvalidInput(f"{what} {shown!r} cannot be opened: {exc.strerror or exc}") from None
+
+
+def _confirm_opened(fd: int, real: str, shown: str, what: str, access: InputAccess) -> None:
+    """Check the real path of the open ``fd``: a folder on the way to ``real`` may have been
+    swapped for a symlink after ``real`` was resolved. Without /proc, resolve ``real`` again."""
+    if access.roots is None:
+        return
+    try:
+        opened = os.readlink(f"{_PROC_FD}/{fd}")
+    except OSError:
+        opened = os.path.realpath(real)
+    _require(opened, shown, what, access)
 
 
 def _kind(mode: int) -> str:

@@ -6,13 +6,19 @@ turns them into torch ``Split``s only at the end.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 
 import numpy as np
 
+from compression import access
 from compression.errors import InvalidInput
 
-__all__ = ["RawSplit", "check_not_empty", "check_labels", "int_label_classes", "to_channels"]
+__all__ = ["RawSplit", "MAX_CLASSES", "check_not_empty", "check_labels", "check_declared",
+           "require_exists", "int_label_classes", "to_channels"]
+
+# Integer labels name classes 0..max(label): a stray huge label must not make a huge tuple.
+MAX_CLASSES = 100_000
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,25 @@ def check_not_empty(n: int, origin: str) -> None:
         raise InvalidInput(f"{origin} holds no samples; every split needs at least one")
 
 
+def check_declared(nbytes: int, origin: str, detail: str) -> None:
+    """Refuse data whose header declares more than the job may hold in memory, before any of
+    it is allocated; ``detail`` says what was declared (e.g. "dims (10, 28, 28)")."""
+    limit = access.decoded_limit()
+    if nbytes > limit:
+        raise InvalidInput(f"{origin}: {detail} make {nbytes} bytes, over the limit of {limit} "
+                           "bytes a job may load; the file is corrupt, or too large: use a "
+                           "smaller data set, or ask the operator to raise max_data_bytes")
+
+
+def require_exists(path: os.PathLike | str, what: str, hint: str) -> None:
+    """``InvalidInput`` "<what> <path> does not exist; <hint>" for a missing path, once the
+    policy allows it (nothing is said about paths outside the roots). A FIFO exists: opening
+    it reports what it is."""
+    access.checked_path(path, what)
+    if not os.path.exists(path):
+        raise InvalidInput(f"{what} {os.fspath(path)} does not exist; {hint}")
+
+
 def check_labels(y: np.ndarray, num_classes: int, origin: str) -> None:
     """Every label in y: [N] must be a class id in [0, num_classes)."""
     bad = (y < 0) | (y >= num_classes)
@@ -63,8 +88,11 @@ def int_label_classes(y: np.ndarray, declared: tuple[str, ...] | None, origin: s
     names that differ from them are an error, since label k must mean the same class everywhere.
     """
     if train_classes is None:
-        names = declared if declared is not None else tuple(
-            str(i) for i in range(max(int(y.max()) + 1, 1)))
+        top = int(y.max()) + 1 if len(y) else 1
+        if declared is None and top > MAX_CLASSES:
+            raise InvalidInput(f"{origin}: label {top - 1} would make {top} classes, more than "
+                               f"{MAX_CLASSES}; use class ids 0..C-1")
+        names = declared if declared is not None else tuple(str(i) for i in range(max(top, 1)))
     else:
         if declared is not None and declared != train_classes:
             raise InvalidInput(
