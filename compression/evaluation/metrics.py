@@ -9,6 +9,7 @@ from torch import Tensor
 
 from compression.data.dataset import Split
 from compression.errors import InvalidInput
+from compression.evaluation.outcomes import Outcomes
 from compression.evaluation.report import EvalReport, GroupMetrics
 from compression.evaluation.stats import wilson_interval
 
@@ -47,6 +48,7 @@ def evaluate(logits_or_preds: Tensor, split: Split, class_names: Sequence[str],
         confusion=confusion.view(num_classes, num_classes).tolist(),
         reference_name=None if reference is None else reference.name,
         deltas=deltas, overall_delta=overall_delta,
+        outcomes=Outcomes(hit, y, group, len(group_names)),
     )
 
 

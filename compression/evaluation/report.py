@@ -8,10 +8,11 @@ their deltas are ``None``. Nothing in a report is NaN, so it is strict JSON.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from compression.errors import InvalidInput
+from compression.evaluation.outcomes import Outcomes
 
 __all__ = ["GroupMetrics", "EvalReport"]
 
@@ -51,6 +52,8 @@ class EvalReport:
     confusion: [C, C] counts, rows = true class, columns = predicted class.
     deltas: per group, accuracy minus the reference report's (None when either is empty);
         the whole field is None when there was no reference. overall_delta likewise.
+    outcomes: which test examples the model got right, for paired comparisons; in memory
+        only (``to_dict`` leaves it out, so a report read back from JSON has None).
     """
 
     name: str
@@ -65,6 +68,7 @@ class EvalReport:
     reference_name: str | None = None
     deltas: tuple[float | None, ...] | None = None
     overall_delta: float | None = None
+    outcomes: Outcomes | None = field(default=None, compare=False, repr=False)
 
     @property
     def group_names(self) -> tuple[str, ...]:

@@ -31,6 +31,8 @@ def test_wilson_matches_known_values():
     z2 = 1.96 ** 2
     assert wilson_interval(0, 10) == pytest.approx((0.0, z2 / (10 + z2)))
     assert wilson_interval(10, 10) == pytest.approx((10 / (10 + z2), 1.0))
+    # exact, not approximately, at the edges: 20/20 reaches 1.0 and 0/20 reaches 0.0
+    assert wilson_interval(20, 20)[1] == 1.0 and wilson_interval(0, 20)[0] == 0.0
     assert wilson_interval(0, 0) == (0.0, 1.0)
     low, high = wilson_interval(8, 10, z=1.0)
     assert 0.4902 < low < high < 0.9433  # a lower z gives a narrower interval
@@ -117,6 +119,16 @@ def test_json_round_trip_is_exact(tmp_path):
         assert "NaN" not in path.read_text()
         assert EvalReport.from_dict(load_json(path)) == r
         assert EvalReport.from_dict(json.loads(json.dumps(r.to_dict()))).to_dict() == r.to_dict()
+
+
+def test_outcomes_stay_in_memory_and_out_of_the_json():
+    r = _report(name="student")
+    assert r.outcomes.hit.tolist() == (PREDS == Y).tolist()
+    assert torch.equal(r.outcomes.group, G) and r.outcomes.num_groups == 3
+    data = r.to_dict()
+    assert "outcomes" not in data and "hit" not in json.dumps(data)
+    back = EvalReport.from_dict(data)
+    assert back.outcomes is None and back == r  # equality ignores the in-memory outcomes
 
 
 def test_from_dict_refuses_malformed_reports():

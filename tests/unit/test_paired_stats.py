@@ -1,0 +1,107 @@
+"""Intervals and tests against published worked examples (each number cites its table)."""
+
+import math
+
+import pytest
+import torch
+
+from compression.evaluation import Outcomes, paired_counts
+from compression.evaluation.stats import (newcombe_interval, newcombe_pvalue, normal_sf,
+                                          tango_interval, tango_pvalue, tango_statistic,
+                                          wilson_interval, wilson_pvalue, z_for)
+
+Z95 = 1.959963984540054  # two-sided 95%
+
+
+@pytest.mark.parametrize("a, b, c, d, z, published", [
+    # Tango (1998), Stat Med 17:891-908, Table VII: 95% interval of the score method.
+    (4, 9, 3, 16, Z95, (-0.027, 0.390)),
+    # Tango (1998), Table V: 90% interval (43 concordant, one discordant pair).
+    (43, 0, 1, 0, 1.6448536269514722, (-0.096, 0.037)),
+    # Fagerland, Lydersen & Laake (2014), Stat Med 33:2850-2875, airway hyper-responsiveness
+    # before/after stem cell transplantation (Bentur et al. 2009): Tango 95% interval.
+    (1, 1, 7, 12, Z95, (-0.517, -0.026)),
+])
+def test_tango_interval_matches_published_examples(a, b, c, d, z, published):
+    n = a + b + c + d
+    low, high = tango_interval(b, c, n, z)
+    assert (round(low, 3), round(high, 3)) == published
+    # each bound is where the score statistic crosses -z / +z
+    assert tango_statistic(b, c, n, low) == pytest.approx(z, abs=1e-6)
+    assert tango_statistic(b, c, n, high) == pytest.approx(-z, abs=1e-6)
+
+
+def test_tango_statistic_at_zero_is_mcnemar_and_pvalue_inverts_the_interval():
+    # Under H0: difference 0 the restricted estimate is (b + c) / 2n and the statistic is
+    # McNemar's (b - c) / sqrt(b + c).
+    assert tango_statistic(9, 3, 32, 0.0) == pytest.approx(6 / math.sqrt(12))
+    alpha = 0.05
+    for b, c, n, delta in [(7, 2, 100, 0.03), (12, 1, 100, 0.03), (30, 5, 1000, 0.01)]:
+        low, _ = tango_interval(b, c, n, z_for(alpha))
+        assert (tango_pvalue(b, c, n, delta) <= alpha) == (low > delta)
+    # a larger b (more pairs against the candidate) is stronger evidence of a drop
+    assert tango_pvalue(12, 1, 100, 0.03) < tango_pvalue(7, 2, 100, 0.03)
+
+
+def test_tango_interval_edges():
+    assert tango_interval(0, 0, 0) == (-1.0, 1.0)
+    assert tango_interval(10, 0, 10)[1] == 1.0
+    assert tango_interval(0, 10, 10)[0] == -1.0
+    low, high = tango_interval(0, 0, 100, z_for(0.05))
+    assert low == pytest.approx(-high) and 0 < high < 0.03
+
+
+@pytest.mark.parametrize("correct, n, published", [
+    # Newcombe (1998), Stat Med 17:857-872, Table II, method 3 (Wilson score, no correction).
+    (81, 263, (0.2553, 0.3662)),
+    (15, 148, (0.0624, 0.1605)),
+    (0, 20, (0.0, 0.1611)),
+    (1, 29, (0.0061, 0.1718)),
+])
+def test_wilson_matches_newcombe_table(correct, n, published):
+    assert tuple(round(v, 4) for v in wilson_interval(correct, n, Z95)) == published
+
+
+def test_wilson_bounds_are_exact_at_the_edges():
+    assert wilson_interval(20, 20)[1] == 1.0
+    assert wilson_interval(0, 20)[0] == 0.0
+    for n in (1, 3, 7, 20, 99, 1000, 12345):
+        assert wilson_interval(n, n, 1.6448536269514722)[1] == 1.0
+        assert wilson_interval(0, n, 2.5758293035489)[0] == 0.0
+
+
+def test_wilson_pvalue_inverts_the_interval():
+    alpha = 0.01
+    z = z_for(alpha)
+    for correct, n, p0 in [(80, 100, 0.9), (85, 100, 0.9), (45, 50, 0.7), (99, 100, 0.95)]:
+        high = wilson_interval(correct, n, z)[1]
+        assert (wilson_pvalue(correct, n, p0) <= alpha) == (high < p0)
+    assert wilson_pvalue(9, 10, 1.0) == 0.0 and wilson_pvalue(10, 10, 1.0) == 1.0
+
+
+def test_newcombe_hybrid_matches_published_example():
+    # Newcombe (1998), Stat Med 17:873-890, example (a) 56/70 vs 48/80, method 10.
+    low, high = newcombe_interval(56, 70, 48, 80, Z95)
+    assert (round(low, 4), round(high, 4)) == (0.0524, 0.3339)
+    p = newcombe_pvalue(90, 100, 80, 100, 0.05)
+    assert newcombe_interval(90, 100, 80, 100, z_for(p))[0] == pytest.approx(0.05, abs=1e-9)
+    assert newcombe_pvalue(90, 100, 88, 100, 0.05) > 0.5
+
+
+def test_normal_helpers():
+    assert z_for(0.05) == pytest.approx(1.6448536, abs=1e-6)
+    assert normal_sf(z_for(0.05)) == pytest.approx(0.05)
+    assert normal_sf(math.inf) == 0.0 and normal_sf(-math.inf) == 1.0
+    with pytest.raises(ValueError):
+        z_for(1.0)
+
+
+def test_paired_counts_per_group_and_same_examples_check():
+    label, group = torch.tensor([0, 1, 1, 0, 2]), torch.tensor([0, 0, 1, 1, 1])
+    ref = Outcomes(torch.tensor([True, True, False, True, False]), label, group, 2)
+    cand = Outcomes(torch.tensor([True, False, True, False, False]), label, group, 2)
+    counts = paired_counts(ref, cand)
+    assert (counts.n, counts.b, counts.c) == ((2, 3), (1, 1), (0, 1))
+    other = Outcomes(cand.hit, torch.tensor([0, 1, 1, 0, 0]), group, 2)
+    with pytest.raises(ValueError, match="different examples"):
+        paired_counts(ref, other)
