@@ -4,23 +4,38 @@
 ``events`` every event of every job, numbered 1, 2, ... per job. ``request_id`` has a unique
 index: two submissions with one id make one job. One connection guarded by a lock serves every
 thread; writes are short transactions. Only the job manager writes.
+
+Storage failures (a full disk, a read-only or broken file: ``sqlite3.OperationalError`` or
+``OSError``) come out of every method as ``StoreUnavailable`` with a message for people, and
+mark the store failing until ``probe``, a real write, succeeds again: the server reports
+NOT_SERVING meanwhile and refuses new jobs, and nothing is half-written (each transaction is
+rolled back whole).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
-from service.errors import NotFound
+from service.errors import NotFound, StoreUnavailable
+from service.guards import RateLimitedLog
 from service.states import JobState, check_transition
 
-__all__ = ["JobRecord", "EventRecord", "JobStore", "STATE_EVENT"]
+__all__ = ["JobRecord", "EventRecord", "JobStore", "STATE_EVENT", "is_storage_error"]
 
 STATE_EVENT = "state"  # the kind of the event the store writes with every state change
+# SQLite's primary result codes that are the disk's or the file's fault, not a caller's:
+# BUSY, LOCKED, NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB.
+_STORAGE_CODES = frozenset({5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
+_PROBE_BYTES = 64 * 1024  # room a probe asks for: a job's row and events fit many times over
+log = logging.getLogger("tpet.store")
+F = TypeVar("F", bound=Callable[..., Any])
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -55,6 +70,7 @@ CREATE TABLE IF NOT EXISTS events (
     time REAL NOT NULL,
     PRIMARY KEY (job_id, sequence)
 );
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, payload BLOB, time REAL);
 """
 
 # Columns ``update`` may set; ``state`` only changes through ``transition``.
@@ -102,6 +118,28 @@ class EventRecord:
     time: float
 
 
+def _guarded(method: F) -> F:
+    """Turn a storage failure inside ``method`` into ``StoreUnavailable``, marking the store
+    failing (nested calls pass the first translation through)."""
+    @functools.wraps(method)
+    def wrapped(self: JobStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (sqlite3.Error, OSError) as exc:
+            if not is_storage_error(exc):
+                raise  # a bug (bad SQL): the caller's traceback says where
+            raise self._failed(exc) from exc
+    return wrapped  # type: ignore[return-value]
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """A full disk, a read-only, locked or broken database file: the store's condition."""
+    if isinstance(exc, OSError):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF in _STORAGE_CODES
+
+
 class JobStore:
     """Thread-safe access to ``store.db``; every method is one transaction."""
 
@@ -109,6 +147,8 @@ class JobStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self._failure = ""  # why the last storage operation failed; '' once a probe succeeds
+        self._log = RateLimitedLog(log)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         # WAL: readers never block the writer; NORMAL sync is safe against process crashes.
@@ -124,6 +164,47 @@ class JobStore:
     def journal_mode(self) -> str:
         return self._query_one("PRAGMA journal_mode")[0]
 
+    @property
+    def writable(self) -> bool:
+        """False from a storage failure until a ``probe`` succeeds."""
+        return not self._failure
+
+    def unavailable(self) -> StoreUnavailable:
+        """The error to answer with while the store is failing."""
+        return StoreUnavailable(
+            f"the server's job store cannot write ({self._failure}); no job can be accepted "
+            f"until it can: the operator should free space for {self.path.parent} (the "
+            "server notices by itself); retry later")
+
+    def probe(self, now: float) -> bool:
+        """Whether the store can write now, by a real write that also needs fresh space (a
+        rolled-back row of ``_PROBE_BYTES``: growing the file fails when it is full); a
+        success clears the failing mark."""
+        try:
+            with self._lock, self._tx():
+                self._db.execute("SAVEPOINT room")
+                self._db.execute("INSERT INTO probe (id, payload) VALUES (2, zeroblob(?))",
+                                 (_PROBE_BYTES,))
+                self._db.execute("ROLLBACK TO room")
+                self._db.execute("RELEASE room")
+                self._db.execute("INSERT OR REPLACE INTO probe (id, time) VALUES (1, ?)",
+                                 (now,))
+        except (sqlite3.Error, OSError) as exc:
+            if not is_storage_error(exc):
+                raise
+            self._failed(exc)
+            return False
+        if self._failure:
+            self._failure = ""
+            self._log.clear(f"the job store {self.path} can write again")
+        return True
+
+    def _failed(self, exc: BaseException) -> StoreUnavailable:
+        self._failure = str(exc) or type(exc).__name__
+        self._log.failure(f"the job store {self.path} cannot write: {self._failure}")
+        return self.unavailable()
+
+    @_guarded
     def create(self, job_id: str, request_id: str | None, name: str, spec: dict[str, Any],
                output_dir: str, now: float) -> tuple[JobRecord, bool]:
         """Insert a QUEUED job; with a known ``request_id`` return that job and False."""
@@ -140,16 +221,19 @@ class JobStore:
             self._append(job_id, [(STATE_EVENT, "", {"state": JobState.QUEUED.value})], now)
             return self.get(job_id), True
 
+    @_guarded
     def get(self, job_id: str) -> JobRecord:
         row = self._query_one("SELECT * FROM jobs WHERE id = ?", job_id)
         if row is None:
             raise NotFound(f"no job {job_id!r}; list jobs with `tpet jobs`")
         return JobRecord.from_row(row)
 
+    @_guarded
     def find_request(self, request_id: str) -> JobRecord | None:
         row = self._query_one("SELECT * FROM jobs WHERE request_id = ?", request_id)
         return None if row is None else JobRecord.from_row(row)
 
+    @_guarded
     def list(self, states: Iterable[JobState] = (), after_seq: int = 0,
              limit: int = 50) -> list[JobRecord]:
         """Jobs in submission order after ``after_seq``, optionally only in ``states``."""
@@ -161,10 +245,12 @@ class JobStore:
                 (after_seq, *states, limit)).fetchall()
         return [JobRecord.from_row(r) for r in rows]
 
+    @_guarded
     def count(self, state: JobState) -> int:
         return self._query_one("SELECT COUNT(*) FROM jobs WHERE state = ?",
                                JobState(state).value)[0]
 
+    @_guarded
     def transition(self, job_id: str, new: JobState, now: float,
                    event: dict[str, Any] | None = None, **fields: Any) -> JobRecord:
         """Move the job to ``new`` (checked against the table), set ``fields``, and record a
@@ -177,6 +263,7 @@ class JobStore:
             self._append(job_id, [(STATE_EVENT, "", payload)], now)
             return self.get(job_id)
 
+    @_guarded
     def update(self, job_id: str, now: float, **fields: Any) -> JobRecord:
         """Set non-state ``fields`` (stage, error, worker, ...)."""
         if "state" in fields:
@@ -185,6 +272,7 @@ class JobStore:
             self._set(job_id, now, **fields)
             return self.get(job_id)
 
+    @_guarded
     def append_events(self, job_id: str, events: list[tuple[str, str, dict[str, Any]]],
                       now: float, **fields: Any) -> int:
         """Append (kind, stage, payload) events, set ``fields``; return the last sequence."""
@@ -193,6 +281,7 @@ class JobStore:
                 self._set(job_id, now, **fields)
             return self._append(job_id, events, now)
 
+    @_guarded
     def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[EventRecord]:
         with self._lock:
             rows = self._db.execute(
@@ -243,5 +332,23 @@ class _Transaction:
             self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if self.outer:
-            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if not self.outer:
+            return
+        if exc_type is None:
+            try:
+                self.db.execute("COMMIT")
+                return
+            except BaseException:
+                self._rollback()  # a failed COMMIT (disk full) leaves the transaction open
+                raise
+        self._rollback()
+
+    def _rollback(self) -> None:
+        # SQLite may have rolled back already (SQLITE_FULL does); a second ROLLBACK would
+        # raise and hide the error that matters. Left open, every later BEGIN would fail.
+        if self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.warning("the job store could not roll back a failed transaction",
+                            exc_info=True)
