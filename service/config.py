@@ -38,6 +38,7 @@ class ServerConfig:
     # What jobs may read: real paths under these roots (None: working dir, /usr/share/datasets).
     data_roots: list[str] | None = None
     max_data_bytes: int = 32 * 2**30  # the largest input (file, folder or manifest) a job reads
+    allow_torchscript_teachers: bool = False  # a TorchScript teacher is code: off unless trusted
     max_request_bytes: int = 16 * 2**20  # gRPC messages the server accepts (a report is one)
     tls_cert_file: str = ""  # with tls_key_file: serve TLS only
     tls_key_file: str = ""
@@ -89,6 +90,9 @@ class ServerConfig:
                 and all(isinstance(r, str) and r for r in self.data_roots)):
             out.append(f"data_roots is {self.data_roots!r}; give a list of directories, or "
                        "leave it out for the working directory and /usr/share/datasets")
+        if not isinstance(self.allow_torchscript_teachers, bool):
+            out.append(f"allow_torchscript_teachers is {self.allow_torchscript_teachers!r}; "
+                       "use true or false")
         for name in ("max_data_bytes", "max_request_bytes", "metrics_recent_jobs"):
             if getattr(self, name) < 1:
                 out.append(f"{name} is {getattr(self, name)}; it must be >= 1")
@@ -111,7 +115,8 @@ class ServerConfig:
 
     def input_policy(self) -> InputPolicy:
         return InputPolicy.of(DEFAULT_DATA_ROOTS if self.data_roots is None
-                              else self.data_roots, self.max_data_bytes)
+                              else self.data_roots, self.max_data_bytes,
+                              self.allow_torchscript_teachers)
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> ServerConfig:

@@ -2,13 +2,17 @@
 
 A job names files on the server's machine (data, teacher checkpoint). ``InputPolicy`` allows
 only files whose real path (symlinks resolved) lies under a configured root, refuses ``..``
-in any path, and refuses inputs larger than a size limit. Checkpoints are never unpickled:
-the library loads them without pickle (``compression.models.safe_load``), whatever the path.
+in any path, special files (a FIFO would block a reader), and inputs larger than a size limit.
+It checks at submission; the worker installs the same policy (``InputPolicy.access``, sent with
+StartJob) and ``compression.access`` checks every file again when the worker opens it.
+Checkpoints are never unpickled: the library loads them without pickle
+(``compression.models.safe_load``), whatever the path.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -17,6 +21,7 @@ from typing import Iterator
 
 import grpc
 
+from compression import access
 from compression.errors import InvalidInput
 from compression.spec import JobSpec
 from service.errors import PermissionDenied
@@ -31,22 +36,34 @@ DEFAULT_DATA_ROOTS = (".", "/usr/share/datasets")  # "." is the server's working
 @dataclass(frozen=True)
 class InputPolicy:
     """roots: directories (made absolute and real at construction); max_bytes: the largest
-    input (a file, or a directory's or manifest's files together)."""
+    input (a file, or a directory's or manifest's files together); allow_torchscript: whether
+    a TorchScript teacher (code) may be loaded."""
 
     roots: tuple[Path, ...]
     max_bytes: int
+    allow_torchscript: bool = False
 
     @classmethod
-    def of(cls, roots: list[str] | tuple[str, ...], max_bytes: int) -> InputPolicy:
+    def of(cls, roots: list[str] | tuple[str, ...], max_bytes: int,
+           allow_torchscript: bool = False) -> InputPolicy:
         return cls(tuple(Path(os.path.realpath(Path(r).expanduser())) for r in roots),
-                   max_bytes)
+                   max_bytes, allow_torchscript)
+
+    @property
+    def access(self) -> access.InputAccess:
+        """The same policy as the library checks it when a file is opened."""
+        return access.InputAccess(tuple(map(str, self.roots)), self.max_bytes,
+                                  self.allow_torchscript)
 
     def check(self, spec: JobSpec, deep: bool = True) -> None:
         """Raise ``PermissionDenied`` for a path outside the roots, ``InvalidInput`` for one
-        too large. ``deep``: also check every file of a directory or manifest, and sizes."""
+        too large or a special file. ``deep``: also check every file of a directory or
+        manifest, and sizes. Never blocks on a FIFO; reads at most ``max_bytes`` of a
+        manifest."""
         for field, path in job_inputs(spec):
             real = self.allowed(field, path)
             if deep and real.exists():
+                _refuse_special(field, path, real)
                 manifest = spec.data.source == "manifest" and field.startswith("data.")
                 self._check_size(field, path, self._files_of(real, field, manifest))
 
@@ -57,9 +74,7 @@ class InputPolicy:
             raise PermissionDenied(f"{field} {path!r} contains '..'; give a path without it "
                                    f"under the server's data roots ({self._roots()})")
         real = os.path.realpath(os.path.expanduser(path))
-        # string prefixes, not Path.is_relative_to: this runs for every file of a folder
-        if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep)
-                   for root in map(str, self.roots)):
+        if not self.access.allows(real):
             via = f" (it resolves to {real})" if real != path else ""
             raise PermissionDenied(
                 f"{field} {path!r}{via} is outside the server's data roots ({self._roots()}); "
@@ -84,34 +99,46 @@ class InputPolicy:
         """The files an input stands for, each checked against the roots: a symlink inside
         a directory, or a manifest line, may point anywhere."""
         if real.is_dir():
-            yield from self._walk(real, field)
+            try:
+                yield from access.walk_files(real, field, self.access)
+            except access.AccessDenied as exc:  # the server's own status for it
+                raise PermissionDenied("; ".join(exc.problems)) from None
             return
         yield real
-        for image in _manifest_paths(real) if manifest else ():
+        for image in self._manifest_paths(real, field) if manifest else ():
             found = self.allowed(f"an image listed in {field} ({real}):", str(image))
+            _refuse_special(f"an image listed in {field} ({real}):", str(image), found)
             if found.is_file():
                 yield found
 
-    def _walk(self, top: Path, field: str) -> Iterator[Path]:
-        """Every file under the real folder ``top``, following symlinks that stay inside the
-        roots (each folder once: no loops). Only symlinks need resolving: below a real
-        folder, any other entry's path is already real."""
-        stack, seen = [top], {top}
-        while stack:
-            try:
-                entries = list(os.scandir(stack.pop()))
-            except OSError:  # unreadable: the library reports what it cannot read
-                continue
-            for entry in entries:
-                real = self.allowed(field, entry.path) if entry.is_symlink() else Path(entry.path)
-                if not entry.is_dir():
-                    yield real
-                elif real not in seen:
-                    seen.add(real)
-                    stack.append(real)
+    def _manifest_paths(self, manifest: Path, field: str) -> Iterator[Path]:
+        """The image paths a manifest lists (as the library resolves them); rows it cannot
+        parse are left to the library to report. Opened through ``compression.access``
+        (regular files only) and read up to ``max_bytes``: its size was counted already."""
+        data = access.read_input(manifest, field, self.access, limit=self.max_bytes)
+        try:
+            text = io.StringIO(data.decode("utf-8"), newline="")
+            if manifest.suffix.lower() == ".csv":
+                values = [row.get("path") for row in csv.DictReader(text)]
+            else:
+                values = [_json_path(line) for line in text if line.strip()]
+        except (UnicodeDecodeError, csv.Error):
+            return
+        for value in values:
+            if isinstance(value, str) and value.strip() and "\0" not in value:
+                image = Path(value.strip()).expanduser()
+                yield image if image.is_absolute() else manifest.parent / image
 
     def _roots(self) -> str:
         return ", ".join(str(r) for r in self.roots)
+
+
+def _refuse_special(field: str, path: str, real: Path) -> None:
+    """A FIFO, socket or device as an input: refused at submission, without opening it."""
+    kind = access.special_kind(real)
+    if kind is not None:
+        raise InvalidInput(f"{field} {path!r} is not a regular file ({kind}); give a file or "
+                           "a folder")
 
 
 def job_inputs(spec: JobSpec) -> list[tuple[str, str]]:
@@ -125,27 +152,10 @@ def job_inputs(spec: JobSpec) -> list[tuple[str, str]]:
     return [(f, p) for f, p in [*paths, ("teacher.path", spec.teacher.path)] if p]
 
 
-def _manifest_paths(manifest: Path) -> Iterator[Path]:
-    """The image paths a manifest lists (as the library resolves them); rows it cannot parse
-    are left to the library to report."""
-    try:
-        with manifest.open(newline="", encoding="utf-8") as f:
-            if manifest.suffix.lower() == ".csv":
-                values = [row.get("path") for row in csv.DictReader(f)]
-            else:
-                values = [_json_path(line) for line in f if line.strip()]
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return
-    for value in values:
-        if isinstance(value, str) and value.strip():
-            image = Path(value.strip()).expanduser()
-            yield image if image.is_absolute() else manifest.parent / image
-
-
 def _json_path(line: str) -> object:
     try:
         row = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: a line of deeply nested arrays
         return None
     return row.get("path") if isinstance(row, dict) else None
 

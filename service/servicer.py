@@ -15,6 +15,7 @@ from service import convert
 from service._proto import compress_pb2, compress_pb2_grpc, worker_pb2, worker_pb2_grpc
 from service.errors import QueueFull, Unavailable
 from service.manager import JobManager
+from service.security import InputPolicy
 from service.worker import TOKEN_METADATA
 
 __all__ = ["CompressServicer", "WorkerServicer"]
@@ -78,7 +79,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
 
     def StartJob(self, request: Any, context: grpc.ServicerContext) -> Any:
         spec, attempt = self.manager.worker_start(request.job_id, _token(context))
-        return worker_pb2.StartJobResponse(spec=convert.dict_to_proto(spec), attempt=attempt)
+        return worker_pb2.StartJobResponse(spec=convert.dict_to_proto(spec), attempt=attempt,
+                                           access=_access(self.manager.config.inputs))
 
     def ReportEvents(self, request: Any, context: grpc.ServicerContext) -> Any:
         events = [(e.kind, e.stage, convert.struct_to_dict(e.payload)) for e in request.events]
@@ -90,6 +92,16 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self.manager.worker_finish(request.job_id, _token(context), outcome, request.error,
                                    request.error_kind, request.report_json)
         return worker_pb2.FinishJobResponse()
+
+
+def _access(policy: InputPolicy | None) -> Any:
+    """The server's input policy as the worker installs it; None (a manager without one, as
+    in tests and library use) leaves the field unset: any path."""
+    if policy is None:
+        return None
+    return worker_pb2.InputAccess(data_roots=[str(root) for root in policy.roots],
+                                  max_data_bytes=policy.max_bytes,
+                                  allow_torchscript_teachers=policy.allow_torchscript)
 
 
 def _token(context: grpc.ServicerContext) -> str:

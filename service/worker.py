@@ -23,15 +23,15 @@ from typing import Any
 
 import grpc
 
-from compression import distributed
+from compression import access, distributed
 from compression.errors import Cancelled, InvalidInput, StageFailed, TpetError
 from compression.events import Event, emit_nothing, never_stop
-from service._proto import spec_pb2, worker_pb2, worker_pb2_grpc
+from service._proto import worker_pb2, worker_pb2_grpc
 from service.convert import dict_to_struct, proto_to_spec
 from service.progress import ProgressPrinter
 from service.security import worker_channel
 
-__all__ = ["Reporter", "run_job", "main", "TOKEN_METADATA"]
+__all__ = ["Reporter", "run_job", "input_access", "main", "TOKEN_METADATA"]
 
 TOKEN_METADATA = "x-tpet-job-token"
 TERMINATION_LOG = Path("/dev/termination-log")  # Kubernetes' default terminationMessagePath
@@ -142,6 +142,17 @@ def run_job(spec_message: Any, reporter: Reporter) -> tuple[str, str, str, str]:
             "internal", ""
 
 
+def input_access(started: Any) -> access.InputAccess:
+    """The server's input policy from a StartJobResponse; a manager that sends none (no
+    policy configured) leaves the library's default: any path, special files refused."""
+    if not started.HasField("access"):
+        return access.InputAccess()
+    policy = started.access
+    # Resolved again here: in a pod, a root may be a symlink the server's machine lacks.
+    return access.InputAccess.of(list(policy.data_roots), policy.max_data_bytes or None,
+                                 policy.allow_torchscript_teachers)
+
+
 def main() -> int:
     try:
         target, job_id, token = (os.environ[k] for k in
@@ -189,7 +200,9 @@ def _work(target: str, job_id: str, metadata: tuple) -> int:
         except grpc.RpcError:
             distributed.from_primary(None)  # the other ranks give up too
             raise
-        distributed.from_primary(started.spec.SerializeToString())
+        # Before anything reads a file: every open is checked against the server's policy.
+        access.install(input_access(started))
+        distributed.from_primary(started.SerializeToString())
         print(f"worker: job {job_id} attempt {started.attempt}", file=sys.stderr, flush=True)
         reporter = Reporter(stub, job_id, metadata)
         outcome, error, kind, report = run_job(started.spec, reporter)
@@ -213,14 +226,15 @@ def _help_primary() -> int:
     shares (invalid input, a NaN loss) reaches rank 0 too, which reports it meanwhile; one of
     this rank's own would otherwise leave rank 0 waiting for it.
     """
-    spec_bytes = distributed.from_primary(None)
-    if spec_bytes is None:
+    started_bytes = distributed.from_primary(None)
+    if started_bytes is None:
         return _fail("worker: rank 0 could not start the job", 1)
-    spec = spec_pb2.JobSpec.FromString(spec_bytes)
+    started = worker_pb2.StartJobResponse.FromString(started_bytes)
+    access.install(input_access(started))
     from compression.pipeline import run
 
     try:
-        run(proto_to_spec(spec), emit_nothing, never_stop)
+        run(proto_to_spec(started.spec), emit_nothing, never_stop)
     except Cancelled:
         return 0
     except Exception as exc:
