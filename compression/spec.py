@@ -423,6 +423,10 @@ def parse_spec(data: Any) -> JobSpec:
     """Build and validate a ``JobSpec``; raise ``InvalidInput`` listing every problem."""
     problems: list[str] = []
     spec = _build(JobSpec, data, "", problems)
+    if spec is not None:
+        # names from the library's tables; imported here because those modules import this one
+        from compression.jobcheck import job_problems
+        problems += job_problems(spec)
     if problems:
         raise InvalidInput(problems, "invalid job spec")
     return spec

@@ -25,7 +25,8 @@ from compression.losses.per_example import kd_per_example
 from compression.reliability import reliability_values
 from compression.spec import MitigationSpec
 
-__all__ = ["PARAMS", "group_alphas", "teacher_margin", "adaptive_alpha_loss", "build"]
+__all__ = ["PARAMS", "param_problems", "group_alphas", "teacher_margin", "adaptive_alpha_loss",
+           "build"]
 
 PARAMS: dict[str, Any] = {"reliability": "accuracy", "sharpness": 1.0, "per_example": False,
                           "margin": 0.0, "gate": 0.5}
@@ -68,7 +69,7 @@ def adaptive_alpha_loss(student_logits: Tensor, teacher_logits: Tensor | None, l
 
 def build(spec: MitigationSpec, context: LossContext, params: dict[str, Any]) -> Loss:
     """Per-subgroup alphas from ``context.teacher_reliability`` (groups, shrunk)."""
-    _check(params)
+    _raise_problems(params)
     measure = "accuracy" if params["reliability"] == "accuracy" else "prob"
     r = torch.tensor(reliability_values(context.teacher_reliability, "groups", measure,
                                         names=context.group_names))  # [K]
@@ -84,7 +85,8 @@ def build(spec: MitigationSpec, context: LossContext, params: dict[str, Any]) ->
     return StatelessLoss("adaptive_alpha", adaptive_alpha, needs_teacher=True)
 
 
-def _check(params: dict[str, Any]) -> None:
+def param_problems(params: dict[str, Any]) -> list[str]:
+    """What is wrong with ``params`` (checked without data, e.g. when a job is submitted)."""
     problems = []
     if params["reliability"] not in ("accuracy", "prob"):
         problems.append(f"reliability is {params['reliability']!r}; use accuracy or prob")
@@ -94,6 +96,12 @@ def _check(params: dict[str, Any]) -> None:
         problems.append(f"gate is {params['gate']}; it must be in [0, 1]")
     if not -1 <= params["margin"] < 1:
         problems.append(f"margin is {params['margin']}; it is a probability gap in [-1, 1)")
+    if params["sharpness"] > 100:
+        problems.append(f"sharpness is {params['sharpness']}; it must be at most 100")
+    return [f"mitigation.params.{p}" for p in problems]
+
+
+def _raise_problems(params: dict[str, Any]) -> None:
+    problems = param_problems(params)
     if problems:
-        raise InvalidInput([f"mitigation.params.{p}" for p in problems],
-                           "invalid params for mitigation 'adaptive_alpha'")
+        raise InvalidInput(problems, "invalid params for mitigation 'adaptive_alpha'")

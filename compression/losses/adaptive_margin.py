@@ -26,7 +26,7 @@ from compression.losses.core import kd_kl
 from compression.reliability import reliability_values
 from compression.spec import MitigationSpec
 
-__all__ = ["PARAMS", "class_margins", "adaptive_margin_loss", "build"]
+__all__ = ["PARAMS", "param_problems", "class_margins", "adaptive_margin_loss", "build"]
 
 PARAMS: dict[str, Any] = {"reliability": "accuracy", "tau": 1.0, "prior_tau": 0.0}
 
@@ -49,15 +49,21 @@ def adaptive_margin_loss(student_logits: Tensor, teacher_logits: Tensor | None, 
     return batch_mean((1 - alpha) * ce + alpha * kd_kl(z, teacher_logits, temperature))
 
 
-def build(spec: MitigationSpec, context: LossContext, params: dict[str, Any]) -> Loss:
-    """Per-class margins from ``context.teacher_reliability`` (classes, shrunk)."""
+def param_problems(params: dict[str, Any]) -> list[str]:
+    """What is wrong with ``params`` (checked without data, e.g. when a job is submitted)."""
     problems = []
     if params["reliability"] not in ("accuracy", "prob"):
         problems.append(f"mitigation.params.reliability is {params['reliability']!r}; "
                         "use accuracy or prob")
     for key in ("tau", "prior_tau"):
-        if params[key] < 0:
-            problems.append(f"mitigation.params.{key} is {params[key]}; it must be >= 0")
+        if not 0 <= params[key] <= 100:
+            problems.append(f"mitigation.params.{key} is {params[key]}; it must be in [0, 100]")
+    return problems
+
+
+def build(spec: MitigationSpec, context: LossContext, params: dict[str, Any]) -> Loss:
+    """Per-class margins from ``context.teacher_reliability`` (classes, shrunk)."""
+    problems = param_problems(params)
     if problems:
         raise InvalidInput(problems, "invalid params for mitigation 'adaptive_margin'")
     r = torch.tensor(reliability_values(context.teacher_reliability, "classes",

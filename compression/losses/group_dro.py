@@ -32,7 +32,8 @@ from compression.losses.base import LossContext
 from compression.losses.per_example import kd_per_example
 from compression.spec import MitigationSpec
 
-__all__ = ["PARAMS", "robust_objective", "exponentiated_gradient", "holdout_group_error",
+__all__ = ["PARAMS", "param_problems", "robust_objective", "exponentiated_gradient",
+           "holdout_group_error",
            "GroupDROLoss", "build"]
 
 PARAMS: dict[str, Any] = {"beta": 0.5, "eta": 1.0, "eval_batch_size": 512}
@@ -126,16 +127,22 @@ class GroupDROLoss:
                 f"weights={[round(w, 4) for w in self.weights.tolist()]})")
 
 
-def build(spec: MitigationSpec, context: LossContext, params: dict[str, Any]) -> GroupDROLoss:
-    """Needs ``context.holdout`` (``LossContext.from_dataset`` sets it)."""
+def param_problems(params: dict[str, Any]) -> list[str]:
+    """What is wrong with ``params`` (checked without data, e.g. when a job is submitted)."""
     problems = []
     if not 0 <= params["beta"] <= 1:
         problems.append(f"mitigation.params.beta is {params['beta']}; it must be in [0, 1]")
-    if params["eta"] < 0:
-        problems.append(f"mitigation.params.eta is {params['eta']}; it must be >= 0")
-    if params["eval_batch_size"] < 1:
+    if not 0 <= params["eta"] <= 1000:
+        problems.append(f"mitigation.params.eta is {params['eta']}; it must be in [0, 1000]")
+    if not 1 <= params["eval_batch_size"] <= 2**20:
         problems.append(f"mitigation.params.eval_batch_size is {params['eval_batch_size']}; "
-                        "it must be >= 1")
+                        "it must be in [1, 1048576]")
+    return problems
+
+
+def build(spec: MitigationSpec, context: LossContext, params: dict[str, Any]) -> GroupDROLoss:
+    """Needs ``context.holdout`` (``LossContext.from_dataset`` sets it)."""
+    problems = param_problems(params)
     if context.holdout is None or len(context.holdout) == 0:
         problems.append("group_dro updates its weights from the holdout split, and the loss "
                         "context has none; build it with LossContext.from_dataset and keep "

@@ -37,7 +37,8 @@ from compression.errors import InvalidInput
 from compression.losses.base import Loss, LossContext, StatelessLoss
 from compression.spec import MitigationSpec
 
-__all__ = ["PARAMS", "frequency_partition", "kl_split", "batch_group_prior", "ltkd_kl",
+__all__ = ["PARAMS", "param_problems", "frequency_partition", "kl_split", "batch_group_prior",
+           "ltkd_kl",
            "class_partition", "build"]
 
 PARAMS: dict[str, Any] = {"num_groups": 3, "partition": "auto", "rebalance": True,
@@ -154,17 +155,23 @@ def class_partition(context: LossContext, partition: str = "auto",
     return torch.as_tensor(compact.reshape(-1), dtype=torch.long), int(compact.max()) + 1
 
 
-def _check(context: LossContext, params: dict[str, Any]) -> None:
-    problems, mode = [], params["partition"]
-    if mode not in ("auto", "frequency", "subgroups"):
-        problems.append(f"partition is {mode!r}; use auto, frequency or subgroups")
-    if mode == "subgroups" and context.class_groups is None:
-        problems.append("partition is 'subgroups' but the job's subgroups do not group classes "
-                        "(each class must fall in one subgroup); use auto or frequency")
+def param_problems(params: dict[str, Any]) -> list[str]:
+    """What is wrong with ``params`` (checked without data, e.g. when a job is submitted)."""
+    problems = []
+    if params["partition"] not in ("auto", "frequency", "subgroups"):
+        problems.append(f"partition is {params['partition']!r}; use auto, frequency or subgroups")
     if params["prior"] not in ("train", "batch"):
         problems.append(f"prior is {params['prior']!r}; use train or batch")
-    if params["num_groups"] < 1:
-        problems.append(f"num_groups is {params['num_groups']}; it must be >= 1")
+    if not 1 <= params["num_groups"] <= 10_000:
+        problems.append(f"num_groups is {params['num_groups']}; it must be in [1, 10000]")
+    return [f"mitigation.params.{p}" for p in problems]
+
+
+def _check(context: LossContext, params: dict[str, Any]) -> None:
+    problems = param_problems(params)
+    if params["partition"] == "subgroups" and context.class_groups is None:
+        problems.append("mitigation.params.partition is 'subgroups' but the job's subgroups do "
+                        "not group classes (each class must fall in one subgroup); use auto or "
+                        "frequency")
     if problems:
-        raise InvalidInput([f"mitigation.params.{p}" for p in problems],
-                           "invalid params for mitigation 'ltkd'")
+        raise InvalidInput(problems, "invalid params for mitigation 'ltkd'")

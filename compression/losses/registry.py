@@ -8,6 +8,7 @@ loss: ``compression.selection.choose_mitigation`` trains its candidates and keep
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -22,6 +23,7 @@ __all__ = ["AUTO", "BASELINES", "Objective", "Requirements", "build_loss", "know
            "accepted_params", "requirements", "check_mitigation"]
 
 Builder = Callable[[MitigationSpec, LossContext, dict[str, Any]], Loss]
+ParamCheck = Callable[[dict[str, Any]], list[str]]
 AUTO = "auto"
 BASELINES = ("kd", "one_hot")
 
@@ -40,17 +42,18 @@ class Objective:
     uses_teacher: bool = True
     needs_reliability: bool = False
     calibrates_teacher: bool = False
+    check: ParamCheck = lambda params: []  # problems with param values, found without data
 
 
 _OBJECTIVES: dict[str, Objective] = {
     "one_hot": Objective(build_one_hot, uses_teacher=False),
     "kd": Objective(build_kd),
     "adaptive_alpha": Objective(adaptive_alpha.build, adaptive_alpha.PARAMS,
-                                needs_reliability=True),
+                                needs_reliability=True, check=adaptive_alpha.param_problems),
     "adaptive_margin": Objective(adaptive_margin.build, adaptive_margin.PARAMS,
-                                 needs_reliability=True),
-    "group_dro": Objective(group_dro.build, group_dro.PARAMS),
-    "ltkd": Objective(ltkd.build, ltkd.PARAMS),
+                                 needs_reliability=True, check=adaptive_margin.param_problems),
+    "group_dro": Objective(group_dro.build, group_dro.PARAMS, check=group_dro.param_problems),
+    "ltkd": Objective(ltkd.build, ltkd.PARAMS, check=ltkd.param_problems),
     "teacher_calibration": Objective(teacher_calibration.build, calibrates_teacher=True),
 }
 
@@ -97,9 +100,11 @@ def check_mitigation(spec: MitigationSpec) -> None:
         if spec.name == AUTO else [("", spec)]
     for where, s in named:
         try:
-            _resolve_params(s, _objective(s.name).params)
+            objective = _objective(s.name)
+            found = objective.check(_resolve_params(s, objective.params))
         except InvalidInput as exc:
-            problems += [f"{where}: {p}" if where else p for p in exc.problems]
+            found = exc.problems
+        problems += [f"mitigation.{where}: {p}" if where else p for p in found]
     if problems:
         raise InvalidInput(problems, "invalid mitigation")
 
@@ -128,11 +133,13 @@ def _resolve_params(spec: MitigationSpec, defaults: Mapping[str, Any]) -> dict[s
     problems = []
     for key, value in spec.params.items():
         if key not in defaults:
-            problems.append(f"mitigation.params.{key}: unknown param for loss {spec.name!r}; "
+            problems.append(f"mitigation.params.{key:.80}: unknown param for loss {spec.name!r}; "
                             f"accepted: {accepted}")
         elif not _same_kind(value, defaults[key]):
-            problems.append(f"mitigation.params.{key} is {value!r}; expected "
+            problems.append(f"mitigation.params.{key} is {value!r:.80}; expected "
                             f"{type(defaults[key]).__name__} like the default {defaults[key]!r}")
+        elif isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"mitigation.params.{key} is {value}; it must be a finite number")
     if problems:
         raise InvalidInput(problems, f"invalid params for mitigation {spec.name!r}")
     given = {k: float(v) if isinstance(defaults[k], float) else v for k, v in spec.params.items()}

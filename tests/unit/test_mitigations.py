@@ -88,9 +88,19 @@ def test_check_mitigation_lists_every_candidate_problem():
     with pytest.raises(InvalidInput) as err:
         check_mitigation(spec)
     assert len(err.value.problems) == 2
-    assert err.value.problems[0].startswith("candidates[1]:")
-    assert err.value.problems[1].startswith("candidates[2]: mitigation.params.beta")
+    assert err.value.problems[0].startswith("mitigation.candidates[1]:")
+    assert err.value.problems[1].startswith("mitigation.candidates[2]: mitigation.params.beta")
     check_mitigation(MitigationSpec(name="group_dro", params={"beta": 1}))  # int for float: ok
+
+
+@pytest.mark.parametrize("name,params,named", [
+    ("group_dro", {"beta": 2.0}, "beta"), ("group_dro", {"eta": float("inf")}, "eta"),
+    ("adaptive_alpha", {"gate": float("nan")}, "gate"), ("adaptive_margin", {"tau": -1.0}, "tau"),
+    ("ltkd", {"num_groups": 0}, "num_groups"), ("ltkd", {"partition": "x"}, "partition")])
+def test_param_values_are_checked_without_data(name, params, named):
+    with pytest.raises(InvalidInput) as err:
+        check_mitigation(MitigationSpec(name=name, params=params))
+    assert err.value.problems[0].startswith(f"mitigation.params.{named}")
 
 
 def test_requirements_say_what_to_prepare():

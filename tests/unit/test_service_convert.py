@@ -35,8 +35,9 @@ EVERY_FIELD = {
     "mitigation": {"name": "auto", "alpha": 0.0, "temperature": 2.5, "calibrate_teacher": True,
                    "selection_epochs": 2,
                    "candidates": [{"name": "kd", "alpha": 0.9},
-                                  {"name": "adaptive", "params": {"k": 3, "beta": 0.25,
-                                                                  "groups": ["a", "b"]}}]},
+                                  {"name": "ltkd", "params": {"num_groups": 3,
+                                                              "partition": "frequency",
+                                                              "rebalance": False}}]},
     "guardrails": {"min_accuracy": 0.1, "min_accuracy_by_group": {"tail": 0.05},
                    "max_drop_vs_teacher": 0.0, "max_drop_vs_one_hot": None,
                    "min_worst_group_accuracy": 0.2, "max_group_gap": 0.5, "min_samples": 5,
@@ -66,8 +67,8 @@ def test_every_field_survives_yaml_to_proto_to_spec(tmp_path):
     assert spec.guardrails.max_drop_vs_one_hot is None
     assert spec.data.subgroups.mapping == {"0": "head", "b": "tail"}
     params = spec.mitigation.candidates[1].params
-    assert params == {"k": 3, "beta": 0.25, "groups": ["a", "b"]}
-    assert isinstance(params["k"], int)  # Struct holds doubles; integral values come back int
+    assert params == {"num_groups": 3, "partition": "frequency", "rebalance": False}
+    assert isinstance(params["num_groups"], int)  # Struct holds doubles; integers come back int
 
 
 def test_spec_to_proto_round_trips():
