@@ -99,6 +99,8 @@ def decoded_limit(access: InputAccess | None = None) -> int:
 
 def checked_path(path: str | os.PathLike, what: str, access: InputAccess | None = None) -> Path:
     """The real path of ``path`` if the policy allows it; ``AccessDenied`` names ``what``."""
+    if "\0" in os.fspath(path):  # the OS cannot take it, and realpath would raise ValueError
+        raise InvalidInput(f"{what} {os.fspath(path)!r} contains a NUL character")
     real = os.path.realpath(os.path.expanduser(os.fspath(path)))
     _require(real, os.fspath(path), what, access or current())
     return Path(real)
