@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from compression.errors import InvalidInput
+from compression.safe_yaml import load_yaml_file
 from service.security import DEFAULT_DATA_ROOTS, InputPolicy, load_token
 
 __all__ = ["ServerConfig", "load_config", "detect_gpus", "resolve_slots"]
@@ -40,6 +41,7 @@ class ServerConfig:
     max_data_bytes: int = 32 * 2**30  # the largest input (file, folder or manifest) a job reads
     allow_torchscript_teachers: bool = False  # a TorchScript teacher is code: off unless trusted
     max_request_bytes: int = 16 * 2**20  # gRPC messages the server accepts (a report is one)
+    max_spec_bytes: int = 2**20  # a Compress spec; every Job reply carries it (clients: 4 MiB)
     tls_cert_file: str = ""  # with tls_key_file: serve TLS only
     tls_key_file: str = ""
     tls_client_ca_file: str = ""  # mutual TLS: clients need a certificate this CA signed
@@ -93,9 +95,13 @@ class ServerConfig:
         if not isinstance(self.allow_torchscript_teachers, bool):
             out.append(f"allow_torchscript_teachers is {self.allow_torchscript_teachers!r}; "
                        "use true or false")
-        for name in ("max_data_bytes", "max_request_bytes", "metrics_recent_jobs"):
+        for name in ("max_data_bytes", "max_request_bytes", "max_spec_bytes",
+                     "metrics_recent_jobs"):
             if getattr(self, name) < 1:
                 out.append(f"{name} is {getattr(self, name)}; it must be >= 1")
+        if self.max_spec_bytes > 3 * 2**20:
+            out.append(f"max_spec_bytes is {self.max_spec_bytes}; at most 3 MiB (3145728): "
+                       "replies carry the spec, and gRPC clients receive 4 MiB by default")
         if not -1 <= self.metrics_port <= 65535:
             out.append(f"metrics_port is {self.metrics_port}; use 0 to 65535 (0: any free "
                        "port, -1: no metrics endpoint)")
@@ -124,7 +130,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ServerConfi
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = load_yaml_file(path, "server config") or {}
         except (OSError, yaml.YAMLError) as exc:
             raise InvalidInput(f"cannot read server config {path}: {exc}") from exc
         if not isinstance(data, dict):
