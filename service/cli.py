@@ -5,7 +5,8 @@
 a server, submits the example job and follows it (service/demo.py).
 
 Exit codes, for pipelines: 0 succeeded, 2 invalid input, 3 rejected by guardrails, 4 failed,
-5 cancelled.
+5 cancelled. A full disk is a failure (4), even where the library reports it as a file it
+could not write.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Callable
 
 from compression.errors import Cancelled, InvalidInput, TpetError
 from compression.spec import load_job
+from service.errors import is_out_of_space
 from service.progress import ProgressPrinter
 
 __all__ = ["main", "EXIT_OK", "EXIT_INVALID", "EXIT_REJECTED", "EXIT_FAILED", "EXIT_CANCELLED"]
@@ -127,6 +129,9 @@ def _exit_code_of(command: Callable[[], int]) -> int:
     try:
         return command()
     except InvalidInput as exc:
+        if is_out_of_space(exc):  # the machine's condition, not the user's input
+            print(f"failed: {exc}", file=sys.stderr)
+            return EXIT_FAILED
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
     except Cancelled:

@@ -18,13 +18,16 @@ import grpc
 from compression.spec import JobSpec
 from service import convert
 from service._proto import compress_pb2, compress_pb2_grpc, spec_pb2
-from service.errors import Unavailable, error_from_status
+from service.errors import Unavailable, error_from_status, from_server
 from service.security import ClientTls, channel_credentials, load_token
 from service.states import JobState, is_terminal
 
-__all__ = ["TpetClient", "DEFAULT_SERVER", "job_state"]
+__all__ = ["TpetClient", "DEFAULT_SERVER", "job_state", "CLIENT_MAX_RECEIVE_BYTES"]
 
 DEFAULT_SERVER = "127.0.0.1:50051"
+# gRPC's default is 4 MiB; a job's reply carries its report, which may be larger. The server
+# refuses limits whose replies would not fit in this (service.server).
+CLIENT_MAX_RECEIVE_BYTES = 64 * 2**20
 T = TypeVar("T")
 
 
@@ -45,8 +48,9 @@ class TpetClient:
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout_s, self.retries = timeout_s, retries
         tls = tls if tls is not None else ClientTls.from_env()
-        self.channel = (grpc.secure_channel(self.target, channel_credentials(tls))
-                        if tls is not None else grpc.insecure_channel(self.target))
+        options = [("grpc.max_receive_message_length", CLIENT_MAX_RECEIVE_BYTES)]
+        self.channel = (grpc.secure_channel(self.target, channel_credentials(tls), options)
+                        if tls is not None else grpc.insecure_channel(self.target, options))
         self.stub = compress_pb2_grpc.CompressServiceStub(self.channel)
 
     def close(self) -> None:
@@ -129,7 +133,7 @@ class TpetClient:
             except grpc.RpcError as exc:
                 error = error_from_status(exc.code(), exc.details() or "")
                 if not isinstance(error, Unavailable) or attempt == self.retries:
-                    if isinstance(error, Unavailable):
+                    if isinstance(error, Unavailable) and not from_server(exc):
                         error = Unavailable(f"cannot reach the server at {self.target} "
                                             f"({exc.details()}); is `tpet serve` running?")
                     raise error from None

@@ -8,6 +8,13 @@ keeps its thread (and its slot) but never blocks shutdown.
 
 ``RateLimitedLog`` says a repeating failure once, then at most once per interval with how
 many times it happened since, so an outage leaves a few lines in the log, not thousands.
+
+``InputChecks`` applies the input policy through ``BoundedCalls``: at submission (the RPC
+thread waits, bounded) and at launch (the scheduler's own slots, so hanging submissions cannot
+keep jobs from starting).
+
+``StoreHealth`` probes the job store by a real write when due (every round while it fails)
+and tells its listeners (the health service) when the store stops or starts writing.
 """
 
 from __future__ import annotations
@@ -15,13 +22,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from compression.errors import InvalidInput
-from service.errors import QueueFull, Unavailable
+from compression.spec import JobSpec
+from service.errors import PermissionDenied, QueueFull, Unavailable
+from service.security import InputPolicy, job_inputs
 
-__all__ = ["BoundedCalls", "RateLimitedLog"]
+__all__ = ["BoundedCalls", "InputChecks", "RateLimitedLog", "StoreHealth"]
 
+log = logging.getLogger("tpet.manager")
 T = TypeVar("T")
 _POLL_S = 0.1  # how often a waiting caller looks at the stop flag
 
@@ -73,6 +83,47 @@ class BoundedCalls:
         return box["value"]
 
 
+class InputChecks:
+    """``policy``: what jobs may read (None: anything, no checks)."""
+
+    def __init__(self, policy: InputPolicy | None, max_running: int, timeout_s: float,
+                 stopping: Callable[[], bool]):
+        self.policy = policy
+        self._submits = BoundedCalls("input checks", max_running, timeout_s, stopping)
+        self._launches = BoundedCalls("launch checks", 2, timeout_s, stopping)
+        self._waits = RateLimitedLog(log)
+
+    def at_submit(self, spec: JobSpec) -> None:
+        """Raise ``PermissionDenied``/``InvalidInput`` for a bad input, ``QueueFull`` when
+        too many checks run, ``InvalidInput`` when this one does not answer in time."""
+        if self.policy is not None:
+            policy = self.policy
+            self._submits.run(lambda: policy.check(spec), _subject(spec))
+
+    def at_launch(self, job_id: str, spec: JobSpec) -> str | None:
+        """Why the job may no longer read its inputs ('' when it may; None: cannot tell now,
+        try next round): a path checked at submission can since have become a symlink out
+        of the roots, or the roots changed."""
+        if self.policy is None:
+            return ""
+        policy = self.policy
+        try:
+            self._launches.run(lambda: policy.check(spec, deep=False), _subject(spec))
+        except (PermissionDenied, InvalidInput) as exc:
+            return str(exc)
+        except (QueueFull, Unavailable) as exc:  # earlier checks still hang, or stopping
+            self._waits.failure(f"job {job_id} waits: {exc}")
+            return None
+        self._waits.clear("launch checks answer again")
+        return ""
+
+
+def _subject(spec: JobSpec) -> str:
+    """The inputs a check reads, for its timeout message."""
+    named = [f"{field} {path!r}" for field, path in job_inputs(spec)]
+    return ", ".join(named) or "the job's inputs"
+
+
 class RateLimitedLog:
     """Log ``message`` at ``level`` the first time, then at most once per ``every_s`` with
     the count of repeats since; ``clear`` logs the recovery once."""
@@ -89,12 +140,13 @@ class RateLimitedLog:
     def failing(self) -> bool:
         return self._since is not None
 
-    def failure(self, message: str, level: int = logging.WARNING) -> None:
+    def failure(self, message: str, level: int = logging.WARNING,
+                exc_info: BaseException | None = None) -> None:
         with self._lock:
             now = self.clock()
             if self._since is None:
                 self._since, self._last, self._repeats = now, now, 0
-                self.logger.log(level, "%s", message)
+                self.logger.log(level, "%s", message, exc_info=exc_info)
                 return
             self._repeats += 1
             if now - self._last < self.every_s:
@@ -109,3 +161,29 @@ class RateLimitedLog:
                 return
             lasted, self._since = self.clock() - self._since, None
         self.logger.info("%s (after %.0f s)", message, lasted)
+
+
+class StoreHealth:
+    """``store``: has ``writable`` and ``probe(now)`` (``service.store.JobStore``)."""
+
+    def __init__(self, store: Any, probe_s: float, clock: Callable[[], float] = time.time):
+        self.store, self.probe_s, self.clock = store, probe_s, clock
+        self._listeners: list[Callable[[bool], None]] = []
+        self._serving = True
+        self._next_probe = 0.0
+
+    def listen(self, listener: Callable[[bool], None]) -> None:
+        self._listeners.append(listener)
+
+    def probe_when_due(self) -> None:
+        if not self.store.writable or time.monotonic() >= self._next_probe:
+            self._next_probe = time.monotonic() + self.probe_s
+            self.store.probe(self.clock())
+
+    def publish(self) -> None:
+        """Tell the listeners if writability changed since the last call."""
+        serving = self.store.writable
+        if serving != self._serving:
+            self._serving = serving
+            for listener in self._listeners:
+                listener(serving)

@@ -6,6 +6,11 @@ scheduler thread launches queued jobs onto free slots (one job per GPU, or per C
 reaps workers that ended, retries lost ones when the policy allows, and kills a cancelled
 worker that outlives its grace period. At start, jobs left RUNNING by a previous server are
 re-queued: they resume from their last epoch checkpoint, since their output folder is the same.
+
+Nothing a user names may hold a thread for long: input checks run through ``BoundedCalls``
+(bounded in number and time). The scheduler survives any error in a round: a failing store
+(full disk) is probed by a real write, with backoff, until it writes again; meanwhile new jobs
+stay queued, Compress answers UNAVAILABLE and the health listeners hear NOT_SERVING.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from typing import Any, Callable, Iterable
 
 from compression.errors import InvalidInput
 from compression.spec import parse_spec
-from service.errors import (AlreadyExists, FailedPrecondition, PermissionDenied, QueueFull,
-                            Unauthenticated)
+from service.errors import (AlreadyExists, FailedPrecondition, NotFound, PermissionDenied,
+                            QueueFull, StoreUnavailable, Unauthenticated)
+from service.guards import InputChecks, RateLimitedLog, StoreHealth
 from service.launcher import ExitStatus, LaunchRequest, Launcher
 from service.metrics import Metrics, NoMetrics, QueueSnapshot, complete
 from service.security import InputPolicy
@@ -50,6 +56,9 @@ class ManagerConfig:
     cancel_grace_s: float = 30.0  # then a cancelled worker is killed
     poll_interval_s: float = 0.2
     inputs: InputPolicy | None = None  # what a job may read; None: anything (library use)
+    input_check_timeout_s: float = 10.0  # then Compress answers "could not check ..."
+    max_input_checks: int = 4  # running at once (each holds an RPC thread); more: retry later
+    store_probe_s: float = 2.0  # a real write this often (and the longest retry backoff)
 
     @property
     def artifacts_dir(self) -> Path:
@@ -81,6 +90,10 @@ class JobManager:
         self._worker_target = ""
         self._hooks = complete(self.metrics)  # an implementation may leave hooks out
         self._hooks.watch_queue(self.queue_snapshot)
+        self._checks = InputChecks(self.config.inputs, self.config.max_input_checks,
+                                   self.config.input_check_timeout_s, self._stopping.is_set)
+        self._health = StoreHealth(self.store, self.config.store_probe_s, self.clock)
+        self._round_errors = RateLimitedLog(log)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -122,14 +135,20 @@ class JobManager:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
+    def watch_health(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener(serving)`` from the scheduler thread whenever the store stops or
+        starts being able to write."""
+        self._health.listen(listener)
+
     # -- the public API ------------------------------------------------------------------
 
     def submit(self, spec: dict[str, Any], request_id: str | None = None) -> JobRecord:
         """Queue a job (``spec`` in the job-file mapping); ``InvalidInput`` lists problems,
         ``PermissionDenied`` names an input outside the server's data roots."""
         parsed = parse_spec(spec)
-        if self.config.inputs is not None:  # outside the lock: it may walk a directory
-            self.config.inputs.check(parsed)
+        if not self.store.writable:
+            raise self.store.unavailable()
+        self._checks.at_submit(parsed)  # off this thread, bounded: a file may block
         with self._lock:
             if request_id:
                 existing = self.store.find_request(request_id)
@@ -155,8 +174,10 @@ class JobManager:
         """One page of jobs in submission order and the token of the next ('' at the end)."""
         if page_size < 0 or page_size > 1000:
             raise InvalidInput(f"page_size is {page_size}; use 1 to 1000 (0: 50)")
-        if page_token and not page_token.isdigit():
-            raise InvalidInput(f"page_token {page_token!r} is not one this server gave out")
+        if page_token and not (page_token.isascii() and page_token.isdigit()
+                               and len(page_token) <= 18):  # SQLite integers are 64-bit
+            raise InvalidInput(f"page_token {page_token!r} is not one this server gave out; "
+                               "pass the next_page_token of the previous page, or none")
         size = page_size or 50
         jobs = self.store.list(states, int(page_token or 0), size + 1)
         more = len(jobs) > size
@@ -226,28 +247,59 @@ class JobManager:
                                     token_hash="")
 
     def _authorize(self, job_id: str, token: str) -> JobRecord:
+        """The job, when ``token`` is its running attempt's. One answer for every refusal:
+        a caller without the token learns nothing of whether the job exists or runs."""
         if not token:
             raise Unauthenticated("the worker channel needs the job token (x-tpet-job-token)")
-        job = self.store.get(job_id)
-        if job.state is not JobState.RUNNING or not hmac.compare_digest(
-                _hash(token), job.token_hash):
-            raise PermissionDenied(f"this token does not grant job {job_id} "
-                                   f"(a stale attempt, or the job is {job.state.value})")
+        try:
+            job: JobRecord | None = self.store.get(job_id)
+        except NotFound:
+            job = None
+        expected = job.token_hash if job is not None else "0" * 64
+        granted = hmac.compare_digest(_hash(token), expected)  # compared whatever the job
+        if job is None or job.state is not JobState.RUNNING or not granted:
+            raise PermissionDenied(f"this token does not grant job {job_id} (a token is good "
+                                   "for one attempt of a running job)")
         return job
 
     # -- scheduling ------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """One scheduling round: reap ended workers, then fill free slots."""
+        """One scheduling round: reap ended workers, then fill free slots (not while the
+        store cannot write). Inputs are checked outside the lock: that may take a while."""
         with self._lock:
             self._reap()
-            self._launch_queued()
+            self._sweep_orphans()
+            todo = self._to_launch() if self.store.writable else []
+        for job, slot in todo:
+            denied = self._checks.at_launch(job.id, parse_spec(job.spec))
+            if denied is not None:
+                with self._lock:
+                    self._launch(job.id, slot, denied)
 
     def _loop(self) -> None:
+        failures = 0
         while not self._stopping.is_set():
-            self.tick()
+            failures = 0 if self._round() else failures + 1
+            delay = self.config.poll_interval_s * 2 ** min(failures, 10)
             with self._changed:
-                self._changed.wait(self.config.poll_interval_s)
+                self._changed.wait(min(delay, max(self.config.store_probe_s,
+                                                  self.config.poll_interval_s)))
+
+    def _round(self) -> bool:
+        """Probe the store when due, then tick; never raises. True when all went through."""
+        try:
+            self._health.probe_when_due()
+            self.tick()
+            self._round_errors.clear("scheduling rounds go through again")
+            return self.store.writable
+        except StoreUnavailable:  # the store logs its failures itself
+            return False
+        except Exception as exc:  # a bug must not end scheduling; its traceback is logged
+            self._round_errors.failure(f"a scheduling round failed: {exc!r}", exc_info=exc)
+            return False
+        finally:
+            self._health.publish()
 
     def _reap(self) -> None:
         for job_id, run in list(self._running.items()):
@@ -259,10 +311,18 @@ class JobManager:
                     self.launcher.kill(run.handle, force=True)
                     run.killed = True
                 continue
-            del self._running[job_id]
             job = self.store.get(job_id)
             if job.state is JobState.RUNNING:  # it ended without reporting an outcome
                 self._worker_lost(job, status)
+            del self._running[job_id]  # only once recorded: a failed write retries next round
+
+    def _sweep_orphans(self) -> None:
+        """RUNNING jobs with no worker here: a store outage kept their launch or their end
+        from being recorded. They are lost workers (retried while attempts remain)."""
+        for job in self.store.list([JobState.RUNNING], limit=1_000_000):
+            if job.id not in self._running:
+                self._worker_lost(job, ExitStatus(-1, "the service lost track of the worker "
+                                                      "while its job store could not write"))
 
     def _worker_lost(self, job: JobRecord, status: ExitStatus) -> None:
         if job.cancel_requested:
@@ -276,20 +336,21 @@ class JobManager:
             self._transition(job.id, JobState.FAILED, token_hash="", error=status.reason,
                              error_kind="worker_lost")
 
-    def _launch_queued(self) -> None:
+    def _to_launch(self) -> list[tuple[JobRecord, str]]:
         free = [s for s in self.config.slots if s not in {r.slot for r in self._running.values()}]
         if not free:
-            return
-        for job, slot in zip(self.store.list([JobState.QUEUED], limit=len(free)), free):
-            self._launch(job, slot)
+            return []
+        return list(zip(self.store.list([JobState.QUEUED], limit=len(free)), free))
 
-    def _launch(self, job: JobRecord, slot: str) -> None:
+    def _launch(self, job_id: str, slot: str, denied: str) -> None:
+        job = self.store.get(job_id)
+        if job.state is not JobState.QUEUED:  # cancelled while its inputs were checked
+            return
         token = secrets.token_urlsafe(32)
         attempt = job.attempts + 1
         self._transition(job.id, JobState.RUNNING, event={"attempt": attempt, "slot": slot},
                          attempts=attempt, token_hash=_hash(token), stage="", error="",
                          error_kind="")
-        denied = self._inputs_denied(job)
         if denied:
             self._transition(job.id, JobState.FAILED, token_hash="", error=denied,
                              error_kind="permission_denied")
@@ -306,17 +367,6 @@ class JobManager:
             return
         self._running[job.id] = _Running(handle, slot)
         self.store.update(job.id, self.clock(), worker=handle.name)
-
-    def _inputs_denied(self, job: JobRecord) -> str:
-        """Why the job may no longer read its inputs ('' when it may): a path checked at
-        submission can since have become a symlink out of the roots, or the roots changed."""
-        if self.config.inputs is None:
-            return ""
-        try:
-            self.config.inputs.check(parse_spec(job.spec), deep=False)
-        except (PermissionDenied, InvalidInput) as exc:
-            return str(exc)
-        return ""
 
     def queue_snapshot(self) -> QueueSnapshot:
         """Jobs by state and the oldest queued job's wait, for the metrics."""

@@ -9,6 +9,11 @@ through a second, plaintext server on 127.0.0.1 that serves the worker channel a
 of its calls needs a job's token); Kubernetes worker pods cannot reach loopback, so with that
 launcher there is no second server and pods dial the TLS port with the Secret the config names
 (``kubernetes.tls_secret``). Metrics are served over HTTP on their own port.
+
+Health follows the job store: NOT_SERVING while it cannot write (a full disk), SERVING again
+once a probe write succeeds. Replies are at most ``max_request_bytes`` plus a spec
+(``max_spec_bytes``); ``service.client`` receives up to ``CLIENT_MAX_RECEIVE_BYTES``, and the
+server refuses to start with limits whose replies would not fit.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import logging
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -26,6 +31,7 @@ from grpc_reflection.v1alpha import reflection
 from compression.errors import InvalidInput
 from service._proto import compress_pb2, compress_pb2_grpc, worker_pb2, worker_pb2_grpc
 from service.auth import BearerTokenInterceptor
+from service.client import CLIENT_MAX_RECEIVE_BYTES
 from service.config import ServerConfig, resolve_slots
 from service.errors import ErrorInterceptor
 from service.launcher import Launcher, LocalLauncher
@@ -72,7 +78,11 @@ class Server:
 
 
 def start_server(config: ServerConfig, launcher: Launcher | None = None,
-                 metrics: Metrics | None = None) -> Server:
+                 metrics: Metrics | None = None,
+                 manager_options: Mapping[str, Any] | None = None) -> Server:
+    """``manager_options``: ``ManagerConfig`` fields to override (timeouts, probe interval)
+    for an embedding application."""
+    _check_reply_limits(config)
     token = config.auth_token()  # unreadable secrets fail before anything is opened
     credentials = server_credentials(config.tls_cert_file, config.tls_key_file,
                                      config.tls_client_ca_file) if config.tls_cert_file else None
@@ -80,17 +90,20 @@ def start_server(config: ServerConfig, launcher: Launcher | None = None,
     metrics = metrics if metrics is not None else _metrics(config)
     state_dir = Path(config.state_dir).resolve()
     store = JobStore(state_dir / "store.db")
-    manager = JobManager(store, launcher, ManagerConfig(
-        state_dir=state_dir, max_queued=config.max_queued, slots=resolve_slots(config),
-        max_attempts=config.max_attempts, cancel_grace_s=config.cancel_grace_s,
-        inputs=config.input_policy()), metrics)
+    manager = JobManager(store, launcher, ManagerConfig(**{
+        "state_dir": state_dir, "max_queued": config.max_queued, "slots": resolve_slots(config),
+        "max_attempts": config.max_attempts, "cancel_grace_s": config.cancel_grace_s,
+        "inputs": config.input_policy(), "max_input_checks": _input_checks(config),
+        **(manager_options or {})}), metrics)
     interceptors = _interceptors(metrics, BearerTokenInterceptor(token) if token else None)
     server = grpc.server(futures.ThreadPoolExecutor(config.rpc_threads, "tpet-rpc"),
                          interceptors=interceptors, options=_options(config))
     compress_pb2_grpc.add_CompressServiceServicer_to_server(
-        CompressServicer(manager, max_watches=max(1, config.rpc_threads - 8)), server)
+        CompressServicer(manager, max_watches=max(1, config.rpc_threads - 8),
+                         max_spec_bytes=config.max_spec_bytes), server)
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(manager), server)
     health_servicer = _add_health(server)
+    manager.watch_health(lambda serving: _set_health(health_servicer, serving))
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = _bind(server, config.host, config.port, store, credentials)
@@ -114,10 +127,32 @@ def start_server(config: ServerConfig, launcher: Launcher | None = None,
 
 def _add_health(server: grpc.Server) -> health.HealthServicer:
     servicer = health.HealthServicer()
-    for name in ("", *SERVICE_NAMES):
-        servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    _set_health(servicer, True)
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     return servicer
+
+
+def _set_health(servicer: health.HealthServicer, serving: bool) -> None:
+    """Every name at once (ignored once a graceful stop has begun: that stays NOT_SERVING)."""
+    status = (health_pb2.HealthCheckResponse.SERVING if serving
+              else health_pb2.HealthCheckResponse.NOT_SERVING)
+    for name in ("", *SERVICE_NAMES):
+        servicer.set(name, status)
+
+
+def _input_checks(config: ServerConfig) -> int:
+    # Each running check holds an RPC thread; watches may hold all but 8 (see above): keep
+    # half of those 8 free for health, listing and the worker channel.
+    return max(1, min(4, config.rpc_threads // 8))
+
+
+def _check_reply_limits(config: ServerConfig) -> None:
+    largest = config.max_request_bytes + config.max_spec_bytes + 2**16  # a Job reply at most
+    if largest > CLIENT_MAX_RECEIVE_BYTES:
+        raise InvalidInput(
+            f"max_request_bytes ({config.max_request_bytes}) and max_spec_bytes "
+            f"({config.max_spec_bytes}) allow replies of {largest} bytes, more than tpet "
+            f"clients receive ({CLIENT_MAX_RECEIVE_BYTES}); lower max_request_bytes")
 
 
 def _metrics(config: ServerConfig) -> Metrics:
@@ -138,7 +173,10 @@ def _interceptors(metrics: Metrics, auth: grpc.ServerInterceptor | None) -> list
 
 
 def _options(config: ServerConfig) -> list[tuple[str, int]]:
-    return [("grpc.max_receive_message_length", config.max_request_bytes)]
+    # A report a worker sent (up to max_request_bytes) goes back out in GetJob with the spec.
+    return [("grpc.max_receive_message_length", config.max_request_bytes),
+            ("grpc.max_send_message_length",
+             config.max_request_bytes + config.max_spec_bytes + 2**16)]
 
 
 def _serve_metrics(config: ServerConfig, metrics: Metrics,

@@ -28,6 +28,7 @@ from compression.errors import Cancelled, InvalidInput, StageFailed, TpetError
 from compression.events import Event, emit_nothing, never_stop
 from service._proto import worker_pb2, worker_pb2_grpc
 from service.convert import dict_to_struct, proto_to_spec
+from service.errors import is_out_of_space
 from service.progress import ProgressPrinter
 from service.security import worker_channel
 
@@ -128,12 +129,11 @@ def run_job(spec_message: Any, reporter: Reporter) -> tuple[str, str, str, str]:
     try:
         result = run(proto_to_spec(spec_message), on_event, reporter.should_stop)
         return result.status, "", "", result.report_path.read_text()
-    except InvalidInput as exc:
-        return "FAILED", str(exc), "invalid_input", ""
     except Cancelled as exc:
         return "CANCELLED", str(exc), "", ""
-    except StageFailed as exc:
-        return "FAILED", str(exc), "stage_failed", ""
+    except (InvalidInput, StageFailed) as exc:  # a full disk is the service's failure
+        kind = "invalid_input" if isinstance(exc, InvalidInput) else "stage_failed"
+        return "FAILED", str(exc), "internal" if is_out_of_space(exc) else kind, ""
     except TpetError as exc:
         return "FAILED", str(exc), "internal", ""
     except Exception as exc:  # a bug: the traceback goes to the worker log, the gist to the job

@@ -141,7 +141,7 @@ def test_worker_channel_needs_the_attempts_token(make):
         manager.worker_start(job_id, "")
     with pytest.raises(PermissionDenied, match=f"does not grant job {job_id}"):
         manager.worker_report(job_id, "guess", [])
-    with pytest.raises(NotFound):
+    with pytest.raises(PermissionDenied, match="does not grant job nope"):  # no existence oracle
         manager.worker_start("nope", token)
 
 
