@@ -59,8 +59,9 @@ def tls_server(serve, pki, mutual=False, cert="server", **config):
 
 
 def start_job_code(server) -> grpc.StatusCode:
-    """StartJob for a job that does not exist, over ``worker_channel``: NOT_FOUND is the
-    manager's answer, so the handshake worked; UNAVAILABLE means it did not."""
+    """StartJob for a job that does not exist, over ``worker_channel``: PERMISSION_DENIED
+    (the token grants nothing) is the manager's answer, so the handshake worked; UNAVAILABLE
+    means it did not."""
     with worker_channel(server.address) as channel:
         try:
             worker_pb2_grpc.WorkerServiceStub(channel).StartJob(
@@ -77,7 +78,7 @@ def test_a_worker_with_the_ca_reaches_the_worker_service_over_tls(serve, pki, wo
     worker_env(CA=pki / "rogue-ca.pem")  # not the CA that signed the server
     assert start_job_code(server) == grpc.StatusCode.UNAVAILABLE
     worker_env(CA=pki / "ca.pem")
-    assert start_job_code(server) == grpc.StatusCode.NOT_FOUND
+    assert start_job_code(server) == grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_the_server_name_override_checks_the_certificate_against_that_name(serve, pki,
@@ -88,7 +89,7 @@ def test_the_server_name_override_checks_the_certificate_against_that_name(serve
     worker_env(CA=pki / "ca.pem", SERVER_NAME="tpet-api.elsewhere.svc")
     assert start_job_code(server) == grpc.StatusCode.UNAVAILABLE
     worker_env(CA=pki / "ca.pem", SERVER_NAME=INCLUSTER_NAME)
-    assert start_job_code(server) == grpc.StatusCode.NOT_FOUND
+    assert start_job_code(server) == grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_under_mutual_tls_a_worker_needs_a_client_certificate_from_the_ca(serve, pki,
@@ -99,7 +100,7 @@ def test_under_mutual_tls_a_worker_needs_a_client_certificate_from_the_ca(serve,
     worker_env(CA=pki / "ca.pem", CERT=pki / "rogue.pem", KEY=pki / "rogue.key")
     assert start_job_code(server) == grpc.StatusCode.UNAVAILABLE
     worker_env(CA=pki / "ca.pem", CERT=pki / "client.pem", KEY=pki / "client.key")
-    assert start_job_code(server) == grpc.StatusCode.NOT_FOUND
+    assert start_job_code(server) == grpc.StatusCode.PERMISSION_DENIED
 
 
 class PodLikeLauncher(LocalLauncher):
