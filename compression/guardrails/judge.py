@@ -1,18 +1,25 @@
 """Judge one stage's evaluation report against the guardrail policy.
 
-Relative floors (max drop vs the teacher or the one-hot student, max best-worst gap) treat the
-reference accuracy as exact: floor = reference accuracy - max drop, and only the candidate's
-interval decides. Both models are scored on the same test samples, so most of their sampling
-noise is shared; an unpaired two-sample interval would overstate the uncertainty of the drop,
-and a paired one needs per-sample predictions that reports do not keep.
+Every active rule is applied to every subgroup, each as a test (``evidence``): absolute
+floors with a one-sample Wilson score test; drops against the teacher, the one-hot student
+or (for an exported artifact) the student with a paired Tango score test on the examples
+both models answered; the best-worst gap with a two-sample Newcombe test, since two
+subgroups of one model share no examples. The harm p-values of every check of the stage
+form one family, adjusted by the policy's multiplicity method (``multiplicity``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Sequence
 
+from compression.evaluation.outcomes import paired_counts
 from compression.evaluation.report import EvalReport, GroupMetrics
-from compression.guardrails.rules import (FAIL, accuracy_verdict, absolute_floor, pct,
+from compression.guardrails.evidence import Evidence, OneSample, Paired, TwoSample
+from compression.guardrails.multiplicity import adjust
+from compression.guardrails.rules import (DROP_RULES, FAIL, INSUFFICIENT_EVIDENCE,
+                                          absolute_floor, alpha_of, decide, explain, pct, pp,
                                           severity, worst)
 from compression.guardrails.verdict import Check, GroupResult, StageVerdict
 from compression.spec import GuardrailSpec
@@ -20,50 +27,81 @@ from compression.spec import GuardrailSpec
 __all__ = ["judge", "WHOLE_MODEL_RULES"]
 
 WHOLE_MODEL_RULES = ("min_worst_group_accuracy", "max_group_gap")
-# rule -> {subgroup: (floor, reference accuracy)}
-Floors = dict[str, dict[str, tuple[float | None, float | None]]]
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """One rule on one subgroup before the family is adjusted; evidence None when empty."""
+
+    rule: str
+    group: GroupMetrics
+    evidence: Evidence | None
+    floor: float | None  # in accuracy units, for readers: reference - margin, or the floor
+    reference: float | None = None
 
 
 def judge(report: EvalReport, policy: GuardrailSpec, stage: str, *,
-          teacher: EvalReport | None = None, one_hot: EvalReport | None = None) -> StageVerdict:
+          teacher: EvalReport | None = None, one_hot: EvalReport | None = None,
+          student: EvalReport | None = None) -> StageVerdict:
     """Apply every active rule of ``policy`` to every subgroup of ``report``.
 
-    teacher / one_hot: reports on the same test split, required when the policy sets
-        max_drop_vs_teacher / max_drop_vs_one_hot (a missing one is a caller bug:
-        ``ValueError``).
+    teacher / one_hot / student: reports on the same examples, with their in-memory
+        outcomes, required when the policy sets max_drop_vs_teacher / max_drop_vs_one_hot;
+        ``student`` marks the stage as an exported artifact judged by max_drop_vs_student.
+        A missing or unpaired reference is a caller bug: ``ValueError``.
     """
-    floors = _rule_floors(report, policy, teacher, one_hot)
+    planned = _plan(report, policy, {"max_drop_vs_teacher": teacher,
+                                     "max_drop_vs_one_hot": one_hot,
+                                     "max_drop_vs_student": student})
+    alpha = alpha_of(policy)
+    tested = [p for p in planned if p.evidence is not None]
+    adjusted = dict(zip(map(id, tested), adjust([p.evidence.p_harm() for p in tested],
+                                                alpha, policy.multiplicity)))
+    per_group = [_check(p, adjusted.get(id(p)), policy) for p in planned]
+    groups = tuple(_group_result(m, [c for c in per_group if c.subgroup == m.name])
+                   for m in report.groups)
     checks: list[Check] = []
-    for rule, by_group in floors.items():
-        rule_checks = [_check(rule, report.group(g), floor, ref, policy)
-                       for g, (floor, ref) in by_group.items()]
-        if rule in WHOLE_MODEL_RULES and rule_checks:
-            rule_checks = [_decisive(rule, rule_checks, len(by_group))]
-        checks += rule_checks
-    groups = tuple(_group_result(m, [f[m.name] for f in floors.values() if m.name in f],
-                                 policy.min_samples) for m in report.groups)
-    return StageVerdict(stage, tuple(checks), groups, policy.block_on_insufficient_evidence)
+    for rule in dict.fromkeys(p.rule for p in planned):
+        rule_checks = [c for c in per_group if c.rule == rule]
+        checks += [_decisive(rule, rule_checks)] if rule in WHOLE_MODEL_RULES else rule_checks
+    return StageVerdict(stage, tuple(checks), groups, policy.block_on_insufficient_evidence,
+                        confidence=policy.confidence, multiplicity=policy.multiplicity,
+                        family_size=len(tested))
 
 
-def _rule_floors(report: EvalReport, policy: GuardrailSpec, teacher: EvalReport | None,
-                 one_hot: EvalReport | None) -> Floors:
-    names = report.group_names
-    floors: Floors = {}
-    absolute = {g: (absolute_floor(policy, g), None) for g in names}
-    if any(f > 0 for f, _ in absolute.values()):
-        floors["min_accuracy"] = {g: v for g, v in absolute.items() if v[0] > 0}
-    for rule, max_drop, ref in (("max_drop_vs_teacher", policy.max_drop_vs_teacher, teacher),
-                                ("max_drop_vs_one_hot", policy.max_drop_vs_one_hot, one_hot)):
-        if max_drop is not None:
-            floors[rule] = _drop_floors(report, _checked_reference(rule, report, ref), max_drop)
+def _plan(report: EvalReport, policy: GuardrailSpec,
+          references: dict[str, EvalReport | None]) -> list[_Planned]:
+    out = [_one_sample("min_accuracy", m, absolute_floor(policy, m.name))
+           for m in report.groups if absolute_floor(policy, m.name) > 0]
+    for rule in DROP_RULES:
+        margin = getattr(policy, rule)
+        if margin is not None and (rule != "max_drop_vs_student"
+                                   or references[rule] is not None):
+            out += _paired(rule, report, _checked_reference(rule, report, references[rule]),
+                           margin)
     if policy.min_worst_group_accuracy is not None:
-        floors["min_worst_group_accuracy"] = {g: (policy.min_worst_group_accuracy, None)
-                                              for g in names}
+        out += [_one_sample("min_worst_group_accuracy", m, policy.min_worst_group_accuracy)
+                for m in report.groups]
     if policy.max_group_gap is not None:
-        best = _best_accuracy(report, policy.min_samples)
-        floors["max_group_gap"] = {g: (None if best is None else best - policy.max_group_gap,
-                                       best) for g in names}
-    return floors
+        out += _gaps(report, policy.max_group_gap, policy.min_samples)
+    return out
+
+
+def _one_sample(rule: str, m: GroupMetrics, floor: float) -> _Planned:
+    return _Planned(rule, m, OneSample(m.correct, m.n, floor) if m.n else None, floor)
+
+
+def _paired(rule: str, report: EvalReport, ref: EvalReport, margin: float) -> list[_Planned]:
+    counts = paired_counts(ref.outcomes, report.outcomes)
+    out = []
+    for i, (m, r) in enumerate(zip(report.groups, ref.groups)):
+        if rule == "max_drop_vs_student" and not m.n:
+            continue  # an artifact is compared where its student was; the student's checks
+            # already speak for an empty subgroup
+        ev = Paired(counts.b[i], counts.c[i], m.n, margin) if m.n else None
+        floor = None if r.accuracy is None else max(0.0, r.accuracy - margin)
+        out.append(_Planned(rule, m, ev, floor, r.accuracy))
+    return out
 
 
 def _checked_reference(rule: str, report: EvalReport, ref: EvalReport | None) -> EvalReport:
@@ -76,69 +114,83 @@ def _checked_reference(rule: str, report: EvalReport, ref: EvalReport | None) ->
         raise ValueError(f"{rule}: reference report {ref.name!r} has subgroups and sizes "
                          f"{theirs} but {report.name!r} has {ours}; both must be scored on the "
                          "same test split")
+    if ref.outcomes is None or report.outcomes is None:
+        raise ValueError(f"{rule} is a paired test and needs the per-example outcomes of "
+                         f"{ref.name!r} and {report.name!r}; pass reports from evaluate(), "
+                         "not ones read back from JSON")
     return ref
 
 
-def _drop_floors(report: EvalReport, ref: EvalReport,
-                 max_drop: float) -> dict[str, tuple[float | None, float | None]]:
-    """floor = reference accuracy - max_drop per subgroup; None where the subgroup is empty."""
-    out: dict[str, tuple[float | None, float | None]] = {}
-    for g, r in zip(report.groups, ref.groups):
-        out[g.name] = (None, None) if r.accuracy is None else (r.accuracy - max_drop, r.accuracy)
+def _gaps(report: EvalReport, gap: float, min_samples: int) -> list[_Planned]:
+    """Every subgroup against the best one, which has min_samples samples if any does:
+    a tiny subgroup that happens to score 100% would otherwise raise every other floor."""
+    scored = [g for g in report.groups if g.n]
+    best = max([g for g in scored if g.n >= min_samples] or scored, key=lambda g: g.accuracy,
+               default=None)
+    out = []
+    for m in report.groups:
+        if best is None or not m.n:
+            out.append(_Planned("max_group_gap", m, None, None))
+            continue
+        # The best subgroup against itself: the same answers, a gap of exactly 0.
+        ev = (Paired(0, 0, m.n, gap) if m is best
+              else TwoSample(best.correct, best.n, m.correct, m.n, gap))
+        out.append(_Planned("max_group_gap", m, ev, max(0.0, best.accuracy - gap),
+                            best.accuracy))
     return out
 
 
-def _best_accuracy(report: EvalReport, min_samples: int) -> float | None:
-    """Best subgroup accuracy among those with min_samples samples (else any non-empty one).
-
-    A tiny subgroup that happens to score 100% would otherwise raise every other floor.
-    """
-    solid = [g.accuracy for g in report.groups if g.accuracy is not None and g.n >= min_samples]
-    scored = solid or [g.accuracy for g in report.groups if g.accuracy is not None]
-    return max(scored, default=None)
-
-
-def _check(rule: str, m: GroupMetrics, floor: float | None, ref: float | None,
-           policy: GuardrailSpec) -> Check:
-    verdict, reason = accuracy_verdict(m, floor, policy.min_samples)
-    return Check(rule=rule, subgroup=m.name, value=m.accuracy, floor=floor,
-                 ci=(m.ci_low, m.ci_high), n=m.n, verdict=verdict, reference=ref,
-                 message=f"{rule} on {m.name!r}: {_floor_origin(rule, floor, ref, policy)}"
-                         f"{reason}")
-
-
-def _floor_origin(rule: str, floor: float | None, ref: float | None,
-                  policy: GuardrailSpec) -> str:
-    """How a relative floor was computed, so a reader can redo the arithmetic."""
-    if floor is None or ref is None:
-        return ""
-    source = {"max_drop_vs_teacher": ("teacher", policy.max_drop_vs_teacher),
-              "max_drop_vs_one_hot": ("one-hot student", policy.max_drop_vs_one_hot),
-              "max_group_gap": ("best subgroup", policy.max_group_gap)}[rule]
-    return (f"floor = {source[0]} {pct(ref)} - {100 * source[1]:.1f} pp = "
-            f"{pct(floor)}; ")
+def _check(p: _Planned, adjusted: tuple[float, bool] | None, policy: GuardrailSpec) -> Check:
+    m, ev = p.group, p.evidence
+    base = dict(rule=p.rule, subgroup=m.name, value=m.accuracy, floor=p.floor,
+                ci=(m.ci_low, m.ci_high), n=m.n, reference=p.reference)
+    if ev is None or adjusted is None:
+        return Check(**base, verdict=INSUFFICIENT_EVIDENCE,
+                     message=f"{p.rule} on {m.name!r}: no test samples, so nothing can be said "
+                             "about it")
+    threshold, rejected = adjusted
+    alpha = alpha_of(policy)
+    verdict = decide(ev, rejected, alpha, policy.min_samples)
+    interval = ev.bounds(alpha, threshold)
+    why = explain(ev, verdict, interval, threshold, policy.confidence, policy.min_samples)
+    return Check(**base, verdict=verdict,
+                 message=f"{p.rule} on {m.name!r}: {_measured(p, ev)}; {why}",
+                 estimate=ev.estimate, margin=ev.margin, interval=interval,
+                 p_value=ev.p_harm(), threshold=threshold, b=ev.b, c=ev.c,
+                 mde=_rounded(ev.mde(threshold)), method=ev.method)
 
 
-def _decisive(rule: str, checks: Sequence[Check], count: int) -> Check:
+def _rounded(value: float | None) -> float | None:
+    # mde is a difference of fractions: 0.1 rather than 0.10000000000000009 in reports.
+    return None if value is None else round(value, 12)
+
+
+def _measured(p: _Planned, ev: Evidence) -> str:
+    """What was measured, so a reader can redo the arithmetic."""
+    m = p.group
+    seen = f"{pct(m.accuracy)} ({m.correct}/{m.n})"
+    if isinstance(ev, OneSample):
+        return f"accuracy {seen}, floor {pct(ev.margin)}"
+    source = DROP_RULES.get(p.rule, "best subgroup")
+    pairs = f", b={ev.b} c={ev.c}" if isinstance(ev, Paired) else ""
+    what = "drop" if p.rule in DROP_RULES else "gap"
+    return (f"{seen} vs the {source}'s {pct(p.reference)}: {what} {pp(ev.estimate)}{pairs}, "
+            f"allowed {pp(ev.margin)}")
+
+
+def _decisive(rule: str, checks: Sequence[Check]) -> Check:
     """The check that decides a whole-model rule: most severe, then lowest accuracy."""
     def key(c: Check) -> tuple[int, float]:
         return severity(c.verdict), -(c.value if c.value is not None else -1.0)
     chosen = max(checks, key=key)
     failing = sum(c.verdict == FAIL for c in checks)
-    tail = f" ({failing} of {count} subgroups fail it)" if failing > 1 else ""
-    return Check(rule=rule, subgroup=chosen.subgroup, value=chosen.value, floor=chosen.floor,
-                 ci=chosen.ci, n=chosen.n, verdict=chosen.verdict, reference=chosen.reference,
-                 message=f"{chosen.message}{tail}")
+    tail = f" ({failing} of {len(checks)} subgroups fail it)" if failing > 1 else ""
+    return dataclasses.replace(chosen, message=f"{chosen.message}{tail}")
 
 
-def _group_result(m: GroupMetrics, floors: list[tuple[float | None, float | None]],
-                  min_samples: int) -> GroupResult:
-    known = [f for f, _ in floors if f is not None]
-    floor = max(known, default=None)
-    verdict = None
-    if floors:
-        # One verdict per rule floor, not just at the highest: identical by monotonicity
-        # except that it also covers a floor that could not be computed (empty subgroup).
-        verdict = worst(accuracy_verdict(m, f, min_samples)[0] for f, _ in floors)
+def _group_result(m: GroupMetrics, checks: list[Check]) -> GroupResult:
+    """The subgroup's row: its highest floor and its most severe verdict over all rules."""
+    floors = [c.floor for c in checks if c.floor is not None]
     return GroupResult(name=m.name, n=m.n, accuracy=m.accuracy, ci=(m.ci_low, m.ci_high),
-                       floor=floor, verdict=verdict)
+                       floor=max(floors, default=None),
+                       verdict=worst(c.verdict for c in checks) if checks else None)

@@ -1,37 +1,39 @@
-"""One subgroup's accuracy against one floor: the statistical core of every guardrail verdict.
+"""Which rules judge a subgroup, and how one check's tests become a verdict.
 
-A guardrail promises that no subgroup is worse than its floor, so the burden of proof is on
-the model:
+A guardrail check asks two one-sided questions of its evidence (``evidence``):
 
-- FAIL when the measured accuracy is below the floor. With fewer than ``min_samples`` test
-  samples a point estimate is too noisy to condemn a subgroup on, so there it fails only
-  when its whole 95% Wilson interval lies below the floor.
-- PASS when the whole 95% Wilson interval lies at or above the floor.
-- INSUFFICIENT_EVIDENCE otherwise: no samples, fewer than ``min_samples``, or an accuracy
-  that meets the floor while its interval reaches below it.
+- FAIL when harm is shown: the harm p-value is at or below the check's threshold, which
+  the stage's multiplicity method sets so that the chance of any false FAIL in the stage
+  is at most 1 - confidence (``multiplicity``).
+- PASS when safety is shown: the safe p-value is at or below 1 - confidence, i.e. the
+  one-sided ``confidence`` bound lies on the right side of the floor or margin.
+- INSUFFICIENT_EVIDENCE otherwise, and also instead of a PASS when the subgroup has fewer
+  than ``min_samples`` test samples (a FAIL shown on a small subgroup still stands).
 
-A measured accuracy below the floor is never merely "insufficient evidence": otherwise
-turning ``block_on_insufficient_evidence`` off would let a subgroup measured ten points under
-its floor ship.
+Two models that agree on every example of a subgroup differ there by exactly zero, so a
+drop rule with a margin >= 0 PASSes however small the subgroup: no sampling noise enters
+a comparison of identical answers.
 """
 
 from __future__ import annotations
 
 from typing import Iterable
 
-from compression.evaluation.report import GroupMetrics
+from compression.guardrails.evidence import Evidence, Paired
 from compression.spec import GuardrailSpec
 
 __all__ = [
-    "PASS", "FAIL", "INSUFFICIENT_EVIDENCE", "VERDICTS", "TOLERANCE", "severity", "worst",
-    "accuracy_verdict", "absolute_floor", "judging_rules", "pct",
+    "PASS", "FAIL", "INSUFFICIENT_EVIDENCE", "VERDICTS", "TOLERANCE", "DROP_RULES", "severity",
+    "worst", "alpha_of", "decide", "explain", "absolute_floor", "judging_rules", "pct", "pp",
 ]
 
 PASS, FAIL, INSUFFICIENT_EVIDENCE = "PASS", "FAIL", "INSUFFICIENT_EVIDENCE"
 VERDICTS = (PASS, INSUFFICIENT_EVIDENCE, FAIL)  # least to most severe
-# Floors computed as differences (teacher 0.8 - drop 0.1) land a hair off the decimal the
-# user meant; a subgroup measured exactly at 0.7 must meet that floor.
+# Floors in accuracy units computed as differences land a hair off the decimal meant.
 TOLERANCE = 1e-9
+# rule -> (the reference it compares with, in words); each is a paired test.
+DROP_RULES = {"max_drop_vs_teacher": "teacher", "max_drop_vs_one_hot": "one-hot student",
+              "max_drop_vs_student": "student it was exported from"}
 
 
 def severity(verdict: str) -> int:
@@ -48,27 +50,53 @@ def pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def accuracy_verdict(m: GroupMetrics, floor: float | None, min_samples: int) -> tuple[str, str]:
-    """Judge ``m.accuracy`` against ``floor``; return (verdict, reason in words).
+def pp(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} pp"
 
-    ``floor`` may be None only for an empty group (a relative floor has no reference there).
-    """
-    if m.n == 0 or m.accuracy is None or floor is None:
-        return INSUFFICIENT_EVIDENCE, "no test samples, so nothing can be said about it"
-    seen = f"{pct(m.accuracy)} ({m.correct}/{m.n}, 95% CI {pct(m.ci_low)}-{pct(m.ci_high)})"
-    if floor <= TOLERANCE:
-        return PASS, f"{seen}; the floor is {pct(floor)}, which any accuracy meets"
-    if m.ci_high < floor - TOLERANCE:
-        return FAIL, f"{seen} is below the floor {pct(floor)} with 95% confidence"
-    if m.n < min_samples:
-        return INSUFFICIENT_EVIDENCE, (f"{seen} rests on {m.n} test samples, fewer than "
-                                       f"min_samples ({min_samples}); floor {pct(floor)}")
-    if m.accuracy < floor - TOLERANCE:
-        return FAIL, f"{seen} is below the floor {pct(floor)}"
-    if m.ci_low >= floor - TOLERANCE:
-        return PASS, f"{seen} is at or above the floor {pct(floor)} with 95% confidence"
-    return INSUFFICIENT_EVIDENCE, (f"{seen} meets the floor {pct(floor)} but its interval "
-                                   "reaches below it; more test samples would settle it")
+
+def alpha_of(policy: GuardrailSpec) -> float:
+    """1 - confidence, rounded so that 0.95 gives 0.05 and not 0.050000000000000044."""
+    return round(1 - policy.confidence, 12)
+
+
+def decide(ev: Evidence, rejected: bool, alpha: float, min_samples: int) -> str:
+    """The verdict of one check: ``rejected`` says whether its harm test was rejected after
+    the multiplicity adjustment; ``alpha`` = 1 - confidence."""
+    if rejected:
+        return FAIL
+    if isinstance(ev, Paired) and ev.identical and ev.margin >= 0:
+        return PASS
+    if ev.n < min_samples:
+        return INSUFFICIENT_EVIDENCE
+    return PASS if ev.p_safe() <= alpha else INSUFFICIENT_EVIDENCE
+
+
+def explain(ev: Evidence, verdict: str, interval: tuple[float, float], threshold: float,
+            confidence: float, min_samples: int) -> str:
+    """Why ``verdict``, in words, with the numbers that decided it."""
+    level = f"{100 * confidence:g}%"
+    harm_level = f"{100 * (1 - threshold):.4g}%"
+    if isinstance(ev, Paired) and ev.identical:
+        return (f"both models give the same answer on all {ev.n} examples, so the drop is "
+                "exactly 0")
+    low, high = interval
+    unit = pp if ev.harm_above else pct
+    # Drops and gaps harm when high: the upper bound must clear the margin to PASS and the
+    # lower bound to FAIL. Accuracies harm when low: the other way round.
+    safe, harm = ((f"upper bound {unit(high)}", f"lower bound {unit(low)}") if ev.harm_above
+                  else (f"lower bound {unit(low)}", f"upper bound {unit(high)}"))
+    side, beyond = ("under", "above") if ev.harm_above else ("at or above", "under")
+    margin = unit(ev.margin)
+    if verdict == FAIL:
+        return (f"harm shown: the one-sided {harm_level} {harm} is {beyond} {margin} "
+                f"(p = {ev.p_harm():.3g} <= {threshold:.3g})")
+    if verdict == PASS:
+        return f"the one-sided {level} {safe} is {side} {margin}"
+    if ev.n < min_samples:
+        return (f"rests on {ev.n} test samples, fewer than min_samples ({min_samples}); "
+                f"the one-sided {level} {safe}")
+    return (f"neither shown: the one-sided {level} {safe} is not {side} {margin} and harm has "
+            f"p = {ev.p_harm():.3g} > {threshold:.3g}; more test samples would settle it")
 
 
 def absolute_floor(policy: GuardrailSpec, group: str) -> float:
@@ -77,13 +105,19 @@ def absolute_floor(policy: GuardrailSpec, group: str) -> float:
     return policy.min_accuracy if override is None else override
 
 
-def judging_rules(policy: GuardrailSpec, group: str) -> list[str]:
-    """Names of the rules that judge ``group``; a floor of 0 judges nothing."""
+def judging_rules(policy: GuardrailSpec, group: str, *, artifact: bool = False) -> list[str]:
+    """Names of the rules that judge ``group``; a floor of 0 judges nothing.
+
+    artifact: the stage is an exported artifact, also judged against its student.
+    """
     rules = []
     if absolute_floor(policy, group) > 0:
         rules.append(f"min_accuracy_by_group.{group}" if group in policy.min_accuracy_by_group
                      else "min_accuracy")
-    rules += [name for name in ("max_drop_vs_teacher", "max_drop_vs_one_hot",
-                                "min_worst_group_accuracy", "max_group_gap")
+    rules += [name for name in ("max_drop_vs_teacher", "max_drop_vs_one_hot")
+              if getattr(policy, name) is not None]
+    if artifact and policy.max_drop_vs_student is not None:
+        rules.append("max_drop_vs_student")
+    rules += [name for name in ("min_worst_group_accuracy", "max_group_gap")
               if getattr(policy, name) is not None]
     return rules

@@ -16,10 +16,25 @@ class Check:
     """One rule applied to one subgroup of one stage.
 
     value: the subgroup's accuracy (None when it has no test samples).
-    floor: the accuracy the rule asks for (None only for an empty subgroup under a relative
-        rule, which has no reference accuracy there).
-    ci: the subgroup's 95% Wilson interval. reference: the accuracy a relative floor is
-        measured from (teacher, one-hot student, best subgroup); None for absolute rules.
+    floor: the accuracy the rule asks for, for readers: the floor itself, or the reference
+        accuracy minus the margin (None for an empty subgroup under a relative rule).
+    ci: the subgroup's 95% Wilson interval. reference: the accuracy a relative rule is
+        measured from (teacher, one-hot student, student, best subgroup); None for floors.
+    The test (None when the subgroup has no test samples, which is never tested):
+    method: wilson_score (a floor), tango_score (a paired drop), newcombe_hybrid (a gap).
+    estimate: what the rule bounds: the accuracy (floors), the drop = reference accuracy -
+        this accuracy on the same examples (drop rules), or the gap to the best subgroup.
+    margin: the bound: the floor, the largest drop or the largest gap allowed.
+    interval: (low, high) on the estimate; the bound on the safe side is one-sided at the
+        stage's confidence (PASS when it clears the margin), the one on the harm side is at
+        1 - threshold (FAIL when it clears the margin).
+    p_value: one-sided p-value of harm (the estimate's true value is beyond the margin).
+    threshold: what p_value was compared with after the multiplicity adjustment.
+    b, c: paired tests only: examples the reference got right and this model wrong, and
+        the reverse, out of n.
+    mde: the smallest harm these n examples could show at the threshold: a drop (reached
+        when every disagreement goes against this model), a gap, or a shortfall below the
+        floor; None when no harm could be shown.
     For the whole-model rules (min_worst_group_accuracy, max_group_gap) the rule is applied
     to every subgroup and the check records the one that decides its verdict.
     """
@@ -33,18 +48,38 @@ class Check:
     verdict: str
     message: str
     reference: float | None = None
+    method: str | None = None
+    estimate: float | None = None
+    margin: float | None = None
+    interval: tuple[float, float] | None = None
+    p_value: float | None = None
+    threshold: float | None = None
+    b: int | None = None
+    c: int | None = None
+    mde: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"rule": self.rule, "subgroup": self.subgroup, "value": self.value,
                 "floor": self.floor, "ci": list(self.ci), "n": self.n, "verdict": self.verdict,
-                "message": self.message, "reference": self.reference}
+                "message": self.message, "reference": self.reference, "method": self.method,
+                "estimate": self.estimate, "margin": self.margin,
+                "interval": None if self.interval is None else list(self.interval),
+                "p_value": self.p_value, "threshold": self.threshold, "b": self.b, "c": self.c,
+                "mde": self.mde}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Check:
+        """Reports written before the test fields existed read back with them None."""
+        interval = d.get("interval")
         return cls(rule=str(d["rule"]), subgroup=d["subgroup"], value=_opt(d["value"]),
                    floor=_opt(d["floor"]), ci=(float(d["ci"][0]), float(d["ci"][1])),
                    n=int(d["n"]), verdict=_verdict(d["verdict"]), message=str(d["message"]),
-                   reference=_opt(d.get("reference")))
+                   reference=_opt(d.get("reference")), method=d.get("method"),
+                   estimate=_opt(d.get("estimate")), margin=_opt(d.get("margin")),
+                   interval=None if interval is None else (float(interval[0]),
+                                                           float(interval[1])),
+                   p_value=_opt(d.get("p_value")), threshold=_opt(d.get("threshold")),
+                   b=_opt_int(d.get("b")), c=_opt_int(d.get("c")), mde=_opt(d.get("mde")))
 
 
 @dataclass(frozen=True)
@@ -77,12 +112,21 @@ class GroupResult:
 
 @dataclass(frozen=True)
 class StageVerdict:
-    """Every guardrail check of one stage (student, onnx, int8, tensorrt...)."""
+    """Every guardrail check of one stage (student, onnx, int8, tensorrt...).
+
+    confidence: the one-sided level of every PASS; the chance of any false FAIL among the
+        stage's checks is at most 1 - confidence. multiplicity: how the FAIL thresholds were
+        adjusted (holm, bonferroni, none). family_size: how many checks were tested
+        together (every rule on every subgroup with test samples).
+    """
 
     stage: str
     checks: tuple[Check, ...]
     groups: tuple[GroupResult, ...]
     block_on_insufficient_evidence: bool = True
+    confidence: float = 0.95
+    multiplicity: str = "holm"
+    family_size: int = 0
 
     @property
     def verdict(self) -> str:
@@ -111,6 +155,8 @@ class StageVerdict:
     def to_dict(self) -> dict[str, Any]:
         return {"stage": self.stage, "passed": self.passed, "verdict": self.verdict,
                 "block_on_insufficient_evidence": self.block_on_insufficient_evidence,
+                "confidence": self.confidence, "multiplicity": self.multiplicity,
+                "family_size": self.family_size,
                 "failing_subgroups": list(self.failing_subgroups),
                 "checks": [c.to_dict() for c in self.checks],
                 "groups": [g.to_dict() for g in self.groups]}
@@ -122,7 +168,10 @@ class StageVerdict:
             return cls(stage=str(data["stage"]),
                        checks=tuple(Check.from_dict(c) for c in data["checks"]),
                        groups=tuple(GroupResult.from_dict(g) for g in data["groups"]),
-                       block_on_insufficient_evidence=bool(data["block_on_insufficient_evidence"]))
+                       block_on_insufficient_evidence=bool(data["block_on_insufficient_evidence"]),
+                       confidence=float(data.get("confidence", 0.95)),
+                       multiplicity=str(data.get("multiplicity", "holm")),
+                       family_size=int(data.get("family_size", 0)))
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise InvalidInput(f"not a valid guardrail verdict ({type(exc).__name__}: {exc}); "
                                "use a report.json written by this service") from exc
@@ -165,6 +214,10 @@ def _subgroup(check: Check) -> str:
 
 def _opt(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def _verdict(value: Any) -> str:

@@ -36,13 +36,14 @@ def test_a_subgroup_under_min_samples_blocks_only_when_insufficient_evidence_blo
 
 
 def test_a_floor_that_no_score_can_prove_is_reported_with_the_samples_it_needs():
-    # 40/40 correct: Wilson lower bound 40 / (40 + 1.96²) = 0.912 < 0.95.
-    # Needed: n / (n + 3.8416) >= 0.95  <=>  n >= 0.95 * 3.8416 / 0.05 = 72.99, so 73.
+    # 40/40 correct: one-sided 95% Wilson lower bound 40 / (40 + 1.6449²) = 0.937 < 0.95.
+    # Needed: n / (n + 2.7055) >= 0.95  <=>  n >= 0.95 * 2.7055 / 0.05 = 51.4, so 52.
     policy = GuardrailSpec(min_accuracy_by_group={"tail": 0.95})
     (problem,) = check_policy(policy, NAMES, [500, 200, 40])
-    assert "even 40/40 correct gives a 95% lower bound of 91.2%, under its floor 95.0%" in problem
-    assert "use at least 73 test samples of it" in problem
-    assert check_policy(policy, NAMES, [500, 200, 73]) == []
+    assert ("even 40/40 correct gives a one-sided 95.0% lower bound of 93.7%, under its floor "
+            "95.0%") in problem
+    assert "use at least 52 test samples of it" in problem
+    assert check_policy(policy, NAMES, [500, 200, 52]) == []
     # the worst-group floor applies to every subgroup, however large
     problems = check_policy(GuardrailSpec(min_worst_group_accuracy=1.0), NAMES, [500, 200, 10**6])
     assert [p.split()[1] for p in problems] == ["'head'", "'medium'", "'tail'"]
@@ -57,6 +58,10 @@ def test_describe_policy_lists_active_rules_in_words():
         "min_accuracy_by_group.tail: at least 50.0%",
         "max_drop_vs_one_hot: no subgroup more than 2.0 pp below the one-hot student's",
         "max_group_gap: no subgroup more than 15.0 pp below the best one",
+        "max_drop_vs_student: no exported artifact more than 1.0 pp below its student on any "
+        "subgroup",
         "min_samples: 30; insufficient evidence blocks shipping",
+        "confidence: 95.0% one-sided for every PASS; false FAILs held to 5.0% per stage (holm)",
     ]
-    assert describe_policy(GuardrailSpec()) == ["no guardrail rule is set: nothing is judged"]
+    assert describe_policy(GuardrailSpec(max_drop_vs_student=None)) == [
+        "no guardrail rule is set: nothing is judged"]
