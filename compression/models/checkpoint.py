@@ -1,13 +1,15 @@
 """Checkpoint files: saving (torch.export, safetensors), hashing, and telling formats apart.
 
 Formats are told apart by content where the content says it (zip layout, safetensors header)
-and by suffix otherwise, so a TorchScript archive named ``.pt`` is not mistaken for weights.
+and by suffix otherwise, so a TorchScript archive named ``.pt`` or ``.pt2`` is not mistaken for
+weights or an exported program. Loaders get the bytes read once; nothing here reopens a file.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import os
 import zipfile
 from pathlib import Path
@@ -17,9 +19,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from compression.errors import InvalidInput, StageFailed
+from compression.models.archive import is_zip
 from compression.models.state import is_safetensors
 
-__all__ = ["FORMATS", "sha256_file", "save_exported", "save_weights", "sniff", "resolve_format"]
+__all__ = ["FORMATS", "sha256_bytes", "sha256_file", "save_exported", "save_weights", "sniff",
+           "resolve_format"]
 
 FORMATS = ("export", "torchscript", "onnx", "weights")
 _SUFFIX_FORMAT = {".pt2": "export", ".onnx": "onnx", ".safetensors": "weights", ".pth": "weights",
@@ -27,6 +31,11 @@ _SUFFIX_FORMAT = {".pt2": "export", ".onnx": "onnx", ".safetensors": "weights", 
 # what sniff() found -> the loader that reads it ("pickle": any torch.save file)
 _CONTENT_FORMAT = {"export": "export", "torchscript": "torchscript", "pickle": "weights",
                    "safetensors": "weights"}
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex SHA-256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def sha256_file(path: str | Path) -> str:
@@ -83,44 +92,42 @@ def save_weights(model: nn.Module, path: str | Path) -> Path:
     return _replace_atomically(tmp, path)
 
 
-def sniff(path: Path) -> str:
-    """What the bytes say: export, torchscript, pickle, safetensors, or unknown."""
-    if zipfile.is_zipfile(path):
+def sniff(data: bytes) -> str:
+    """What the bytes say: export, torchscript, pickle, safetensors, or unknown.
+
+    TorchScript is told by its code entries whatever else the zip holds, so a TorchScript
+    archive named .pt2, or dressed up with torch.export's marker files, is still TorchScript.
+    """
+    if is_zip(data):
         try:
-            with zipfile.ZipFile(path) as archive:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
                 # entries sit under one top folder: strip it
                 names = {n.split("/", 1)[-1] for n in archive.namelist()}
-        except (zipfile.BadZipFile, OSError):
+        except (zipfile.BadZipFile, OSError, ValueError):
             return "unknown"
-        if "archive_format" in names or "models/model.json" in names:
-            return "export"
         if "constants.pkl" in names or any(n.startswith("code/") for n in names):
             return "torchscript"
+        if "archive_format" in names or "models/model.json" in names:
+            return "export"
         return "pickle" if "data.pkl" in names else "unknown"
-    if is_safetensors(path):
+    if is_safetensors(data):
         return "safetensors"
-    with open(path, "rb") as f:
-        magic = f.read(2)
     # torch.save's legacy (non-zip) format is a bare pickle: protocol 2+ opens with 0x80
-    return "pickle" if magic[:1] == b"\x80" else "unknown"
+    return "pickle" if data[:1] == b"\x80" else "unknown"
 
 
-def resolve_format(path: Path, declared: str) -> tuple[str, str]:
-    """(loader format, sniffed content) for ``path``; ``declared`` is a TeacherSpec format."""
-    if not path.exists():
-        raise InvalidInput(f"teacher checkpoint {path} does not exist")
-    if not path.is_file():
-        raise InvalidInput(f"teacher checkpoint {path} is not a file")
-    content = sniff(path)
+def resolve_format(path: Path, declared: str, content: str) -> str:
+    """The loader format for ``path``, whose bytes ``sniff`` found to be ``content``;
+    ``declared`` is a TeacherSpec format."""
     if declared != "auto":
         if declared not in FORMATS:
             raise InvalidInput(f"teacher format {declared!r} is not one of auto, "
                                f"{', '.join(FORMATS)}")
-        return declared, content
+        return declared
     if content in _CONTENT_FORMAT:
-        return _CONTENT_FORMAT[content], content
+        return _CONTENT_FORMAT[content]
     if path.suffix.lower() in _SUFFIX_FORMAT:
-        return _SUFFIX_FORMAT[path.suffix.lower()], content
+        return _SUFFIX_FORMAT[path.suffix.lower()]
     raise InvalidInput(
         f"cannot tell the format of {path}: expected a .pt2 (torch.export), TorchScript "
         f"(.pt/.ts), .onnx, or weights (.safetensors/.pth) file; set teacher.format")

@@ -29,9 +29,14 @@ class OnnxRunner:
     from other frameworks) is served by running padded chunks of that size.
     """
 
-    def __init__(self, path: Path, input_shape: tuple[int, int, int], device: torch.device):
+    def __init__(self, path: Path, input_shape: tuple[int, int, int], device: torch.device,
+                 model: bytes | None = None):
+        """``model``: the serialized model to run, already read and checked (see
+        ``onnx_check.vetted_onnx``); without it onnxruntime reads ``path`` itself, which is
+        only for files this process wrote."""
         try:
-            self.session = ort.InferenceSession(str(path), providers=_providers(device))
+            self.session = ort.InferenceSession(str(path) if model is None else model,
+                                                providers=_providers(device))
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise InvalidInput(f"{path} is not a loadable ONNX model: {exc}") from None
         inputs = self.session.get_inputs()

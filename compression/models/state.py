@@ -1,16 +1,19 @@
 """Reading weights files safely and loading them strictly into a zoo architecture.
 
 Nothing here unpickles code: ``.pth``/``.pt`` files go through ``safe_load.load_weights_only``.
+Both kinds are read from bytes already read, and every malformed file is an ``InvalidInput``
+naming it: a truncated file, a wrong or oversized header, an empty file.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load as safetensors_load
 from torch import nn
 
 from compression.errors import InvalidInput
@@ -24,13 +27,38 @@ _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")  # trainer checkpoin
 _SHOW = 5  # how many offending keys an error lists
 
 
-def is_safetensors(path: Path) -> bool:
+def is_safetensors(data: bytes) -> bool:
     """A safetensors file starts with a little-endian u64 header size, then a JSON object."""
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if len(head) < 9 or head[8:9] != b"{":
-        return False
-    return int.from_bytes(head[:8], "little") < path.stat().st_size
+    return len(data) >= 9 and data[8:9] == b"{"
+
+
+def _safetensors_problem(data: bytes) -> str | None:
+    """What is wrong with the framing of a safetensors file, checked before parsing it."""
+    if not data:
+        return "is empty"
+    if len(data) < 8:
+        return f"holds {len(data)} bytes, too few for the 8-byte header length"
+    declared = int.from_bytes(data[:8], "little")
+    if declared > len(data) - 8:
+        return (f"declares a {declared}-byte header but only {len(data) - 8} bytes follow "
+                "(truncated, or not a safetensors file)")
+    try:
+        header = json.loads(data[8:8 + declared])
+    except (ValueError, RecursionError):
+        return "has a header that is not JSON"
+    if not isinstance(header, dict):
+        return "has a header that is not a JSON object"
+    return None
+
+
+def _read_safetensors(data: bytes, path: Path) -> dict[str, torch.Tensor]:
+    problem = _safetensors_problem(data)
+    if problem:
+        raise InvalidInput(f"{path} is not a readable safetensors file: it {problem}")
+    try:
+        return safetensors_load(data)  # from memory: the bytes that were checked
+    except (SafetensorError, OSError, ValueError, TypeError) as exc:
+        raise InvalidInput(f"{path} is not a readable safetensors file: {exc}") from None
 
 
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
@@ -52,14 +80,12 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file or a weights-only torch state dict, on CPU."""
-    if is_safetensors(path):
-        try:
-            return load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise InvalidInput(f"{path} is not a readable safetensors file: {exc}") from None
-    return _unwrap(load_weights_only(path), path)
+def read_state_dict(data: bytes, path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file or a weights-only torch state dict (``data``, read from
+    ``path``), on CPU. A ``.safetensors`` name is held to that format, whatever the bytes."""
+    if is_safetensors(data) or path.suffix.lower() == ".safetensors":
+        return _read_safetensors(data, path)
+    return _unwrap(load_weights_only(data, path), path)
 
 
 def _mismatches(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
