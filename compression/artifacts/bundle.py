@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from compression.artifacts.card import render_model_card
 from compression.artifacts.chart import plot_guardrails
@@ -64,18 +64,31 @@ def write_bundle(out_dir: str | Path, *, report: dict[str, Any],
         bundle += _write_triton(out_dir, name, files[shipped], report,
                                 io_model or _first_onnx(files))
     references = {k: r for k, r in stage_reports.items() if k not in by_stage}
-    plot_guardrails(out_dir / CHART, verdicts, references)
-    card = render_model_card(report, stage_reports, verdicts, policy, shipped=shipped,
-                             deployable=deployable, reason=reason,
-                             shipped_file=relative.get(shipped) if shipped else None,
-                             triton_dir=f"{TRITON_DIR}/{name}" if servable else None)
-    _write_text(out_dir / MODEL_CARD, card)
-    bundle += [MODEL_CARD, CHART]
+    errors: dict[str, str] = {}
+    if _presented(CHART, errors, lambda: plot_guardrails(out_dir / CHART, verdicts, references)):
+        bundle.append(CHART)
+    if _presented(MODEL_CARD, errors, lambda: _write_text(out_dir / MODEL_CARD, render_model_card(
+            report, stage_reports, verdicts, policy, shipped=shipped, deployable=deployable,
+            reason=reason, shipped_file=relative.get(shipped) if shipped else None,
+            triton_dir=f"{TRITON_DIR}/{name}" if servable else None))):
+        bundle.append(MODEL_CARD)
     out = _final_report(report, stage_reports, verdicts, policy, deployable, shipped)
+    if errors:  # the verdicts stand; the report says which view of them is missing and why
+        out["presentation_errors"] = errors
     out["files"] = {p: {"sha256": sha256_file(out_dir / p), "bytes": (out_dir / p).stat().st_size}
                     for p in sorted(set(bundle))}
     write_json(out_dir / REPORT, out)
     return out
+
+
+def _presented(name: str, errors: dict[str, str], write: Callable[[], Any]) -> bool:
+    """Run ``write``; on any failure record it under ``name`` instead of losing the report."""
+    try:
+        write()
+        return True
+    except Exception as exc:  # a drawing or templating bug must not cost the job its verdicts
+        errors[name] = f"{type(exc).__name__}: {exc}"[:500]
+        return False
 
 
 def _relative_files(out_dir: Path, files: Mapping[str, Path]) -> dict[str, str]:

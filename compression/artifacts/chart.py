@@ -76,7 +76,9 @@ def _draw_series(ax, xs: list[float], points: list[_Point], color: str, step: fl
             ax.hlines(floor, x - step / 2, x + step / 2, colors="black", linewidth=2, zorder=3)
         if acc is None:  # empty subgroup: nothing measured
             continue
-        ax.errorbar([x], [acc], yerr=[[acc - low], [high - acc]], fmt="none", ecolor=color,
+        # an interval reaching exactly to the estimate can round a hair past it
+        yerr = [[max(0.0, acc - low)], [max(0.0, high - acc)]]
+        ax.errorbar([x], [acc], yerr=yerr, fmt="none", ecolor=color,
                     elinewidth=1.4, capsize=3, zorder=2)
         hollow = verdict == INSUFFICIENT_EVIDENCE
         ax.scatter([x], [acc], marker=_MARKERS[verdict], s=60 if verdict == FAIL else 34,

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from compression import distributed
 from compression.data import Dataset
 from compression.evaluation import EvalReport
+from compression.guardrails import StageVerdict
 from compression.losses import Loss, LossContext, build_loss
 from compression.models import build_model
 from compression.pipeline.job import Job, report_summary
@@ -45,8 +48,7 @@ def train_student(job: Job, dataset: Dataset, mitigation: MitigationSpec,
     training = training or spec.training
     reliability = teacher.reliability if teacher else None
     loss = build_loss(mitigation, LossContext.from_dataset(dataset, reliability))
-    model = build_model(spec.student.arch, dataset.input_shape[0], dataset.num_classes,
-                        spec.student.width)
+    model = _initial_student(job, dataset, training.seed)
     run_key = {"mitigation": spec_to_dict(mitigation),
                "teacher_sha256": teacher.sha256 if teacher else None,
                "teacher_calibrated": bool(teacher and teacher.calibration)}
@@ -56,6 +58,23 @@ def train_student(job: Job, dataset: Dataset, mitigation: MitigationSpec,
         should_stop=job.should_stop, stage=stage, run_key=run_key),
         lambda r: {"epochs_run": r.epochs_run, "samples_per_s": round(r.samples_per_s, 1)})
     return StudentRun(model, loss, result)
+
+
+def _initial_student(job: Job, dataset: Dataset, seed: int) -> nn.Module:
+    """The student architecture with weights drawn from ``seed`` alone.
+
+    Every model a job trains (baseline, candidates, student) starts from these same weights,
+    whatever ran before it in the process, so a job replays exactly and two students differ
+    only by their objective.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_derived_seed(seed, "student-init"))
+        return build_model(job.spec.student.arch, dataset.input_shape[0], dataset.num_classes,
+                           job.spec.student.width)
+
+
+def _derived_seed(seed: int, purpose: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}/{purpose}".encode()).digest()[:8], "little") >> 1
 
 
 def one_hot_baseline(job: Job, dataset: Dataset) -> Baseline:
@@ -68,8 +87,9 @@ def one_hot_baseline(job: Job, dataset: Dataset) -> Baseline:
 
 
 def select_mitigation(job: Job, dataset: Dataset, teacher: TeacherView | None,
-                      passes: Callable[[EvalReport], bool]) -> Selection:
-    """``auto``: train each candidate briefly, score it on holdout, keep the best that passes."""
+                      gate: Callable[[EvalReport], StageVerdict]) -> Selection:
+    """``auto``: train each candidate briefly, judge it on holdout with ``gate``, keep the best
+    that passes."""
     training = _selection_training(job.spec.training, job.spec.mitigation.selection_epochs)
     candidates = job.spec.mitigation.candidates
 
@@ -82,7 +102,7 @@ def select_mitigation(job: Job, dataset: Dataset, teacher: TeacherView | None,
 
     # Every rank trains every candidate; rank 0's choice holds, so all go on with one student.
     return job.stage("select_mitigation", lambda: distributed.from_primary(choose_mitigation(
-        candidates, train_candidate, passes)), _selection_summary)
+        candidates, train_candidate, gate)), _selection_summary)
 
 
 def _selection_training(training: TrainingSpec, selection_epochs: int) -> TrainingSpec:

@@ -55,7 +55,7 @@ def _report(name, **counts):
 
 
 GOOD = _report("onnx", shirt=(45, 50), trouser=(48, 50), bag=(46, 50))
-BAD = _report("onnx", shirt=(30, 50), trouser=(48, 50), bag=(46, 50))  # shirt 0.6 < 0.7
+BAD = _report("onnx", shirt=(20, 50), trouser=(48, 50), bag=(46, 50))  # shirt 0.4, shown < 0.7
 
 
 def _bundle(out, onnx_model, stage_report, shipped="onnx", extra=None):
@@ -178,7 +178,7 @@ def test_rejected_bundle_has_no_triton_folder_and_says_so(onnx_model, tmp_path):
     card = (out / "model_card.md").read_text()
     assert "**Status: REJECTED.** Nothing ships" in card
     assert "no Triton model repository was written" in card
-    assert "min_accuracy on 'shirt': 60.0% (30/50" in card
+    assert "min_accuracy on 'shirt': accuracy 40.0% (20/50)" in card
     assert json.loads((out / "report.json").read_text())["deployable"] is False
 
 
@@ -228,3 +228,23 @@ def test_a_passing_artifact_triton_cannot_serve_ships_without_a_triton_folder(tm
     assert report["deployable"] is True and report["shipped"] == "student"
     assert not (out / "triton").exists()
     assert "No Triton model repository was written" in (out / "model_card.md").read_text()
+
+
+def test_subgroups_at_exactly_0_and_100_percent_draw_and_report(onnx_model, tmp_path):
+    edges = _report("onnx", shirt=(50, 50), trouser=(0, 50), bag=(20, 20))
+    out = _bundle(tmp_path / "edges", onnx_model, edges)
+    assert {"guardrails.png", "model_card.md"} <= set(out["files"])
+    assert "presentation_errors" not in out
+
+
+def test_a_failing_chart_never_costs_the_report_its_verdicts(onnx_model, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("'yerr' must not contain negative values")
+
+    monkeypatch.setattr("compression.artifacts.bundle.plot_guardrails", broken)
+    out = _bundle(tmp_path / "b", onnx_model, BAD)
+    written = load_json(tmp_path / "b" / "report.json")
+    assert written["guardrails"]["summary"] == out["guardrails"]["summary"]
+    assert written["presentation_errors"] == {
+        "guardrails.png": "ValueError: 'yerr' must not contain negative values"}
+    assert "guardrails.png" not in written["files"] and "model_card.md" in written["files"]
