@@ -26,8 +26,8 @@ from typing import BinaryIO, Iterator
 from compression.errors import InvalidInput
 
 __all__ = ["InputAccess", "AccessDenied", "DEFAULT_DECODED_BYTES", "current", "install",
-           "granted", "open_input", "read_input", "checked_path", "list_dir", "walk_files",
-           "special_kind", "decoded_limit"]
+           "granted", "open_input", "read_input", "read_upto", "checked_path", "list_dir",
+           "walk_files", "special_kind", "decoded_limit"]
 
 # The most bytes one split may decode into memory when the policy sets no max_bytes: a header
 # that declares more is corrupt or hostile, and would otherwise be allocated before any check.
@@ -164,10 +164,22 @@ def read_input(path: str | os.PathLike, what: str, access: InputAccess | None = 
     unbounded."""
     limit = decoded_limit(access) if limit is None else limit
     with open_input(path, what, access) as f:
-        data = f.read(limit + 1)
+        data = read_upto(f, limit + 1)
     if len(data) > limit:
         raise InvalidInput(f"{what} {os.fspath(path)!r} holds more than {limit} bytes; use a "
                            "smaller file or ask the operator to raise max_data_bytes")
+    return bytes(data)
+
+
+def read_upto(f: BinaryIO, n: int, chunk: int = 1 << 24) -> bytearray:
+    """Up to ``n`` bytes of ``f``, read in chunks: ``f.read(n)`` would allocate all ``n`` at
+    once, and ``n`` often comes from a header that may declare far more than the file holds."""
+    data = bytearray()
+    while len(data) < n:
+        more = f.read(min(chunk, n - len(data)))
+        if not more:
+            break
+        data += more
     return data
 
 

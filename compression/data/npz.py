@@ -14,6 +14,7 @@ terabytes in a file of a few hundred bytes. Members other than these four are ne
 from __future__ import annotations
 
 import math
+import os
 import struct
 import zipfile
 import zlib
@@ -65,11 +66,12 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
     header checked before its array is read; any other member is left unread."""
     require_exists(path, "npz file", "check data.path / data.test_path")
     with access.open_input(path, "npz file") as f:
+        size = os.fstat(f.fileno()).st_size
         try:
             with zipfile.ZipFile(f) as archive:
                 members = {n.removesuffix(".npy"): n for n in archive.namelist()
                            if n.endswith(".npy")}
-                headers = {k: _header(archive, members[k], path, k) for k in _KEYS
+                headers = {k: _header(archive, members[k], path, k, size) for k in _KEYS
                            if k in members}
                 check_declared(sum(h[2] for h in headers.values()), str(path),
                                f"arrays {_shapes(headers)}")
@@ -81,9 +83,15 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
                                "save it with np.savez(path, x=images, y=labels)") from None
 
 
-def _header(archive: zipfile.ZipFile, member: str, path: Path,
-            key: str) -> tuple[tuple[int, ...], np.dtype, int]:
-    """(shape, dtype, bytes) that ``member``'s .npy header declares, checked for sense."""
+def _header(archive: zipfile.ZipFile, member: str, path: Path, key: str,
+            archive_size: int) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, bytes) that ``member``'s .npy header declares, checked for sense and
+    against the member's own size: numpy allocates the whole array before reading it."""
+    info = archive.getinfo(member)
+    if info.compress_size > archive_size or (
+            info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size):
+        raise InvalidInput(f"{path}: {key} is truncated (its zip entry claims more bytes than "
+                           "the file holds)")
     with archive.open(member) as fp:
         version = np.lib.format.read_magic(fp)
         if version == (1, 0):
@@ -93,6 +101,7 @@ def _header(archive: zipfile.ZipFile, member: str, path: Path,
         else:
             raise InvalidInput(f"{path}: {key} is stored in .npy format {version}; save it with "
                                "np.savez (format 1.0 or 2.0)")
+        room = info.file_size - fp.tell()
     if dtype.hasobject:
         raise InvalidInput(f"cannot read {path}: {key} holds Python objects; store strings as "
                            "a unicode array (np.array(values, dtype=str)), not as Python objects")
@@ -100,7 +109,12 @@ def _header(archive: zipfile.ZipFile, member: str, path: Path,
         raise InvalidInput(f"{path}: {key} has dtype {dtype}; store plain numbers or strings")
     if any(d < 0 for d in shape):
         raise InvalidInput(f"{path}: {key} declares the impossible shape {shape}")
-    return shape, dtype, math.prod(shape) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > room:
+        raise InvalidInput(f"{path}: {key} declares shape {list(shape)} {dtype} ({nbytes} "
+                           f"bytes) but holds {max(room, 0)} bytes; the file is truncated or "
+                           "corrupt")
+    return shape, dtype, nbytes
 
 
 def _array(archive: zipfile.ZipFile, member: str) -> np.ndarray:

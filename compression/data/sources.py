@@ -103,11 +103,11 @@ def read_idx(path: Path) -> np.ndarray:
             dims = struct.unpack(f">{magic[3]}I", packed)
             size = math.prod(dims)
             check_declared(size, str(path), f"dims {dims}")
-            data = stream.read(size + 1)
+            data = access.read_upto(stream, size + 1)  # +1: trailing bytes show
         except (OSError, EOFError, zlib.error) as exc:
             raise InvalidInput(f"cannot read idx file {path}: {exc}; {_INSTALL_HINT}") from exc
     if len(data) != size:
         raise InvalidInput(f"{path} is truncated or has trailing bytes (dims {dims}, "
                            f"{len(data)} data bytes); {_INSTALL_HINT}")
-    # frombuffer views immutable bytes; copy so the tensors built on it are writable.
-    return np.frombuffer(data, np.uint8).reshape(dims).copy()
+    # a bytearray: the array viewing it is writable, as the tensors built on it must be
+    return np.frombuffer(data, np.uint8).reshape(dims)

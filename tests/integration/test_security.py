@@ -196,3 +196,52 @@ def test_a_pickled_teacher_fails_cleanly_and_is_never_unpickled(serve, pki, bars
     assert "pickled Python code" in done.error and "posix.system" in done.error
     assert "Traceback" not in done.error
     assert not marker.exists()
+
+
+def _manifest_tree(root, n=8):
+    """root/img/<i>.png (8x8 gray, two classes) and root/m.csv listing them."""
+    from PIL import Image
+
+    (root / "img").mkdir(parents=True)
+    for i in range(n):
+        Image.new("L", (8, 8), 200 * (i % 2)).save(root / "img" / f"{i}.png")
+    rows = "".join(f"img/{i}.png,{i % 2}\n" for i in range(n))
+    (root / "m.csv").write_text("path,label\n" + rows)
+    return root / "m.csv"
+
+
+def manifest_spec(tmp_path, manifest):
+    return {"name": "manifest", "teacher": {"path": str(tmp_path / "data" / "teacher.pt2")},
+            "data": {"source": "manifest", "path": str(manifest), "test_path": str(manifest)},
+            "training": {"epochs": 1, "batch_size": 8}}
+
+
+def test_a_manifest_line_added_after_compress_fails_the_job_in_the_worker(serve, tmp_path):
+    """Compress checked the manifest; the worker, reading it later, checks again."""
+    from PIL import Image
+
+    manifest = _manifest_tree(tmp_path / "data")
+    secret = tmp_path / "elsewhere" / "secret.png"
+    secret.parent.mkdir()
+    Image.new("L", (8, 8), 99).save(secret)  # a real image: only the roots stop the read
+    roots = [str(tmp_path / "data")]
+    accepting = serve(data_roots=roots)  # accepts and queues, runs nothing
+    queued = client(accepting).compress(manifest_spec(tmp_path, manifest))
+    accepting.stop(grace_s=1)
+    with manifest.open("a") as f:
+        f.write(f"{secret},1\n")
+    # A server that runs jobs, on the same state: it starts the job accepted above.
+    done = client(serve(data_roots=roots, max_concurrent_jobs=1)).wait(queued.id,
+                                                                       timeout_s=120)
+    assert job_state(done) is JobState.FAILED and done.error_kind == "invalid_input"
+    assert f"'{secret}' is outside the allowed data roots" in done.error
+    assert "m.csv line 10" in done.error and "Traceback" not in done.error
+
+
+def test_a_fifo_as_input_is_refused_at_compress_without_blocking(serve, tmp_path):
+    (tmp_path / "data").mkdir()
+    os.mkfifo(tmp_path / "data" / "m.csv")
+    server = serve(data_roots=[str(tmp_path / "data")])
+    code, details = compress_code(server, manifest_spec(tmp_path, tmp_path / "data" / "m.csv"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT  # not DEADLINE_EXCEEDED: nothing blocked
+    assert "data.path" in details and "is not a regular file (a FIFO)" in details

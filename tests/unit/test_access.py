@@ -78,6 +78,8 @@ def test_directories_devices_missing_files_and_size(tree):
             access.open_input(f"{root}/a\0b", "image")
         with pytest.raises(InvalidInput, match="holds more than 3 bytes"):
             access.read_input(root / "d" / "data.bin", "data", limit=3)
+        # a limit far beyond the file allocates what the file holds, not the limit
+        assert access.read_input(root / "d" / "data.bin", "data", limit=2**45) == b"inside"
     with pytest.raises(InvalidInput, match="not a regular file \\(a character device\\)"):
         access.open_input("/dev/zero", "idx file")  # refused before it is opened
 

@@ -66,13 +66,19 @@ def test_an_npz_header_declaring_a_terabyte_is_refused_before_allocating(tmp_pat
     huge = {"descr": "|u1", "fortran_order": False, "shape": (10**6, 10**6)}
     path = zip_npz(tmp_path / "huge.npz", {"x": npy(huge), "y": npy(
         {"descr": "<i8", "fortran_order": False, "shape": (2,)}, b"\0" * 16)})
-    with pytest.raises(InvalidInput, match=r"huge.npz: arrays x \[1000000, 1000000\] uint8.* "
-                                           r"over the limit of 17179869184 bytes"):
-        read_npz(path, None)  # the default limit, with no policy installed
-    with access.granted(InputAccess(max_bytes=100)), pytest.raises(InvalidInput,
-                                                                   match="limit of 100 bytes"):
-        read_npz(zip_npz(tmp_path / "ok-ish.npz", {"x": npy(
-            {"descr": "|u1", "fortran_order": False, "shape": (2, 8, 8)}, b"\0" * 128)}), None)
+    with pytest.raises(InvalidInput, match=r"huge.npz: x declares shape \[1000000, 1000000\] "
+                                           r"uint8 \(1000000000000 bytes\) but holds 0 bytes"):
+        read_npz(path, None)  # with no policy installed
+
+
+def test_npz_arrays_over_the_limit_are_refused_before_reading(tmp_path):
+    np.savez_compressed(tmp_path / "zeros.npz", x=np.zeros((20, 1000, 1000), np.uint8),
+                        y=np.zeros(20, np.int64))  # 20 MB of pixels in ~20 KB
+    with access.granted(InputAccess(max_bytes=10**6)), pytest.raises(
+            InvalidInput, match=r"zeros.npz: arrays x \[20, 1000, 1000\] uint8, y \[20\] int64 "
+                                r"make 20000160 bytes, over the limit of 1000000 bytes"):
+        read_npz(tmp_path / "zeros.npz", None)
+    assert access.decoded_limit() == 16 * 2**30  # and with none, a sane default applies
 
 
 @pytest.mark.parametrize("header, needle", [
@@ -92,6 +98,10 @@ def test_idx_headers_and_gzip_bombs_are_bounded(tmp_path):
     lying.write_bytes(idx_bytes((2**32 - 1, 2**32 - 1, 28), b"\0" * 10))
     with pytest.raises(InvalidInput, match="lying-idx3-ubyte: dims .* over the limit"):
         read_idx(lying)
+    under = tmp_path / "under-idx1-ubyte"  # 4 GiB declared, under the default limit
+    under.write_bytes(idx_bytes((2**32 - 1,), b"\0" * 10))
+    with pytest.raises(InvalidInput, match="under-idx1-ubyte is truncated .*10 data bytes"):
+        read_idx(under)  # read in chunks: memory follows the file, not its header
     bomb = tmp_path / "bomb-idx1-ubyte.gz"
     bomb.write_bytes(gzip.compress(idx_bytes((10**6,), b"\0" * 10**6)))  # ~1 KB on disk
     with access.granted(InputAccess(max_bytes=10**4)), pytest.raises(InvalidInput,
