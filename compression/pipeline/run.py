@@ -24,7 +24,7 @@ from compression.data import Dataset, describe, load_dataset
 from compression.errors import InvalidInput
 from compression.evaluation import EvalReport
 from compression.events import EventSink, StopCheck, emit_nothing, never_stop
-from compression.guardrails import StageVerdict, check_policy, judge
+from compression.guardrails import StageVerdict, check_policy, judge, preflight_notes
 from compression.losses import check_mitigation, requirements
 from compression.models import count_parameters, known_archs, save_exported, save_weights
 from compression.pipeline.exports import Artifact, export_artifacts
@@ -59,7 +59,7 @@ def run(spec: JobSpec, on_event: EventSink = emit_nothing,
               on_event, distributed.agreed_stop(should_stop))  # all ranks stop together
     job.out_dir.mkdir(parents=True, exist_ok=True)
     dataset = job.stage("load_data", lambda: load_dataset(spec.data), _data_summary)
-    _preflight(spec, dataset)
+    detectable = _preflight(job, dataset)
 
     needs = requirements(spec.mitigation)
     teacher = (prepare_teacher(job, dataset, needs.calibrate_teacher)
@@ -77,24 +77,27 @@ def run(spec: JobSpec, on_event: EventSink = emit_nothing,
     if not distributed.is_primary():
         return None
     job.should_stop = should_stop  # rank 0 goes on alone
-    judge_stage = _judge(spec, teacher, baseline)
     student_report = job.stage("evaluate_student", lambda: job.evaluate(
         student.model, dataset, "student", reference=teacher and teacher.test_report),
         report_summary)
-    student_verdict = judge_stage(student_report, "student")
-    artifacts = (export_artifacts(job, student.model, dataset, judge_stage)
+    student_verdict = _judge(spec, teacher, baseline)(student_report, "student")
+    # Every artifact is also compared, pair by pair, with the student it was exported from.
+    artifacts = (export_artifacts(job, student.model, dataset,
+                                  _judge(spec, teacher, baseline, student_report))
                  if student_verdict.passed else [])
     extra = {"teacher": teacher.to_dict() if teacher else None,
              "selection": selection.to_dict() if selection else None,
-             "mitigation": spec_to_dict(mitigation)}
+             "mitigation": spec_to_dict(mitigation), "guardrail_preflight": detectable}
     return _finish(job, dataset, student, student_report, student_verdict, artifacts,
                    [teacher and teacher.test_report, baseline and baseline.test_report], extra)
 
 
-def _preflight(spec: JobSpec, dataset: Dataset) -> None:
-    """Every problem that would stop the job later, listed before any training starts."""
-    problems = check_policy(spec.guardrails, dataset.group_names,
-                            dataset.test.group.bincount(minlength=dataset.num_groups).tolist())
+def _preflight(job: Job, dataset: Dataset) -> list[str]:
+    """Every problem that would stop the job later, listed before any training starts;
+    returns what each paired guardrail can detect on this test split, for the log and report."""
+    spec = job.spec
+    counts = dataset.test.group.bincount(minlength=dataset.num_groups).tolist()
+    problems = check_policy(spec.guardrails, dataset.group_names, counts)
     try:
         check_mitigation(spec.mitigation)
     except InvalidInput as exc:
@@ -104,25 +107,34 @@ def _preflight(spec: JobSpec, dataset: Dataset) -> None:
                         f"{', '.join(known_archs())}")
     if problems:
         raise InvalidInput(problems, "the job cannot run")
+    notes = preflight_notes(spec.guardrails, dataset.group_names, counts,
+                            artifacts=spec.export.onnx)
+    for note in notes:  # the full list goes to the report; the log gets the warnings
+        if "can never FAIL" in note or "agree on every example" in note:
+            job.log("check_policy", note)
+    return notes
 
 
-def _judge(spec: JobSpec, teacher: TeacherView | None, baseline: Baseline | None):
+def _judge(spec: JobSpec, teacher: TeacherView | None, baseline: Baseline | None,
+           student: EvalReport | None = None):
+    """Judge a stage on test; ``student`` given: the stage is an artifact of that student."""
     def judge_stage(report: EvalReport, stage: str) -> StageVerdict:
         return judge(report, spec.guardrails, stage,
                      teacher=teacher and teacher.test_report,
-                     one_hot=baseline and baseline.test_report)
+                     one_hot=baseline and baseline.test_report, student=student)
     return judge_stage
 
 
 def _holdout_gate(spec: JobSpec, teacher: TeacherView | None, baseline: Baseline | None):
-    """Whether a candidate's holdout report meets the floors. Holdout subgroups are small, so
-    insufficient evidence does not count against a candidate here; the test split decides."""
+    """A candidate's verdict on holdout, paired with the teacher's and the one-hot baseline's
+    holdout answers. Holdout subgroups are small, so insufficient evidence does not count
+    against a candidate here; the test split decides."""
     policy = dataclasses.replace(spec.guardrails, block_on_insufficient_evidence=False)
 
-    def passes(report: EvalReport) -> bool:
+    def gate(report: EvalReport) -> StageVerdict:
         return judge(report, policy, "selection", teacher=teacher and teacher.holdout_report,
-                     one_hot=baseline and baseline.holdout_report).passed
-    return passes
+                     one_hot=baseline and baseline.holdout_report)
+    return gate
 
 
 def _finish(job: Job, dataset: Dataset, student: StudentRun, student_report: EvalReport,

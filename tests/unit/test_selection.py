@@ -6,6 +6,7 @@ import pytest
 
 from compression.errors import InvalidInput
 from compression.evaluation import EvalReport, GroupMetrics
+from compression.guardrails import FAIL, PASS, Check, StageVerdict
 from compression.selection import choose_mitigation
 from compression.spec import MitigationSpec
 
@@ -38,7 +39,14 @@ class Trainer:
 
 
 def floor(minimum: float):
-    return lambda r: r.worst_group.accuracy >= minimum
+    """A gate with one check: the worst group at ``minimum`` or above."""
+    def gate(r: EvalReport) -> StageVerdict:
+        w = r.worst_group
+        check = Check("min_worst_group_accuracy", w.name, w.accuracy, minimum, (0.0, 1.0), w.n,
+                      PASS if w.accuracy >= minimum else FAIL, "test gate", p_value=0.5,
+                      threshold=0.05)
+        return StageVerdict("selection", (check,), ())
+    return gate
 
 
 def test_keeps_the_most_accurate_candidate_that_passes():
@@ -88,3 +96,8 @@ def test_to_dict_has_every_candidate_and_is_json():
     assert data["candidates"][1]["spec"]["params"] == {"beta": 0.8}
     assert data["candidates"][0] == {**data["candidates"][0], "accuracy": 0.9,
                                      "worst_group_accuracy": 0.4, "passed": False}
+    # why: the check that kept kd out, and the one closest to failing for group_dro
+    assert data["candidates"][0]["verdict"] == FAIL
+    assert [(c["rule"], c["verdict"]) for c in data["candidates"][0]["deciding_checks"]] == [
+        ("min_worst_group_accuracy", FAIL)]
+    assert data["candidates"][1]["deciding_checks"][0]["verdict"] == PASS
