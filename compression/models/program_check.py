@@ -57,7 +57,7 @@ _SYM_FUNCTIONS = (
 _SYM_NAMES = frozenset(f"{f.__module__}.{f.__name__}" for f in _SYM_FUNCTIONS)
 _OP_TARGET = re.compile(r"torch\.ops\.(\w+)\.(\w+)\.(\w+)")
 _HOP_TARGET = re.compile(r"torch\.ops\.higher_order\.(\w+)")
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,199}")
+_IDENTIFIER = re.compile(r"([A-Za-z_][A-Za-z0-9_]{0,199})?")  # '': a positional argument
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # a '\r' ends a line of generated code
 
 # shapes are printed by sympy's srepr: Mul(Integer(2), Symbol('s0', positive=True, ...))
