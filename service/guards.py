@@ -1,10 +1,11 @@
 """Guards that keep the server answering when a user's file or the disk misbehaves.
 
 ``BoundedCalls`` runs a call that may block on a user's file (a FIFO, a stalled network mount)
-on a daemon thread of its own, at most ``max_running`` at once, and waits at most
-``timeout_s`` for it: an RPC thread is never held longer than that, a full set of running
-checks is refused at once instead of queueing without bound, and a call that never returns
-keeps its thread (and its slot) but never blocks shutdown.
+on a daemon thread of its own, at most ``max_running`` at once; up to ``max_waiting`` more
+callers wait for a slot (a burst of submissions), and past that a caller is refused at once
+instead of queueing without bound. A caller waits at most ``timeout_s`` for a slot and as
+long for its call, so it holds its RPC thread for at most twice that; a call that never
+returns keeps its thread (and its slot) but never blocks shutdown.
 
 ``RateLimitedLog`` says a repeating failure once, then at most once per interval with how
 many times it happened since, so an outage leaves a few lines in the log, not thousands.
@@ -41,21 +42,46 @@ class BoundedCalls:
     server is shutting down (a waiting caller then gives up at once)."""
 
     def __init__(self, what: str, max_running: int, timeout_s: float,
-                 stopping: Callable[[], bool] = lambda: False):
-        if max_running < 1 or timeout_s <= 0:
-            raise ValueError("max_running must be >= 1 and timeout_s > 0")
+                 stopping: Callable[[], bool] = lambda: False, max_waiting: int = 0):
+        if max_running < 1 or max_waiting < 0 or timeout_s <= 0:
+            raise ValueError("max_running must be >= 1, max_waiting >= 0, timeout_s > 0")
         self.what, self.max_running, self.timeout_s = what, max_running, timeout_s
         self._stopping = stopping
         self._slots = threading.BoundedSemaphore(max_running)
+        self._admitted = threading.BoundedSemaphore(max_running + max_waiting)
+        self._waiting_allowed = max_waiting > 0
 
     def run(self, call: Callable[[], T], subject: str) -> T:
-        """``call()``'s result or exception. ``QueueFull`` when ``max_running`` calls are
-        running; ``InvalidInput`` "could not check ``subject`` within N s" on timeout;
+        """``call()``'s result or exception. ``QueueFull`` when every slot is taken and
+        ``max_waiting`` callers wait already, or no slot frees within ``timeout_s``;
+        ``InvalidInput`` "could not check ``subject`` within N s" when the call takes longer;
         ``Unavailable`` when the server stops meanwhile."""
-        if not self._slots.acquire(blocking=False):
-            raise QueueFull(f"{self.max_running} {self.what} are running (an input that "
-                            "blocks its reader, such as a FIFO or a stalled network mount, "
-                            "holds one until it answers); retry in a few seconds")
+        if not self._admitted.acquire(blocking=False):
+            raise self._full()
+        try:
+            self._take_slot()
+        finally:
+            self._admitted.release()
+        return self._run_in_slot(call, subject)
+
+    def _full(self) -> QueueFull:
+        return QueueFull(f"{self.max_running} {self.what} are running (an input that blocks "
+                         "its reader, such as a FIFO or a stalled network mount, holds one "
+                         "until it answers) and more wait; retry in a few seconds")
+
+    def _take_slot(self) -> None:
+        if not self._waiting_allowed:
+            if not self._slots.acquire(blocking=False):
+                raise self._full()
+            return
+        deadline = time.monotonic() + self.timeout_s
+        while not self._slots.acquire(timeout=min(_POLL_S, self.timeout_s)):
+            if self._stopping():
+                raise Unavailable("the server is stopping; submit again when it is back")
+            if time.monotonic() >= deadline:
+                raise self._full()
+
+    def _run_in_slot(self, call: Callable[[], T], subject: str) -> T:
         done, box = threading.Event(), {}
 
         def target() -> None:
@@ -67,8 +93,12 @@ class BoundedCalls:
                 self._slots.release()
                 done.set()
 
-        threading.Thread(target=target, name=f"tpet-{self.what.replace(' ', '-')}",
-                         daemon=True).start()
+        try:
+            threading.Thread(target=target, name=f"tpet-{self.what.replace(' ', '-')}",
+                             daemon=True).start()
+        except BaseException:  # no thread to give the slot back
+            self._slots.release()
+            raise
         deadline = time.monotonic() + self.timeout_s
         while not done.wait(min(_POLL_S, max(0.0, deadline - time.monotonic()))):
             if self._stopping():
@@ -86,10 +116,12 @@ class BoundedCalls:
 class InputChecks:
     """``policy``: what jobs may read (None: anything, no checks)."""
 
-    def __init__(self, policy: InputPolicy | None, max_running: int, timeout_s: float,
-                 stopping: Callable[[], bool]):
+    def __init__(self, policy: InputPolicy | None, max_running: int, max_waiting: int,
+                 timeout_s: float, stopping: Callable[[], bool]):
         self.policy = policy
-        self._submits = BoundedCalls("input checks", max_running, timeout_s, stopping)
+        self._submits = BoundedCalls("input checks", max_running, timeout_s, stopping,
+                                     max_waiting)
+        # Never waits for a slot: the scheduler has other jobs to reap and start.
         self._launches = BoundedCalls("launch checks", 2, timeout_s, stopping)
         self._waits = RateLimitedLog(log)
 

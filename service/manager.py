@@ -57,7 +57,8 @@ class ManagerConfig:
     poll_interval_s: float = 0.2
     inputs: InputPolicy | None = None  # what a job may read; None: anything (library use)
     input_check_timeout_s: float = 10.0  # then Compress answers "could not check ..."
-    max_input_checks: int = 4  # running at once (each holds an RPC thread); more: retry later
+    max_input_checks: int = 4  # running at once, each holding the RPC thread that waits
+    max_waiting_checks: int = 16  # Compress calls waiting for one of those; more: retry later
     store_probe_s: float = 2.0  # a real write this often (and the longest retry backoff)
 
     @property
@@ -91,6 +92,7 @@ class JobManager:
         self._hooks = complete(self.metrics)  # an implementation may leave hooks out
         self._hooks.watch_queue(self.queue_snapshot)
         self._checks = InputChecks(self.config.inputs, self.config.max_input_checks,
+                                   self.config.max_waiting_checks,
                                    self.config.input_check_timeout_s, self._stopping.is_set)
         self._health = StoreHealth(self.store, self.config.store_probe_s, self.clock)
         self._round_errors = RateLimitedLog(log)

@@ -93,10 +93,12 @@ def start_server(config: ServerConfig, launcher: Launcher | None = None,
     manager = JobManager(store, launcher, ManagerConfig(**{
         "state_dir": state_dir, "max_queued": config.max_queued, "slots": resolve_slots(config),
         "max_attempts": config.max_attempts, "cancel_grace_s": config.cancel_grace_s,
-        "inputs": config.input_policy(), "max_input_checks": _input_checks(config),
-        **(manager_options or {})}), metrics)
+        "inputs": config.input_policy(), **(manager_options or {})}), metrics)
     interceptors = _interceptors(metrics, BearerTokenInterceptor(token) if token else None)
-    server = grpc.server(futures.ThreadPoolExecutor(config.rpc_threads, "tpet-rpc"),
+    # Compress calls waiting on input checks get threads of their own, on top of
+    # rpc_threads: however many hang, the rest of the API keeps what rpc_threads promises.
+    checking = manager.config.max_input_checks + manager.config.max_waiting_checks
+    server = grpc.server(futures.ThreadPoolExecutor(config.rpc_threads + checking, "tpet-rpc"),
                          interceptors=interceptors, options=_options(config))
     compress_pb2_grpc.add_CompressServiceServicer_to_server(
         CompressServicer(manager, max_watches=max(1, config.rpc_threads - 8),
@@ -138,12 +140,6 @@ def _set_health(servicer: health.HealthServicer, serving: bool) -> None:
               else health_pb2.HealthCheckResponse.NOT_SERVING)
     for name in ("", *SERVICE_NAMES):
         servicer.set(name, status)
-
-
-def _input_checks(config: ServerConfig) -> int:
-    # Each running check holds an RPC thread; watches may hold all but 8 (see above): keep
-    # half of those 8 free for health, listing and the worker channel.
-    return max(1, min(4, config.rpc_threads // 8))
 
 
 def _check_reply_limits(config: ServerConfig) -> None:
