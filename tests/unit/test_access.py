@@ -133,3 +133,32 @@ def test_explicit_policy_and_decoded_limit(tree):
     assert access.special_kind(root / "d") is None and access.special_kind(root / "x") is None
     assert access.special_kind("/dev/null") == "a character device"
     assert Path(access.checked_path(root / "d" / ".." / "d", "data", policy)) == root / "d"
+
+
+def test_the_policy_a_server_sends_is_the_one_its_worker_installs(tree):
+    """Kubernetes worker pods do not share the server's config: StartJob carries the policy."""
+    from service._proto import worker_pb2
+    from service.config import ServerConfig
+    from service.servicer import _access
+    from service.worker import input_access
+
+    root, _, _ = tree
+    policy = ServerConfig(data_roots=[str(root)], max_data_bytes=1234,
+                          allow_torchscript_teachers=True).input_policy()
+    wire = worker_pb2.StartJobResponse(access=_access(policy)).SerializeToString()
+    installed = input_access(worker_pb2.StartJobResponse.FromString(wire))
+    assert installed == policy.access == InputAccess((str(root),), 1234, True)
+    assert input_access(worker_pb2.StartJobResponse(access=_access(None))) == InputAccess()
+
+
+def test_the_submission_check_never_blocks_on_a_fifo(tree):
+    from compression.spec import parse_spec
+    from service.security import InputPolicy
+
+    root, _, _ = tree
+    os.mkfifo(root / "m.csv")
+    spec = parse_spec({"name": "j", "teacher": {"path": str(root / "d" / "data.bin")},
+                       "data": {"source": "manifest", "path": str(root / "m.csv"),
+                                "test_path": str(root / "m.csv")}})
+    with pytest.raises(InvalidInput, match=r"data.path .*m.csv' is not a regular file \(a FIFO\)"):
+        finishes(lambda: InputPolicy.of([str(root)], 1000).check(spec))
