@@ -45,8 +45,8 @@ def _domain_problems(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> lis
     if not bad:
         return []
     return [f"operators of non-standard domains ({', '.join(bad[:_SHOW])}): onnxruntime would "
-            f"need a custom operator library for them; only {', '.join(sorted(STANDARD_DOMAINS))!r} "
-            "domains and functions defined in the model are allowed"]
+            "need a custom operator library for them; only the standard domains (ai.onnx, "
+            "ai.onnx.ml, com.microsoft) and functions defined in the model are allowed"]
 
 
 def _external_file(location: str, folder: Path, path: Path) -> Path:
@@ -76,8 +76,8 @@ def _inline(tensor: onnx.TensorProto, folder: Path, path: Path,
         raise InvalidInput(f"{path}: tensor {tensor.name!r} has a non-numeric offset or "
                            "length") from None
     if offset < 0 or length < 0 or offset + length > len(data):
-        raise InvalidInput(f"{path}: tensor {tensor.name!r} reads bytes {offset}..{offset + length}"
-                           f" of {location!r}, which holds {len(data)}")
+        raise InvalidInput(f"{path}: tensor {tensor.name!r} reads bytes {offset} to "
+                           f"{offset + length} of {location!r}, which holds {len(data)}")
     tensor.raw_data = data[offset:offset + length]
     del tensor.external_data[:]
     tensor.data_location = onnx.TensorProto.DEFAULT

@@ -248,8 +248,10 @@ def check_program(program: Any, path: Path, member: str) -> None:
         found = _value_problem(key, value)
         if found and found not in problems:
             problems.append(found)
+            if len(problems) == _SHOW:  # enough to act on; a hostile file may hold millions
+                break
     if problems:
-        raise InvalidInput(problems[:_SHOW], f"{path} holds a program that is not loaded")
+        raise InvalidInput(problems, f"{path} holds a program that is not loaded")
 
 
 def _graph_modules(root: torch.nn.Module) -> Iterator[torch.fx.GraphModule]:
