@@ -3,7 +3,8 @@
 One model, one subgroup: the Wilson score interval and the score test it inverts.
 Two models on the same examples: Tango's asymptotic score interval and test for the
 difference of paired proportions (Tango 1998, Statistics in Medicine 17:891-908), with
-counts b (the reference right, the candidate wrong) and c (the reverse) out of n pairs.
+counts b (the reference right, the candidate wrong) and c (the reverse) out of n pairs,
+by default with a variance and a skewness correction (``tango_statistic``).
 Two subgroups of one model (independent samples): Newcombe's hybrid score interval
 (Newcombe 1998, Statistics in Medicine 17:873-890, method 10).
 
@@ -80,35 +81,48 @@ def wilson_pvalue(correct: int, n: int, p0: float) -> float:
     return normal_sf(-score)
 
 
-def tango_statistic(b: int, c: int, n: int, delta: float) -> float:
-    """Tango's score statistic for H0: (P(b) - P(c)) == delta, for b, c out of n pairs.
+def tango_statistic(b: int, c: int, n: int, delta: float, *, corrected: bool = True) -> float:
+    """Score statistic for H0: P(b) - P(c) == delta, for b, c discordant pairs out of n.
 
-    The variance is evaluated at the restricted maximum-likelihood estimate of the
-    c-cell probability, the positive root of a quadratic (Tango 1998, eq. 3). Large
-    positive values say the difference exceeds ``delta``. It decreases in ``delta``.
+    The variance is evaluated at the restricted maximum-likelihood estimates of the two
+    discordant-cell probabilities (Tango 1998, eq. 3: the positive root of a quadratic).
+    Large positive values say the difference exceeds ``delta``; the statistic decreases in
+    ``delta``. corrected=False is Tango's statistic as published. corrected=True (what the
+    guardrails use) adds two published corrections that keep the one-sided tail honest when
+    few pairs disagree: Miettinen & Nurminen's (1985) n / (n - 1) variance factor and the
+    Gart & Nam (1988) skewness correction, as Laud's SCAS method applies them to Tango's score.
     """
     _check_pairs(b, c, n)
-    quad_a = 2 * n
-    quad_b = -b - c + (2 * n - b + c) * delta
-    quad_c = -c * delta * (1 - delta)
-    root = math.sqrt(max(quad_b * quad_b - 4 * quad_a * quad_c, 0.0))
-    # The same root two ways: the second avoids cancellation when quad_b > 0.
-    p21 = ((root - quad_b) / (2 * quad_a) if quad_b <= 0
-           else -2 * quad_c / (quad_b + root))
-    variance = n * (2 * p21 + delta * (1 - delta))
+    p12, p21 = _restricted_cells(b, c, n, delta)
+    variance = n * (p12 + p21 - delta * delta)  # = n (2 p21 + delta (1 - delta)), Tango's form
+    if corrected and n > 1:
+        variance *= n / (n - 1)
     excess = b - c - n * delta
     if variance <= 0:
         return 0.0 if excess == 0 else math.copysign(math.inf, excess)
-    return excess / math.sqrt(variance)
+    z = excess / math.sqrt(variance)
+    if not corrected:
+        return z
+    # Third central moment of one pair's difference (+1 with p12, -1 with p21, else 0).
+    mu3 = (p12 * (1 - delta) ** 3 + p21 * (-1 - delta) ** 3
+           + (1 - p12 - p21) * (-delta) ** 3)
+    gamma = n * mu3 / (6 * variance ** 1.5)
+    if abs(gamma) < 1e-12:
+        return z
+    # The corrected statistic Z solves Z = z - gamma (Z^2 - 1); this root form needs no
+    # division by gamma, and continues monotonically where the discriminant goes negative.
+    disc = max(0.0, 1 + 4 * gamma * (z + gamma))
+    return 2 * (z + gamma) / (1 + math.sqrt(disc))
 
 
-def tango_pvalue(b: int, c: int, n: int, delta: float) -> float:
+def tango_pvalue(b: int, c: int, n: int, delta: float, *, corrected: bool = True) -> float:
     """One-sided p-value of H0: difference <= delta against difference > delta."""
-    return normal_sf(tango_statistic(b, c, n, delta))
+    return normal_sf(tango_statistic(b, c, n, delta, corrected=corrected))
 
 
-def tango_interval(b: int, c: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Tango's score interval for the paired difference (b - c) / n.
+def tango_interval(b: int, c: int, n: int, z: float = 1.96, *,
+                   corrected: bool = True) -> tuple[float, float]:
+    """Score interval for the paired difference (b - c) / n (see ``tango_statistic``).
 
     Each bound is where the statistic crosses -z or +z, so a one-sided bound at
     ``z_for(alpha)`` is a level-alpha test. ``n == 0`` gives ``(-1.0, 1.0)``.
@@ -116,9 +130,24 @@ def tango_interval(b: int, c: int, n: int, z: float = 1.96) -> tuple[float, floa
     _check_pairs(b, c, n)
     if n == 0:
         return -1.0, 1.0
-    low = -1.0 if c == n else _root(lambda d: tango_statistic(b, c, n, d) - z, -1.0, 1.0)
-    high = 1.0 if b == n else _root(lambda d: tango_statistic(b, c, n, d) + z, -1.0, 1.0)
+
+    def stat(d: float) -> float:
+        return tango_statistic(b, c, n, d, corrected=corrected)
+    low = -1.0 if c == n else _root(lambda d: stat(d) - z, -1.0, 1.0)
+    high = 1.0 if b == n else _root(lambda d: stat(d) + z, -1.0, 1.0)
     return low, high
+
+
+def _restricted_cells(b: int, c: int, n: int, delta: float) -> tuple[float, float]:
+    """Maximum-likelihood P(b-cell), P(c-cell) under P(b) - P(c) == delta (Tango 1998)."""
+    quad_a = 2 * n
+    quad_b = -b - c + (2 * n - b + c) * delta
+    quad_c = -c * delta * (1 - delta)
+    root = math.sqrt(max(quad_b * quad_b - 4 * quad_a * quad_c, 0.0))
+    # The same root two ways: the second avoids cancellation when quad_b > 0.
+    p21 = ((root - quad_b) / (2 * quad_a) if quad_b <= 0
+           else -2 * quad_c / (quad_b + root))
+    return p21 + delta, p21
 
 
 def newcombe_interval(x1: int, n1: int, x2: int, n2: int,

@@ -24,7 +24,7 @@ from compression.guardrails.rules import (DROP_RULES, FAIL, INSUFFICIENT_EVIDENC
 from compression.guardrails.verdict import Check, GroupResult, StageVerdict
 from compression.spec import GuardrailSpec
 
-__all__ = ["judge", "WHOLE_MODEL_RULES"]
+__all__ = ["judge", "decide_family", "WHOLE_MODEL_RULES"]
 
 WHOLE_MODEL_RULES = ("min_worst_group_accuracy", "max_group_gap")
 
@@ -53,11 +53,9 @@ def judge(report: EvalReport, policy: GuardrailSpec, stage: str, *,
     planned = _plan(report, policy, {"max_drop_vs_teacher": teacher,
                                      "max_drop_vs_one_hot": one_hot,
                                      "max_drop_vs_student": student})
-    alpha = alpha_of(policy)
     tested = [p for p in planned if p.evidence is not None]
-    adjusted = dict(zip(map(id, tested), adjust([p.evidence.p_harm() for p in tested],
-                                                alpha, policy.multiplicity)))
-    per_group = [_check(p, adjusted.get(id(p)), policy) for p in planned]
+    decided = dict(zip(map(id, tested), decide_family([p.evidence for p in tested], policy)))
+    per_group = [_check(p, decided.get(id(p)), policy) for p in planned]
     groups = tuple(_group_result(m, [c for c in per_group if c.subgroup == m.name])
                    for m in report.groups)
     checks: list[Check] = []
@@ -67,6 +65,19 @@ def judge(report: EvalReport, policy: GuardrailSpec, stage: str, *,
     return StageVerdict(stage, tuple(checks), groups, policy.block_on_insufficient_evidence,
                         confidence=policy.confidence, multiplicity=policy.multiplicity,
                         family_size=len(tested))
+
+
+def decide_family(evidence: Sequence[Evidence],
+                  policy: GuardrailSpec) -> list[tuple[str, float]]:
+    """(verdict, FAIL threshold) of every check of one stage, tested as one family.
+
+    This is the whole decision of a stage; ``judge`` adds intervals, detectable effects
+    and words around it. The gate's calibration is measured on this function.
+    """
+    alpha = alpha_of(policy)
+    adjusted = adjust([ev.p_harm() for ev in evidence], alpha, policy.multiplicity)
+    return [(decide(ev, rejected, alpha, policy.min_samples), threshold)
+            for ev, (threshold, rejected) in zip(evidence, adjusted)]
 
 
 def _plan(report: EvalReport, policy: GuardrailSpec,
@@ -140,18 +151,16 @@ def _gaps(report: EvalReport, gap: float, min_samples: int) -> list[_Planned]:
     return out
 
 
-def _check(p: _Planned, adjusted: tuple[float, bool] | None, policy: GuardrailSpec) -> Check:
+def _check(p: _Planned, decided: tuple[str, float] | None, policy: GuardrailSpec) -> Check:
     m, ev = p.group, p.evidence
     base = dict(rule=p.rule, subgroup=m.name, value=m.accuracy, floor=p.floor,
                 ci=(m.ci_low, m.ci_high), n=m.n, reference=p.reference)
-    if ev is None or adjusted is None:
+    if ev is None or decided is None:
         return Check(**base, verdict=INSUFFICIENT_EVIDENCE,
                      message=f"{p.rule} on {m.name!r}: no test samples, so nothing can be said "
                              "about it")
-    threshold, rejected = adjusted
-    alpha = alpha_of(policy)
-    verdict = decide(ev, rejected, alpha, policy.min_samples)
-    interval = ev.bounds(alpha, threshold)
+    verdict, threshold = decided
+    interval = ev.bounds(alpha_of(policy), threshold)
     why = explain(ev, verdict, interval, threshold, policy.confidence, policy.min_samples)
     return Check(**base, verdict=verdict,
                  message=f"{p.rule} on {m.name!r}: {_measured(p, ev)}; {why}",

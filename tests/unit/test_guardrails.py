@@ -130,7 +130,7 @@ def test_the_long_tailed_digits_case_is_no_longer_rejected_for_noise():
     assert c1.p_value == pytest.approx(tango_pvalue(7, 2, 100, 0.03))
     assert c1.verdict == INSUFFICIENT_EVIDENCE  # neither harm nor safety is shown at n = 100
     assert checks["c2"].verdict == PASS and checks["c2"].estimate == pytest.approx(-0.28)
-    # one disagreement each way: upper bound 3.47 pp, just over the 3 pp margin
+    # one disagreement each way: upper bound 3.2 pp, just over the 3 pp margin
     assert checks["c3"].interval[1] == pytest.approx(tango_interval(1, 1, 100, Z95)[1])
     assert checks["c3"].verdict == INSUFFICIENT_EVIDENCE
     assert FAIL not in [c.verdict for c in v.checks]

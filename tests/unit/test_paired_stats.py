@@ -24,17 +24,32 @@ Z95 = 1.959963984540054  # two-sided 95%
 ])
 def test_tango_interval_matches_published_examples(a, b, c, d, z, published):
     n = a + b + c + d
-    low, high = tango_interval(b, c, n, z)
+    low, high = tango_interval(b, c, n, z, corrected=False)
     assert (round(low, 3), round(high, 3)) == published
     # each bound is where the score statistic crosses -z / +z
-    assert tango_statistic(b, c, n, low) == pytest.approx(z, abs=1e-6)
-    assert tango_statistic(b, c, n, high) == pytest.approx(-z, abs=1e-6)
+    assert tango_statistic(b, c, n, low, corrected=False) == pytest.approx(z, abs=1e-6)
+    assert tango_statistic(b, c, n, high, corrected=False) == pytest.approx(-z, abs=1e-6)
+
+
+def test_corrected_score_matches_the_scas_example():
+    # Tango's score with the n / (n - 1) variance factor and the skewness correction is
+    # Laud's SCAS method; ratesci's README prints, for the Fagerland et al. (2014) Table II
+    # data (1, 1, 7, 12): 95% interval -0.5281 to -0.01842, score at 0 of -2.07 and
+    # McNemar's chi-square times 20/21, 4.286.
+    low, high = tango_interval(1, 7, 21, Z95)
+    assert (round(low, 4), round(high, 5)) == (-0.5281, -0.01842)
+    assert round(tango_statistic(1, 7, 21, 0.0), 2) == -2.07
+    assert round(tango_statistic(1, 7, 21, 0.0) ** 2, 3) == 4.286
+    # the corrections widen the interval a little on the skewed side
+    plain = tango_interval(1, 7, 21, Z95, corrected=False)
+    assert low < plain[0] and high > plain[1]
 
 
 def test_tango_statistic_at_zero_is_mcnemar_and_pvalue_inverts_the_interval():
     # Under H0: difference 0 the restricted estimate is (b + c) / 2n and the statistic is
-    # McNemar's (b - c) / sqrt(b + c).
-    assert tango_statistic(9, 3, 32, 0.0) == pytest.approx(6 / math.sqrt(12))
+    # McNemar's (b - c) / sqrt(b + c); there is no skew to correct at 0.
+    assert tango_statistic(9, 3, 32, 0.0, corrected=False) == pytest.approx(6 / math.sqrt(12))
+    assert tango_statistic(9, 3, 32, 0.0) == pytest.approx(6 / math.sqrt(12 * 32 / 31))
     alpha = 0.05
     for b, c, n, delta in [(7, 2, 100, 0.03), (12, 1, 100, 0.03), (30, 5, 1000, 0.01)]:
         low, _ = tango_interval(b, c, n, z_for(alpha))
