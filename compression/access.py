@@ -190,23 +190,7 @@ def list_dir(path: str | os.PathLike, what: str,
     Each entry is resolved and checked when listed (a symlink in an allowed folder may point
     anywhere); readers open it with ``open_input``, which checks it again.
     """
-    access = access or current()
-    shown = os.fspath(path)
-    real = str(checked_path(path, what, access))
-    fd = _open_fd(real, shown, what, os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        _confirm_opened(fd, real, shown, what, access)
-        names = sorted(os.listdir(fd))
-    except OSError as exc:
-        raise InvalidInput(f"cannot list {what} {shown!r}: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    out = []
-    for name in names:
-        entry = os.path.realpath(os.path.join(real, name))
-        _require(entry, os.path.join(shown, name), what, access)
-        out.append((name, Path(entry)))
-    return out
+    return [(name, Path(real)) for name, real, _ in _scan(path, what, access or current())]
 
 
 def walk_files(path: str | os.PathLike, what: str,
@@ -219,14 +203,37 @@ def walk_files(path: str | os.PathLike, what: str,
     stack = [Path(path)]
     while stack:
         folder = stack.pop()
-        for name, real in list_dir(folder, what, access):
-            entry = folder / name
-            if os.path.isdir(real):
-                if not os.path.islink(entry):
-                    stack.append(entry)
-            else:
-                found.append(entry)
+        for name, real, descend in _scan(folder, what, access):
+            if descend:
+                stack.append(folder / name)
+            elif not os.path.isdir(real):
+                found.append(folder / name)
     return sorted(found)
+
+
+def _scan(path: str | os.PathLike, what: str,
+          access: InputAccess) -> list[tuple[str, str, bool]]:
+    """(name, real path, whether it is a real folder) per entry of ``path``, each checked."""
+    shown = os.fspath(path)
+    real = str(checked_path(path, what, access))
+    fd = _open_fd(real, shown, what, os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        _confirm_opened(fd, real, shown, what, access)
+        with os.scandir(fd) as entries:
+            listed = sorted((e.name, e.is_symlink(), e.is_dir(follow_symlinks=False))
+                            for e in entries)
+    except OSError as exc:
+        raise InvalidInput(f"cannot list {what} {shown!r}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    out = []
+    for name, link, folder in listed:
+        # Below the real folder just opened, only a symlink's path needs resolving; that
+        # keeps a walk over a large data set at one stat per entry.
+        entry = os.path.realpath(os.path.join(real, name)) if link else os.path.join(real, name)
+        _require(entry, os.path.join(shown, name), what, access)
+        out.append((name, entry, folder and not link))
+    return out
 
 
 def _open_fd(real: str, shown: str, what: str, flags: int) -> int:

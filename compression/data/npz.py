@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import struct
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -31,10 +32,11 @@ __all__ = ["read_npz", "load_npz"]
 
 _KEYS = ("x", "y", "group", "class_names")
 # What a malformed archive or .npy header makes zipfile / numpy raise: each means "not a
-# valid file", never a bug of ours (the header is parsed with ast.literal_eval).
+# valid file", never a bug of ours (the header is parsed with ast.literal_eval, and on failure
+# again through tokenize, which raises its own TokenError).
 _MALFORMED = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, zlib.error,
               ValueError, SyntaxError, RecursionError, NotImplementedError, RuntimeError,
-              struct.error, OverflowError, KeyError, IndexError, TypeError)
+              struct.error, OverflowError, KeyError, IndexError, TypeError, tokenize.TokenError)
 
 
 def read_npz(path: Path, classes: tuple[str, ...] | None) -> RawSplit:
