@@ -112,9 +112,17 @@ def _check_sample_inputs(archive: Archive) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # the very bytes torch.export.load will read, through the same reader
-            torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            inputs = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception:  # any refusal: torch.export.load would retry it unrestricted
         raise embedded_code(archive.path, member) from None
+    # (args, kwargs): positional tensors only. Their paths become the source of the input
+    # guards that .module() compiles, and a dict key there would be written into it as is.
+    if not (isinstance(inputs, tuple) and len(inputs) == 2 and isinstance(inputs[0], tuple)
+            and all(isinstance(t, torch.Tensor) for t in inputs[0])
+            and isinstance(inputs[1], dict) and not inputs[1]):
+        raise InvalidInput(f"{archive.path}: {member} holds example inputs other than "
+                           "positional tensors; a teacher takes one image tensor. Export it "
+                           "with torch.export.export(model, (example,))")
 
 
 def check_export_archive(archive: Archive) -> None:

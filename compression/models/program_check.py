@@ -16,6 +16,7 @@ whatever the process registered under that name.
 from __future__ import annotations
 
 import ast
+import json
 import math
 import operator
 import re
@@ -86,6 +87,12 @@ _TREESPEC_TYPES = frozenset({None, "builtins.tuple", "builtins.list", "builtins.
                              "torch.fx.immutable_collections.immutable_list"})
 _INPUT_KINDS = frozenset({"as_tensor", "as_sym_int", "as_int", "as_float", "as_bool",
                           "as_none"})  # a string input would become generated source
+_IDENTIFIER_KEYS = frozenset({"name", "as_name", "user_input_name", "forward_arg_names",
+                              "field_names"})
+_DOTTED_KEYS = frozenset({"parameter_name", "buffer_name", "tensor_constant_name", "fqn"})
+_SEGMENT = re.compile(r"[\w@-]{1,200}")
+_TYPED_KEYS = {"as_int": int, "as_ints": int, "as_bool": bool, "as_bools": bool,
+               "min_val": (int, type(None)), "max_val": (int, type(None))}
 _SHOW = 8
 
 
@@ -169,8 +176,6 @@ def _constant_ok(value: Any) -> bool:
 
 
 def _treespec_problem(text: str) -> str | None:
-    import json
-
     try:
         _, root = json.loads(text)
     except (ValueError, TypeError, RecursionError):
@@ -184,8 +189,20 @@ def _treespec_problem(text: str) -> str | None:
             # a defaultdict spec names a module that deserializing imports
             return (f"inputs or outputs of type {str(spec.get('type'))[:60]!r}; a teacher "
                     "takes tensors in tuples, lists or dicts")
+        if "dict" in str(spec.get("type")) and not _keys_ok(spec.get("context")):
+            # dict keys end up inside the source of the generated input guards
+            return "input or output dict keys that are not plain identifiers"
         stack.extend(spec.get("children_spec", []))
     return None
+
+
+def _keys_ok(context: Any) -> bool:
+    try:
+        keys = json.loads(context)
+    except (ValueError, TypeError, RecursionError):
+        return False
+    return isinstance(keys, list) and all(
+        isinstance(k, int) or (isinstance(k, str) and _IDENTIFIER.fullmatch(k)) for k in keys)
 
 
 def _walk(obj: Any, key: str = "") -> Iterator[tuple[str, Any]]:
@@ -200,10 +217,27 @@ def _walk(obj: Any, key: str = "") -> Iterator[tuple[str, Any]]:
             stack.extend((key, v) for v in value)
 
 
-def _dotted_ok(name: str) -> bool:
-    """A module attribute path ('' is the root): no empty or dunder segment."""
+def _dotted_ok(name: Any) -> bool:
+    """A module attribute path ('' is the root). FX writes a segment that is not an
+    identifier into generated source inside double quotes, unescaped: no quotes, no dunders."""
+    if not isinstance(name, str):
+        return False
     parts = name.split(".") if name else []
-    return all(p and not (p.startswith("__") and p.endswith("__")) for p in parts)
+    return all(_SEGMENT.fullmatch(p) and not (p.startswith("__") and p.endswith("__"))
+               for p in parts)
+
+
+def _named_problem(key: str, value: Any) -> str | None:
+    """Rules for names and typed scalars, which torch does not check and which reach code."""
+    if key in _IDENTIFIER_KEYS and value is not None and not (
+            isinstance(value, str) and _IDENTIFIER.fullmatch(value)):
+        return f"{key} {str(value)[:60]!r} is not a plain identifier"
+    if key in _DOTTED_KEYS and not _dotted_ok(value):
+        return f"{key} {str(value)[:60]!r} is not a module attribute path"
+    if key in _TYPED_KEYS and not isinstance(value, _TYPED_KEYS[key]):
+        # e.g. a string stored as an int input becomes a guard's source code
+        return f"{key} {str(value)[:60]!r} is not of type {_TYPED_KEYS[key]}"
+    return None
 
 
 def _value_problem(key: str, value: Any) -> str | None:
@@ -221,13 +255,6 @@ def _value_problem(key: str, value: Any) -> str | None:
         return _target_problem(str(value))
     if key == "expr_str":
         return _expr_problem(str(value))
-    if key in ("name", "as_name", "user_input_name", "forward_arg_names", "field_names") \
-            and value is not None and not (isinstance(value, str) and
-                                           _IDENTIFIER.fullmatch(value)):
-        return f"{key} {str(value)[:60]!r} is not a plain identifier"
-    if key in ("parameter_name", "buffer_name", "tensor_constant_name", "fqn") and not (
-            isinstance(value, str) and _dotted_ok(value)):
-        return f"{key} {str(value)[:60]!r} is not a module attribute path"
     if key in ("in_spec", "out_spec"):
         return _treespec_problem(str(value))
     if key in ("as_custom_obj", "class_fqn", "custom_obj_name", "token"):
@@ -235,7 +262,7 @@ def _value_problem(key: str, value: Any) -> str | None:
     if key == "inputs" and isinstance(value, dict) and len(value) == 1 and \
             next(iter(value)) not in _INPUT_KINDS:
         return f"a graph input of kind {next(iter(value))!r}"
-    return None
+    return _named_problem(key, value)
 
 
 def check_program(program: Any, path: Path, member: str) -> None:

@@ -137,24 +137,46 @@ def test_stored_guards_are_refused_before_module_compiles_them(tmp_path, good_pt
     assert marker.read_text() == "ran"
 
 
+def _graph(program):
+    return program["graph_module"]["graph"]
+
+
+def _first_spec(program):
+    return program["graph_module"]["signature"]["input_specs"][0]["parameter"]
+
+
 @pytest.mark.parametrize("edit,fragment", [
-    (lambda g: g["nodes"][0].__setitem__("name", "conv2d; import os"),
+    (lambda p: _graph(p)["nodes"][0].__setitem__("name", "conv2d; import os"),
      "name 'conv2d; import os' is not a plain identifier"),
-    (lambda g: g["nodes"][0].__setitem__("target", "builtins.exec"),
+    (lambda p: _graph(p)["nodes"][0].__setitem__("target", "builtins.exec"),
      "call target 'builtins.exec' is not a torch operator"),
-    (lambda g: g["nodes"][0].__setitem__("target", "torch.ops.aten.from_file.default"),
+    (lambda p: _graph(p)["nodes"][0].__setitem__("target", "torch.ops.aten.from_file.default"),
      "operator aten::from_file touches files"),
-    (lambda g: g["nodes"][0].__setitem__("target", "torch.ops.higher_order.print"),
+    (lambda p: _graph(p)["nodes"][0].__setitem__("target", "torch.ops.higher_order.print"),
      "higher-order operator print is not one of the vetted"),
-    (lambda g: g["inputs"].__setitem__(-1, {"as_string": "x' or __import__('os') or '"}),
+    # constant inputs become guard source code when .module() compiles the program
+    (lambda p: _graph(p)["inputs"].__setitem__(-1, {"as_string": "x' or exec('1') or '"}),
      "a graph input of kind 'as_string'"),
+    (lambda p: _graph(p)["inputs"].__setitem__(-1, {"as_int": "1 or exec('1')"}),
+     "as_int \"1 or exec('1')\" is not of type"),
+    # FX writes a non-identifier attribute name into generated source between quotes
+    (lambda p: _first_spec(p).__setitem__("parameter_name", 'w"), exec("1'),
+     "is not a module attribute path"),
 ])
 def test_program_json_outside_plain_data_is_refused(tmp_path, good_pt2, edit, fragment):
-    bad = _program_edit(good_pt2, tmp_path / "bad.pt2",
-                        lambda p: edit(p["graph_module"]["graph"]))
+    bad = _program_edit(good_pt2, tmp_path / "bad.pt2", edit)
     with pytest.raises(InvalidInput, match="holds a program that is not loaded") as err:
         _load(bad)
     assert fragment in str(err.value)
+
+
+def test_example_inputs_other_than_positional_tensors_are_refused(tmp_path, good_pt2):
+    inputs = io.BytesIO()
+    torch.save(((torch.zeros(2, *SHAPE),), {"x'] or exec('1') or L['": torch.zeros(1)}), inputs)
+    bad = _rewrite(good_pt2, tmp_path / "kwargs.pt2", lambda n, d: inputs.getvalue()
+                   if n == "data/sample_inputs/model.pt" else d)
+    with pytest.raises(InvalidInput, match="example inputs other than positional tensors"):
+        _load(bad)
 
 
 def test_an_input_spec_that_imports_a_module_is_refused(tmp_path, good_pt2):
