@@ -303,3 +303,31 @@ def test_verdict_round_trips_through_json_and_reads_older_reports():
         StageVerdict.from_dict(data)
     with pytest.raises(InvalidInput, match="not a valid guardrail verdict"):
         StageVerdict.from_dict({"stage": "x"})
+
+
+def test_policy_statistics_are_validated_with_the_job_spec():
+    from compression.spec import parse_spec
+    with pytest.raises(InvalidInput) as err:
+        parse_spec({"guardrails": {"confidence": 1.0, "multiplicity": "fdr",
+                                   "max_drop_vs_student": 1.5}})
+    text = "\n".join(err.value.problems)
+    assert "confidence is 1.0; it must be in (0.5, 1)" in text
+    assert "fdr" in text and "holm" in text
+    assert "max_drop_vs_student" in text
+    spec = parse_spec({"guardrails": {"confidence": 0.9, "multiplicity": "bonferroni"}})
+    assert (spec.guardrails.confidence, spec.guardrails.multiplicity) == (0.9, "bonferroni")
+
+
+def test_confidence_sets_the_pass_level_and_the_family_fail_rate():
+    r = report("student", a=(40, 50), d=(25, 50))
+    loose = by_group(judge(r, GuardrailSpec(min_accuracy=0.65, confidence=0.9), "s"),
+                     "min_accuracy")
+    strict = by_group(judge(r, GuardrailSpec(min_accuracy=0.65, confidence=0.99), "s"),
+                      "min_accuracy")
+    assert loose["d"].threshold == pytest.approx(0.1 / 2)
+    assert strict["d"].threshold == pytest.approx(0.01 / 2)
+    # 40/50 against 0.65: lower bound 0.714 at 90%, 0.637 at 99%
+    assert loose["a"].interval[0] == pytest.approx(wilson_interval(40, 50, z_for(0.1))[0])
+    assert (loose["a"].verdict, strict["a"].verdict) == (PASS, INSUFFICIENT_EVIDENCE)
+    # 25/50 against 0.65: p = 0.013, under 0.05 but over 0.005
+    assert (loose["d"].verdict, strict["d"].verdict) == (FAIL, INSUFFICIENT_EVIDENCE)
