@@ -31,9 +31,10 @@ PASS, FAIL, INSUFFICIENT_EVIDENCE = "PASS", "FAIL", "INSUFFICIENT_EVIDENCE"
 VERDICTS = (PASS, INSUFFICIENT_EVIDENCE, FAIL)  # least to most severe
 # Floors in accuracy units computed as differences land a hair off the decimal meant.
 TOLERANCE = 1e-9
-# rule -> (the reference it compares with, in words); each is a paired test.
+# rule -> the reference it compares with, in words; each is a paired test. For
+# max_drop_vs_student the reference is the student the artifact was exported from.
 DROP_RULES = {"max_drop_vs_teacher": "teacher", "max_drop_vs_one_hot": "one-hot student",
-              "max_drop_vs_student": "student it was exported from"}
+              "max_drop_vs_student": "student"}
 
 
 def severity(verdict: str) -> int:
