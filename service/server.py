@@ -90,10 +90,8 @@ def start_server(config: ServerConfig, launcher: Launcher | None = None,
     metrics = metrics if metrics is not None else _metrics(config)
     state_dir = Path(config.state_dir).resolve()
     store = JobStore(state_dir / "store.db")
-    manager = JobManager(store, launcher, ManagerConfig(**{
-        "state_dir": state_dir, "max_queued": config.max_queued, "slots": resolve_slots(config),
-        "max_attempts": config.max_attempts, "cancel_grace_s": config.cancel_grace_s,
-        "inputs": config.input_policy(), **(manager_options or {})}), metrics)
+    manager = JobManager(store, launcher, _manager_config(config, state_dir, manager_options),
+                         metrics)
     interceptors = _interceptors(metrics, BearerTokenInterceptor(token) if token else None)
     # Compress calls waiting on input checks get threads of their own, on top of
     # rpc_threads: however many hang, the rest of the API keeps what rpc_threads promises.
@@ -125,6 +123,14 @@ def start_server(config: ServerConfig, launcher: Launcher | None = None,
     log.info("serving on %s, state in %s, slots %s", handle.address, state_dir,
              ", ".join(manager.config.slots) or "none (queue only)")
     return handle
+
+
+def _manager_config(config: ServerConfig, state_dir: Path,
+                    overrides: Mapping[str, Any] | None) -> ManagerConfig:
+    return ManagerConfig(**{
+        "state_dir": state_dir, "max_queued": config.max_queued, "slots": resolve_slots(config),
+        "max_attempts": config.max_attempts, "cancel_grace_s": config.cancel_grace_s,
+        "inputs": config.input_policy(), **(overrides or {})})
 
 
 def _add_health(server: grpc.Server) -> health.HealthServicer:
