@@ -176,7 +176,7 @@ class TrainingSpec:
     epochs: int = _num(5, 1, 100_000)
     batch_size: int = _num(128, **_BATCH)
     optimizer: str = _choice("sgd", "adamw", default="sgd")
-    lr: float = _num(0.05, 0.0, 10.0, lo_open=True)
+    lr: float = _num(0.05, 0.0, 1e6, lo_open=True)  # a diverging lr is reported by training
     momentum: float = _num(0.9, 0.0, 1.0, hi_open=True)
     weight_decay: float = _num(5e-4, 0.0, 1.0)
     schedule: str = _choice("cosine", "step", "constant", default="cosine")
