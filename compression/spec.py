@@ -7,18 +7,17 @@ Every problem in a spec is collected and raised together in one ``InvalidInput``
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-import math
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from compression.errors import InvalidInput
 from compression.safe_yaml import load_yaml_file
+from compression.typed import choice as _choice
+from compression.typed import parse_into
+from compression.typed import ranged as _num
 
 __all__ = [
     "LongTailSpec", "SubgroupSpec", "DataSpec", "TeacherSpec", "StudentSpec", "TrainingSpec",
@@ -27,42 +26,6 @@ __all__ = [
 ]
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-_MAX_INT = 2**53  # any count or seed beyond it is a typo (and JSON numbers lose precision)
-
-
-def _choice(*values: str, default: str) -> Any:
-    return field(default=default, metadata={"choices": values})
-
-
-@dataclass(frozen=True)
-class Range:
-    """The values a numeric field accepts: ``lo``/``hi`` bounds, each closed unless ``*_open``.
-
-    Every float field must be finite whether or not it declares a range.
-    """
-
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-    hi_open: bool = False
-
-    def contains(self, value: float) -> bool:
-        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
-            return False
-        return self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
-
-    def __str__(self) -> str:
-        left = "(" if self.lo_open or self.lo is None else "["
-        right = ")" if self.hi_open or self.hi is None else "]"
-        lo = "-inf" if self.lo is None else f"{self.lo:g}"
-        hi = "inf" if self.hi is None else f"{self.hi:g}"
-        return f"{left}{lo}, {hi}{right}"
-
-
-def _num(default: Any, lo: float | None = None, hi: float | None = None, *,
-         lo_open: bool = False, hi_open: bool = False) -> Any:
-    """A numeric field with its declared range (checked when a spec is parsed)."""
-    return field(default=default, metadata={"range": Range(lo, hi, lo_open, hi_open)})
 
 
 _SEED = dict(lo=0, hi=2**32 - 1)  # numpy's legacy seeding takes 32 bits
@@ -321,108 +284,10 @@ class JobSpec:
         return Path(self.output_dir or f"runs/{self.name}")
 
 
-def _snake(key: str) -> str:
-    return re.sub(r"(?<=[a-z0-9])([A-Z])", lambda m: "_" + m.group(1).lower(), key)
-
-
-def _convert(value: Any, hint: Any, where: str, problems: list[str]) -> Any:
-    """Convert one YAML value to ``hint``; append a problem and return None when it cannot."""
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where, problems)
-    if hint is Any:
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            problems.append(f"{where}: expected a list, got {_shown(value)}")
-            return None
-        return tuple(_convert(v, typing.get_args(hint)[0], f"{where}[{i}]", problems)
-                     for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            problems.append(f"{where}: expected a mapping, got {_shown(value)}")
-            return None
-        val_hint = typing.get_args(hint)[1]
-        return {str(k): _convert(v, val_hint, f"{where}.{k}", problems) for k, v in value.items()}
-    if origin in (typing.Union, types.UnionType):  # only `X | None` is used in the spec
-        inner = next(a for a in typing.get_args(hint) if a is not type(None))
-        return None if value is None else _convert(value, inner, where, problems)
-    ok = (isinstance(value, hint) and not (hint is int and isinstance(value, bool))) or (
-        hint is float and isinstance(value, int) and not isinstance(value, bool))
-    if not ok:
-        problems.append(f"{where}: expected {hint.__name__}, got {_shown(value)}")
-        return None
-    if hint is float and not math.isfinite(value):
-        problems.append(f"{where}: {value} is not a finite number")
-        return None
-    if hint is int and abs(value) > _MAX_INT:
-        problems.append(f"{where}: {_shown(value)} is out of range; use a value below 2**53")
-        return None
-    return float(value) if hint is float else value
-
-
-def _optional(hint: Any) -> bool:
-    return type(None) in typing.get_args(hint)
-
-
-def _shown(value: Any) -> str:
-    """``repr`` cut short: a message must not echo a megabyte of someone's input."""
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:77]}..."
-
-
-def _range_problem(path: str, value: Any, meta: Any) -> str | None:
-    declared = meta.get("range")
-    if declared is None or value is None or declared.contains(value):
-        return None
-    return f"{path} is {_shown(value)}; it must be in {declared}"
-
-
-@functools.cache
-def _type_hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)  # slow, and the same for every spec: computed once
-
-
-def _build(cls: type, data: Any, where: str, problems: list[str]) -> Any:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        problems.append(f"{where or 'spec'}: expected a mapping, got {_shown(data)}")
-        return None
-    hints = _type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for raw_key, value in data.items():
-        key = _snake(str(raw_key))
-        path = f"{where}.{key}" if where else key
-        if key not in fields:
-            shown = path if len(path) <= 80 else f"{path[:77]}..."
-            problems.append(f"{shown}: unknown field; known: {', '.join(fields)}")
-            continue
-        choices = fields[key].metadata.get("choices")
-        if choices and value not in choices:
-            problems.append(f"{path}: {_shown(value)} is not one of {', '.join(choices)}")
-            continue
-        converted = _convert(value, hints[key], path, problems)
-        out_of_range = _range_problem(path, converted, fields[key].metadata)
-        if out_of_range:
-            problems.append(out_of_range)
-        elif converted is not None or (value is None and _optional(hints[key])):
-            kwargs[key] = converted  # null elsewhere keeps the default, as in proto JSON
-    try:
-        obj = cls(**kwargs)
-    except TypeError as exc:  # a nested conversion failed; problems already say why
-        problems.append(f"{where or 'spec'}: {exc}")
-        return None
-    prefix = f"{where}: " if where else ""
-    problems.extend(prefix + p for p in obj.problems())
-    return obj
-
-
 def parse_spec(data: Any) -> JobSpec:
     """Build and validate a ``JobSpec``; raise ``InvalidInput`` listing every problem."""
     problems: list[str] = []
-    spec = _build(JobSpec, data, "", problems)
+    spec = parse_into(JobSpec, data, "", problems)
     if spec is not None:
         # names from the library's tables; imported here because those modules import this one
         from compression.jobcheck import job_problems
