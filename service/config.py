@@ -18,6 +18,7 @@ import yaml
 
 from compression.errors import InvalidInput
 from compression.safe_yaml import load_yaml_file
+from compression.typed import choice, parse_into, ranged
 from service.security import DEFAULT_DATA_ROOTS, InputPolicy, load_token
 
 __all__ = ["ServerConfig", "load_config", "detect_gpus", "resolve_slots"]
@@ -26,50 +27,40 @@ __all__ = ["ServerConfig", "load_config", "detect_gpus", "resolve_slots"]
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
-    port: int = 50051  # 0: any free port (the bound one is reported)
+    port: int = ranged(50051, 0, 65535)  # 0: any free port (the bound one is reported)
     state_dir: str = "state"  # store.db and artifacts/<job_id>/
-    max_queued: int = 100  # more queued jobs: RESOURCE_EXHAUSTED
-    max_concurrent_jobs: int | None = None  # None: one per GPU, else 1; 0: queue only
+    max_queued: int = ranged(100, 1, 1_000_000)  # more queued jobs: RESOURCE_EXHAUSTED
+    max_concurrent_jobs: int | None = ranged(None, 0, 4096)  # None: one per GPU, else 1; 0: queue
     gpus: list[int] | str = "auto"  # "auto": CUDA_VISIBLE_DEVICES or nvidia-smi; [] for none
-    max_attempts: int = 1  # launches per job when its worker dies (1: no retry)
-    cancel_grace_s: float = 30.0
-    rpc_threads: int = 32  # open WatchJob streams each hold one; 8 stay free for other calls
+    max_attempts: int = ranged(1, 1, 100)  # launches per job when its worker dies (1: no retry)
+    cancel_grace_s: float = ranged(30.0, 0.0, 86_400.0)
+    rpc_threads: int = ranged(32, 1, 4096)  # WatchJob streams each hold one; 8 stay free
     auth_token_file: str = ""  # CompressService calls need `Bearer <token>` (or $TPET_TOKEN_FILE)
     worker_python: str = sys.executable
     # What jobs may read: real paths under these roots (None: working dir, /usr/share/datasets).
     data_roots: list[str] | None = None
-    max_data_bytes: int = 32 * 2**30  # the largest input (file, folder or manifest) a job reads
+    max_data_bytes: int = ranged(32 * 2**30, 1)  # the largest input (file, folder, manifest)
     allow_torchscript_teachers: bool = False  # a TorchScript teacher is code: off unless trusted
-    max_request_bytes: int = 16 * 2**20  # gRPC messages the server accepts (a report is one)
-    max_spec_bytes: int = 2**20  # a Compress spec; every Job reply carries it (clients: 4 MiB)
+    max_request_bytes: int = ranged(16 * 2**20, 1, 2**31 - 1)  # gRPC messages accepted
+    # a Compress spec; every Job reply carries it, and gRPC clients receive 4 MiB by default
+    max_spec_bytes: int = ranged(2**20, 1, 3 * 2**20)
     tls_cert_file: str = ""  # with tls_key_file: serve TLS only
     tls_key_file: str = ""
     tls_client_ca_file: str = ""  # mutual TLS: clients need a certificate this CA signed
     metrics_host: str = "127.0.0.1"
-    metrics_port: int = 9464  # Prometheus /metrics; 0: any free port, -1: none
-    metrics_recent_jobs: int = 20  # finished jobs whose per-subgroup series are kept
-    launcher: str = "local"  # or "kubernetes": each job runs as a Kubernetes Job
+    metrics_port: int = ranged(9464, -1, 65535)  # Prometheus /metrics; 0: any free, -1: none
+    metrics_recent_jobs: int = ranged(20, 1, 10_000)  # finished jobs with per-subgroup series
+    launcher: str = choice("local", "kubernetes", default="local")  # kubernetes: a Job each
     kubernetes: dict = dataclasses.field(default_factory=dict)  # that launcher's settings
 
     def problems(self) -> list[str]:
         out = []
-        if not 0 <= self.port <= 65535:
-            out.append(f"port is {self.port}; use 0 to 65535 (0: any free port)")
-        for name in ("max_queued", "max_attempts", "rpc_threads"):
-            if getattr(self, name) < 1:
-                out.append(f"{name} is {getattr(self, name)}; it must be >= 1")
-        if self.max_concurrent_jobs is not None and self.max_concurrent_jobs < 0:
-            out.append(f"max_concurrent_jobs is {self.max_concurrent_jobs}; it must be >= 0")
         if self.gpus != "auto" and not (isinstance(self.gpus, list) and all(
                 isinstance(g, int) and g >= 0 for g in self.gpus)):
             out.append(f"gpus is {self.gpus!r}; use auto or a list of GPU indices like [0, 1]")
-        if self.cancel_grace_s < 0:
-            out.append(f"cancel_grace_s is {self.cancel_grace_s}; it must be >= 0")
         if self.auth_token_file and not Path(self.auth_token_file).is_file():
             out.append(f"auth_token_file {self.auth_token_file} does not exist")
-        if self.launcher not in ("local", "kubernetes"):
-            out.append(f"launcher is {self.launcher!r}; use local or kubernetes")
-        elif self.launcher == "kubernetes":
+        if self.launcher == "kubernetes":
             out += _kubernetes_problems(self.kubernetes) + self._worker_tls_problems()
         return out + self._security_problems()
 
@@ -92,19 +83,6 @@ class ServerConfig:
                 and all(isinstance(r, str) and r for r in self.data_roots)):
             out.append(f"data_roots is {self.data_roots!r}; give a list of directories, or "
                        "leave it out for the working directory and /usr/share/datasets")
-        if not isinstance(self.allow_torchscript_teachers, bool):
-            out.append(f"allow_torchscript_teachers is {self.allow_torchscript_teachers!r}; "
-                       "use true or false")
-        for name in ("max_data_bytes", "max_request_bytes", "max_spec_bytes",
-                     "metrics_recent_jobs"):
-            if getattr(self, name) < 1:
-                out.append(f"{name} is {getattr(self, name)}; it must be >= 1")
-        if self.max_spec_bytes > 3 * 2**20:
-            out.append(f"max_spec_bytes is {self.max_spec_bytes}; at most 3 MiB (3145728): "
-                       "replies carry the spec, and gRPC clients receive 4 MiB by default")
-        if not -1 <= self.metrics_port <= 65535:
-            out.append(f"metrics_port is {self.metrics_port}; use 0 to 65535 (0: any free "
-                       "port, -1: no metrics endpoint)")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             out.append("tls_cert_file and tls_key_file go together; set both or neither")
         if self.tls_client_ca_file and not self.tls_cert_file:
@@ -136,17 +114,9 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ServerConfi
         if not isinstance(data, dict):
             raise InvalidInput(f"server config {path} must be a mapping of settings")
     data.update({k: v for k, v in overrides.items() if v is not None})
-    fields = {f.name for f in dataclasses.fields(ServerConfig)}
-    problems = [f"{k}: unknown setting; known: {', '.join(sorted(fields))}"
-                for k in data if k not in fields]
-    if problems:
-        raise InvalidInput(problems, f"invalid server config {path or ''}".rstrip())
-    try:
-        config = ServerConfig(**data)
-        problems = config.problems()
-    except TypeError as exc:  # a value of the wrong type fails a comparison
-        problems = [f"a setting has the wrong type: {exc}"]
-    if problems:
+    problems: list[str] = []
+    config = parse_into(ServerConfig, data, "", problems)
+    if problems or config is None:
         raise InvalidInput(problems, f"invalid server config {path or ''}".rstrip())
     return config
 

@@ -22,11 +22,24 @@ def test_every_problem_is_listed(tmp_path):
     with pytest.raises(InvalidInput) as err:
         load_config(path)
     assert len(err.value.problems) == 4
-    assert "port is 70000; use 0 to 65535 (0: any free port)" in err.value.problems
+    assert "port is 70000; it must be in [0, 65535]" in err.value.problems
     assert str(path) in err.value.context
     path.write_text(yaml.safe_dump({"prot": 1}))
-    with pytest.raises(InvalidInput, match="prot: unknown setting; known: .*port"):
+    with pytest.raises(InvalidInput, match="prot: unknown field; known: .*port"):
         load_config(path)
+
+
+def test_settings_are_typed_ranged_and_finite_like_a_job_spec(tmp_path):
+    path = tmp_path / "server.yaml"
+    path.write_text("cancel_grace_s: .nan\nrpc_threads: many\nlauncher: slurm\n"
+                    "maxQueued: 5\nmax_spec_bytes: 4000000\n")
+    with pytest.raises(InvalidInput) as err:
+        load_config(path)
+    assert err.value.problems == [
+        "cancel_grace_s: nan is not a finite number",
+        "rpc_threads: expected int, got 'many'",
+        "launcher: 'slurm' is not one of local, kubernetes",
+        "max_spec_bytes is 4000000; it must be in [1, 3145728]"]
 
 
 def test_unreadable_config_names_the_file(tmp_path):
