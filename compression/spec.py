@@ -85,7 +85,7 @@ class DataSpec:
     max_train: int = _num(0, **_COUNT)  # 0: all; otherwise a stratified, seeded subsample
     max_test: int = _num(0, **_COUNT)
     image_size: int = _num(0, 0, 8192)  # imagefolder/manifest: resize to this square size; 0 keeps
-    channels: int = 0  # 0 keeps the stored channels; 1 or 3 converts
+    channels: int = _num(0, 0, 3)  # 0 keeps the stored channels; 1 or 3 converts
     seed: int = _num(0, **_SEED)
 
     def problems(self) -> list[str]:
@@ -191,15 +191,6 @@ class MitigationSpec:
         return out
 
 
-def _fraction_problems(obj: Any, names: tuple[str, ...]) -> list[str]:
-    out = []
-    for name in names:
-        value = getattr(obj, name)
-        if value is not None and not 0 <= value <= 1:
-            out.append(f"{name} is {value}; it is an accuracy fraction and must be in [0, 1]")
-    return out
-
-
 @dataclass(frozen=True)
 class GuardrailSpec:
     """Per-subgroup accuracy floors checked on the student and on every exported artifact.
@@ -208,30 +199,23 @@ class GuardrailSpec:
     candidate accuracy for the same subgroup; ``None`` turns a rule off.
     """
 
-    min_accuracy: float = 0.0  # absolute floor for every subgroup
+    min_accuracy: float = _num(0.0, 0.0, 1.0)  # absolute floor for every subgroup
     min_accuracy_by_group: dict[str, float] = field(default_factory=dict)  # overrides
-    max_drop_vs_teacher: float | None = None
-    max_drop_vs_one_hot: float | None = None  # trains a one-hot baseline student when set
-    min_worst_group_accuracy: float | None = None
-    max_group_gap: float | None = None  # best minus worst subgroup accuracy
-    min_samples: int = 30  # fewer test samples in a subgroup: INSUFFICIENT_EVIDENCE
+    max_drop_vs_teacher: float | None = _num(None, 0.0, 1.0)
+    max_drop_vs_one_hot: float | None = _num(None, 0.0, 1.0)  # trains a one-hot baseline
+    min_worst_group_accuracy: float | None = _num(None, 0.0, 1.0)
+    max_group_gap: float | None = _num(None, 0.0, 1.0)  # best minus worst subgroup accuracy
+    min_samples: int = _num(30, 1, 2**31 - 1)  # fewer test samples: INSUFFICIENT_EVIDENCE
     block_on_insufficient_evidence: bool = True
     # Every exported artifact against the student it came from, paired on the test examples.
-    max_drop_vs_student: float | None = 0.01
-    confidence: float = 0.95  # one-sided level of every PASS, and 1 - family-wise FAIL rate
+    max_drop_vs_student: float | None = _num(0.01, 0.0, 1.0)
+    # one-sided level of every PASS, and 1 - the family-wise rate of false FAILs
+    confidence: float = _num(0.95, 0.5, 1.0, lo_open=True, hi_open=True)
     multiplicity: str = _choice("holm", "bonferroni", "none", default="holm")
 
     def problems(self) -> list[str]:
-        out = _fraction_problems(self, ("min_accuracy", "max_drop_vs_teacher",
-                                        "max_drop_vs_one_hot", "min_worst_group_accuracy",
-                                        "max_group_gap", "max_drop_vs_student"))
-        if not 0.5 < self.confidence < 1:
-            out.append(f"confidence is {self.confidence}; it must be in (0.5, 1), e.g. 0.95")
-        out += [f"min_accuracy_by_group.{g} is {v}; it must be in [0, 1]"
+        return [f"min_accuracy_by_group.{g} is {v}; it must be in [0, 1]"
                 for g, v in self.min_accuracy_by_group.items() if v is not None and not 0 <= v <= 1]
-        if self.min_samples < 1:
-            out.append(f"min_samples is {self.min_samples}; it must be >= 1")
-        return out
 
 
 @dataclass(frozen=True)

@@ -203,27 +203,38 @@ _JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
 
 def json_schema(cls: type, title: str) -> dict[str, Any]:
     """A JSON Schema (draft 2020-12) of what ``parse_into(cls, ...)`` accepts, as far as a
-    schema can say: types, choices, ranges, unknown keys. Cross-field checks stay in code."""
+    schema can say: types, choices, ranges, unknown keys. Cross-field checks stay in code.
+    Each dataclass is one entry of ``$defs`` (the spec is recursive: auto's candidates)."""
+    defs: dict[str, Any] = {}
+    root = _ref(cls, defs)
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": title,
-            **_object_schema(cls)}
+            **root, "$defs": dict(sorted(defs.items()))}
 
 
-def _object_schema(cls: type) -> dict[str, Any]:
+def _ref(cls: type, defs: dict[str, Any]) -> dict[str, Any]:
+    if cls.__name__ not in defs:
+        defs[cls.__name__] = {}  # placeholder first: a field may refer back to this class
+        defs[cls.__name__] = _object_schema(cls, defs)
+    return {"$ref": f"#/$defs/{cls.__name__}"}
+
+
+def _object_schema(cls: type, defs: dict[str, Any]) -> dict[str, Any]:
     hints = _type_hints(cls)
     properties: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
-        schema = _field_schema(f, hints[f.name])
+        schema = _field_schema(f, hints[f.name], defs)
         properties[f.name] = schema
         if camel(f.name) != f.name:
             properties[camel(f.name)] = schema  # the proto JSON spelling of the same field
-    out = {"type": "object", "properties": properties, "additionalProperties": False}
+    out: dict[str, Any] = {"type": "object", "properties": properties,
+                           "additionalProperties": False}
     if cls.__doc__ and not cls.__doc__.startswith(f"{cls.__name__}("):
         out["description"] = " ".join(cls.__doc__.split())
     return out
 
 
-def _field_schema(f: dataclasses.Field, hint: Any) -> dict[str, Any]:
-    schema = _type_schema(hint)
+def _field_schema(f: dataclasses.Field, hint: Any, defs: dict[str, Any]) -> dict[str, Any]:
+    schema = _type_schema(hint, defs)
     if "choices" in f.metadata:
         schema = {"enum": list(f.metadata["choices"])}
     declared = f.metadata.get("range")
@@ -235,21 +246,20 @@ def _field_schema(f: dataclasses.Field, hint: Any) -> dict[str, Any]:
     return schema
 
 
-def _type_schema(hint: Any) -> dict[str, Any]:
+def _type_schema(hint: Any, defs: dict[str, Any]) -> dict[str, Any]:
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
-        return _object_schema(hint)
+        return _ref(hint, defs)
     if hint is Any:
         return {}
     if origin in (tuple, list):
-        return {"type": "array", "items": _type_schema(typing.get_args(hint)[0])}
+        return {"type": "array", "items": _type_schema(typing.get_args(hint)[0], defs)}
     if origin is dict or hint is dict:
-        values = _type_schema(typing.get_args(hint)[1]) if origin is dict else {}
+        values = _type_schema(typing.get_args(hint)[1], defs) if origin is dict else {}
         return {"type": "object", "additionalProperties": values or True}
     if origin in (typing.Union, types.UnionType):
-        options = [_type_schema(a) if a is not type(None) else {"type": "null"}
-                   for a in typing.get_args(hint)]
-        return {"anyOf": options}
+        return {"anyOf": [_type_schema(a, defs) if a is not type(None) else {"type": "null"}
+                          for a in typing.get_args(hint)]}
     return {"type": _JSON_TYPES[hint]}
 
 
