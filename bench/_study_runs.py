@@ -57,6 +57,11 @@ METHODS: tuple[Method, ...] = (
     Method("group_dro", _m("group_dro")),
     Method("ltkd", _m("ltkd")),
     Method("teacher_calibration", _m("teacher_calibration")),
+    # Teacher-free rebalancing: how much of a mitigation's gain the class prior alone gives.
+    Method("logit_adjusted", _m("logit_adjusted", alpha=0.0)),
+    Method("balanced_softmax", _m("balanced_softmax", alpha=0.0)),
+    Method("class_balanced", _m("class_balanced", alpha=0.0)),
+    Method("group_dro_one_hot", _m("group_dro_one_hot", alpha=0.0)),
 )
 
 

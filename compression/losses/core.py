@@ -1,5 +1,8 @@
 """The two baseline objectives: one-hot cross entropy and standard knowledge distillation.
 
+KD's label term is CE by default; param ``label_loss`` swaps in a rebalanced one
+(``compression.losses.rebalance``).
+
 Each objective is a pure function plus a ``build_*`` that binds it to a job's spec; the
 registry lists the builders. Logits are upcast to float32 so bf16/fp16 students still get
 stable log-softmaxes.
@@ -13,7 +16,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from compression.distributed import batch_mean
+from compression.errors import InvalidInput
 from compression.losses.base import Loss, LossContext, StatelessLoss
+from compression.losses.rebalance import (LabelTerm, label_param_problems, label_term,
+                                          per_example_ce)
 from compression.spec import MitigationSpec
 
 __all__ = ["cross_entropy", "kd_kl", "kd_loss", "build_one_hot", "build_kd"]
@@ -40,12 +46,13 @@ def kd_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) ->
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, alpha: float,
-            temperature: float) -> Tensor:
+            temperature: float, label: LabelTerm | None = None) -> Tensor:
     """``(1 - alpha) * CE + alpha * T^2 * KL(teacher_T || student_T)``, global-batch mean.
 
-    student_logits, teacher_logits: [B, C]; labels: [B] int64 -> scalar.
+    student_logits, teacher_logits: [B, C]; labels: [B] int64 -> scalar. label: the
+    per-example label term in place of CE (None: CE).
     """
-    ce = F.cross_entropy(student_logits.float(), labels, reduction="none")  # [B]
+    ce = (label or per_example_ce)(student_logits, labels)  # [B]
     kl = kd_kl(student_logits, teacher_logits, temperature)  # [B]
     return batch_mean((1 - alpha) * ce + alpha * kl)
 
@@ -62,12 +69,15 @@ def build_one_hot(spec: MitigationSpec, context: LossContext, params: dict[str, 
 
 
 def build_kd(spec: MitigationSpec, context: LossContext, params: dict[str, Any]) -> Loss:
-    """Standard KD with the spec's alpha and temperature."""
-    del context, params
+    """Standard KD with the spec's alpha and temperature, and the label term of ``params``."""
+    problems = label_param_problems(params)
+    if problems:
+        raise InvalidInput(problems, "invalid params for mitigation 'kd'")
+    label = label_term(params["label_loss"], context.train_class_counts, params["label_tau"])
     alpha, temperature = spec.alpha, spec.temperature
 
     def kd(student_logits: Tensor, labels: Tensor, teacher_logits: Tensor | None,
            groups: Tensor) -> Tensor:
-        return kd_loss(student_logits, teacher_logits, labels, alpha, temperature)
+        return kd_loss(student_logits, teacher_logits, labels, alpha, temperature, label)
 
     return StatelessLoss("kd", kd, needs_teacher=True)

@@ -15,6 +15,11 @@ err_g: the student's holdout 0-1 error on subgroup g (0 for a subgroup with no h
 examples). Updating from held-out error rather than training loss follows the paper's
 algorithm: an over-parameterised student drives its training error to zero in every class.
 The weights are the loss's state, checkpointed with the model, so a resume is exact.
+
+``group_dro_one_hot`` is the same objective with the teacher term removed (alpha = 0, no
+teacher needed): the teacher-free reference that tells how much of group_dro's gain comes
+from reweighting the groups alone. Param ``label_loss`` swaps a rebalanced label term in for
+CE in either (``compression.losses.rebalance``).
 """
 
 from __future__ import annotations
@@ -30,13 +35,15 @@ from compression.errors import InvalidInput
 from compression.evaluation.predict import predict_logits
 from compression.losses.base import LossContext
 from compression.losses.per_example import kd_per_example
+from compression.losses.rebalance import (LABEL_PARAMS, LabelTerm, label_param_problems,
+                                          label_term)
 from compression.spec import MitigationSpec
 
 __all__ = ["PARAMS", "param_problems", "robust_objective", "exponentiated_gradient",
            "holdout_group_error",
-           "GroupDROLoss", "build"]
+           "GroupDROLoss", "build", "build_one_hot"]
 
-PARAMS: dict[str, Any] = {"beta": 0.5, "eta": 1.0, "eval_batch_size": 512}
+PARAMS: dict[str, Any] = {"beta": 0.5, "eta": 1.0, "eval_batch_size": 512, **LABEL_PARAMS}
 
 
 def robust_objective(per_example: Tensor, groups: Tensor, weights: Tensor,
@@ -78,13 +85,19 @@ def holdout_group_error(model: nn.Module, holdout: Split, num_groups: int,
 
 
 class GroupDROLoss:
-    """The group-DRO objective with its weights as state. Call as any ``Loss``."""
+    """The group-DRO objective with its weights as state. Call as any ``Loss``.
 
-    name = "group_dro"
-    needs_teacher = True
+    label: the per-example label term (None: CE). needs_teacher False (group_dro_one_hot)
+    requires alpha 0: the loss then never reads teacher logits.
+    """
 
     def __init__(self, *, alpha: float, temperature: float, beta: float, eta: float,
-                 holdout: Split, num_groups: int, eval_batch_size: int = 512):
+                 holdout: Split, num_groups: int, eval_batch_size: int = 512,
+                 label: LabelTerm | None = None, needs_teacher: bool = True):
+        if not needs_teacher and alpha != 0:
+            raise ValueError(f"a teacher-free group-DRO loss needs alpha 0; got {alpha}")
+        self.name = "group_dro" if needs_teacher else "group_dro_one_hot"
+        self.needs_teacher, self.label = needs_teacher, label
         self.alpha, self.temperature, self.beta, self.eta = alpha, temperature, beta, eta
         self.holdout, self.num_groups, self.eval_batch_size = holdout, num_groups, eval_batch_size
         self.weights = torch.full((num_groups,), 1.0 / num_groups, dtype=torch.float64)
@@ -97,7 +110,7 @@ class GroupDROLoss:
         if teacher_logits is None and self.alpha > 0:
             raise ValueError("loss 'group_dro' needs teacher_logits; got None")
         per_example = kd_per_example(student_logits, teacher_logits, labels, self.alpha,
-                                     self.temperature)  # [B]
+                                     self.temperature, self.label)  # [B]
         return robust_objective(per_example, groups, self.weights, self.beta)
 
     def on_epoch_end(self, model: nn.Module) -> None:
@@ -123,7 +136,7 @@ class GroupDROLoss:
         self.holdout_error = [float(e) for e in state.get("holdout_error", [])]
 
     def __repr__(self) -> str:
-        return (f"GroupDROLoss(alpha={self.alpha}, beta={self.beta}, eta={self.eta}, "
+        return (f"GroupDROLoss({self.name!r}, alpha={self.alpha}, beta={self.beta}, eta={self.eta}, "
                 f"weights={[round(w, 4) for w in self.weights.tolist()]})")
 
 
@@ -137,18 +150,32 @@ def param_problems(params: dict[str, Any]) -> list[str]:
     if not 1 <= params["eval_batch_size"] <= 2**20:
         problems.append(f"mitigation.params.eval_batch_size is {params['eval_batch_size']}; "
                         "it must be in [1, 1048576]")
-    return problems
+    return problems + label_param_problems(params)
 
 
 def build(spec: MitigationSpec, context: LossContext, params: dict[str, Any]) -> GroupDROLoss:
     """Needs ``context.holdout`` (``LossContext.from_dataset`` sets it)."""
+    return _build(spec.alpha, spec.temperature, context, params, needs_teacher=True)
+
+
+def build_one_hot(spec: MitigationSpec, context: LossContext,
+                  params: dict[str, Any]) -> GroupDROLoss:
+    """``group_dro_one_hot``: group DRO on the label term alone; alpha and T are ignored."""
+    return _build(0.0, spec.temperature, context, params, needs_teacher=False)
+
+
+def _build(alpha: float, temperature: float, context: LossContext, params: dict[str, Any], *,
+           needs_teacher: bool) -> GroupDROLoss:
+    name = "group_dro" if needs_teacher else "group_dro_one_hot"
     problems = param_problems(params)
     if context.holdout is None or len(context.holdout) == 0:
-        problems.append("group_dro updates its weights from the holdout split, and the loss "
+        problems.append(f"{name} updates its weights from the holdout split, and the loss "
                         "context has none; build it with LossContext.from_dataset and keep "
                         "data.holdout_fraction > 0")
     if problems:
-        raise InvalidInput(problems, "cannot build mitigation 'group_dro'")
-    return GroupDROLoss(alpha=spec.alpha, temperature=spec.temperature, beta=params["beta"],
+        raise InvalidInput(problems, f"cannot build mitigation {name!r}")
+    label = label_term(params["label_loss"], context.train_class_counts, params["label_tau"])
+    return GroupDROLoss(alpha=alpha, temperature=temperature, beta=params["beta"],
                         eta=params["eta"], holdout=context.holdout,
-                        num_groups=context.num_groups, eval_batch_size=params["eval_batch_size"])
+                        num_groups=context.num_groups, eval_batch_size=params["eval_batch_size"],
+                        label=label, needs_teacher=needs_teacher)

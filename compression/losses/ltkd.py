@@ -19,7 +19,8 @@ T over the global batch (all-reduced across ranks): it measures the teacher's ow
 at the temperature the student sees; or "train", the group's share of the training set. The
 train prior is a temperature-1 quantity: at T = 4 it over-corrects a good teacher, whose
 softened masses are already flatter than the prior, until the tail group wins on every
-example. rebalance / reweight false turn each correction off; both off is plain KD.
+example. rebalance / reweight false turn each correction off; both off is plain KD. Param
+``label_loss`` swaps a rebalanced label term in for CE (``compression.losses.rebalance``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from compression.data.subgroups import frequency_groups
 from compression.distributed import all_reduce_sum, batch_mean
 from compression.errors import InvalidInput
 from compression.losses.base import Loss, LossContext, StatelessLoss
+from compression.losses.rebalance import LABEL_PARAMS, label_param_problems, label_term
 from compression.spec import MitigationSpec
 
 __all__ = ["PARAMS", "param_problems", "frequency_partition", "kl_split", "batch_group_prior",
@@ -42,7 +44,7 @@ __all__ = ["PARAMS", "param_problems", "frequency_partition", "kl_split", "batch
            "class_partition", "build"]
 
 PARAMS: dict[str, Any] = {"num_groups": 3, "partition": "auto", "rebalance": True,
-                          "reweight": True, "prior": "batch"}
+                          "reweight": True, "prior": "batch", **LABEL_PARAMS}
 
 
 def frequency_partition(counts: Sequence[int], num_groups: int) -> list[int]:
@@ -125,10 +127,11 @@ def build(spec: MitigationSpec, context: LossContext, params: dict[str, Any]) ->
         group_prior = "batch" if params["prior"] == "batch" else \
             (train_prior / train_prior.sum()).float()
     alpha, temperature, reweight = spec.alpha, spec.temperature, params["reweight"]
+    label = label_term(params["label_loss"], context.train_class_counts, params["label_tau"])
 
     def ltkd(student_logits: Tensor, labels: Tensor, teacher_logits: Tensor | None,
              groups: Tensor) -> Tensor:
-        ce = F.cross_entropy(student_logits.float(), labels, reduction="none")  # [B]
+        ce = label(student_logits, labels)  # [B]
         kl = ltkd_kl(student_logits, teacher_logits, class_group, num_groups, temperature,
                      group_prior=group_prior, reweight=reweight)
         return batch_mean((1 - alpha) * ce + alpha * kl)
@@ -164,7 +167,7 @@ def param_problems(params: dict[str, Any]) -> list[str]:
         problems.append(f"prior is {params['prior']!r}; use train or batch")
     if not 1 <= params["num_groups"] <= 10_000:
         problems.append(f"num_groups is {params['num_groups']}; it must be in [1, 10000]")
-    return [f"mitigation.params.{p}" for p in problems]
+    return [f"mitigation.params.{p}" for p in problems] + label_param_problems(params)
 
 
 def _check(context: LossContext, params: dict[str, Any]) -> None:

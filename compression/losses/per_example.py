@@ -6,22 +6,24 @@ need the loss of each example before that average.
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from compression.losses.core import kd_kl
+from compression.losses.rebalance import LabelTerm, per_example_ce
 
 __all__ = ["kd_per_example"]
 
 
 def kd_per_example(student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor,
-                   alpha: float | Tensor, temperature: float) -> Tensor:
+                   alpha: float | Tensor, temperature: float,
+                   label: LabelTerm | None = None) -> Tensor:
     """``(1 - alpha_i) * CE_i + alpha_i * T^2 * KL_i`` for each example.
 
     student_logits, teacher_logits: [B, C]; labels: [B] int64; alpha: a float or [B]
-    -> [B]. A float alpha of 0 skips the teacher (which may then be None).
+    -> [B]. A float alpha of 0 skips the teacher (which may then be None). label: the
+    per-example label term in place of CE (None: CE).
     """
-    ce = F.cross_entropy(student_logits.float(), labels, reduction="none")  # [B]
+    ce = (label or per_example_ce)(student_logits, labels)  # [B]
     if isinstance(alpha, float | int) and alpha == 0:
         return ce
     if teacher_logits is None:

@@ -13,19 +13,21 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from compression.errors import InvalidInput
-from compression.losses import adaptive_alpha, adaptive_margin, group_dro, ltkd
+from compression.losses import adaptive_alpha, adaptive_margin, group_dro, ltkd, rebalance
 from compression.losses import teacher_calibration
 from compression.losses.base import Loss, LossContext
 from compression.losses.core import build_kd, build_one_hot
 from compression.spec import MitigationSpec
 
-__all__ = ["AUTO", "BASELINES", "Objective", "Requirements", "build_loss", "known_losses",
+__all__ = ["AUTO", "BASELINES", "REBALANCING", "Objective", "Requirements", "build_loss", "known_losses",
            "accepted_params", "requirements", "check_mitigation"]
 
 Builder = Callable[[MitigationSpec, LossContext, dict[str, Any]], Loss]
 ParamCheck = Callable[[dict[str, Any]], list[str]]
 AUTO = "auto"
 BASELINES = ("kd", "one_hot")
+# Teacher-free references: how much of a mitigation's gain plain rebalancing gives.
+REBALANCING = ("balanced_softmax", "class_balanced", "group_dro_one_hot", "logit_adjusted")
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,14 @@ class Objective:
 
 _OBJECTIVES: dict[str, Objective] = {
     "one_hot": Objective(build_one_hot, uses_teacher=False),
-    "kd": Objective(build_kd),
+    "kd": Objective(build_kd, rebalance.LABEL_PARAMS, check=rebalance.label_param_problems),
+    "logit_adjusted": Objective(rebalance.build_logit_adjusted, rebalance.LA_PARAMS,
+                                uses_teacher=False, check=rebalance.logit_adjusted_problems),
+    "balanced_softmax": Objective(rebalance.build_balanced_softmax, uses_teacher=False),
+    "class_balanced": Objective(rebalance.build_class_balanced, rebalance.CB_PARAMS,
+                                uses_teacher=False, check=rebalance.class_balanced_problems),
+    "group_dro_one_hot": Objective(group_dro.build_one_hot, group_dro.PARAMS, uses_teacher=False,
+                                   check=group_dro.param_problems),
     "adaptive_alpha": Objective(adaptive_alpha.build, adaptive_alpha.PARAMS,
                                 needs_reliability=True, check=adaptive_alpha.param_problems),
     "adaptive_margin": Objective(adaptive_margin.build, adaptive_margin.PARAMS,
@@ -120,9 +129,10 @@ def build_loss(spec: MitigationSpec, context: LossContext) -> Loss:
 
 def _objective(name: str) -> Objective:
     if name not in _OBJECTIVES:
-        mitigations = ", ".join(sorted(set(_OBJECTIVES) - set(BASELINES)))
+        mitigations = ", ".join(sorted(set(_OBJECTIVES) - set(BASELINES) - set(REBALANCING)))
         raise InvalidInput(f"mitigation.name: unknown loss {name!r}; known: "
-                           f"{', '.join(BASELINES)} (baselines), {mitigations} (mitigations), "
+                           f"{', '.join(BASELINES)} (baselines), {', '.join(REBALANCING)} "
+                           f"(teacher-free rebalancing), {mitigations} (mitigations), "
                            f"or {AUTO} (train candidates briefly and keep the best)")
     return _OBJECTIVES[name]
 

@@ -32,7 +32,9 @@ def test_unknown_params_are_listed_with_what_is_accepted():
         build_loss(MitigationSpec(name="kd", params={"beta": 1, "gamma": 2}), CTX)
     assert len(err.value.problems) == 2
     assert "params.beta" in str(err.value) and "params.gamma" in str(err.value)
-    assert "accepted: none" in str(err.value)
+    assert "accepted: label_loss, label_tau" in str(err.value)
+    with pytest.raises(InvalidInput, match="accepted: none"):
+        build_loss(MitigationSpec(name="one_hot", params={"beta": 1}), CTX)
 
 
 def test_one_hot_is_cross_entropy_and_ignores_the_teacher():

@@ -19,6 +19,7 @@ from compression.losses.adaptive_margin import class_margins
 from compression.spec import MitigationSpec
 
 MITIGATIONS = ["adaptive_alpha", "adaptive_margin", "group_dro", "ltkd", "teacher_calibration"]
+REBALANCING = ["balanced_softmax", "class_balanced", "group_dro_one_hot", "logit_adjusted"]
 
 
 def reliability(groups: dict[str, float], classes: list[float]) -> dict:
@@ -57,12 +58,13 @@ def value(name: str, ctx: LossContext | None = None, **spec) -> float:
 # --- registry -----------------------------------------------------------------------------
 
 def test_every_mitigation_and_auto_are_known_and_unknown_names_list_them():
-    assert known_losses() == sorted(["one_hot", "kd", "auto", *MITIGATIONS])
+    assert known_losses() == sorted(["one_hot", "kd", "auto", *MITIGATIONS, *REBALANCING])
     with pytest.raises(InvalidInput) as err:
         build_loss(MitigationSpec(name="dro"), context())
     text = str(err.value)
     assert "kd, one_hot" in text and "auto" in text
-    assert all(name in text for name in MITIGATIONS)
+    assert all(name in text for name in MITIGATIONS + REBALANCING)
+    assert "group_dro_one_hot, logit_adjusted (teacher-free rebalancing)" in text
 
 
 def test_auto_is_no_single_loss():
@@ -73,7 +75,8 @@ def test_auto_is_no_single_loss():
 
 
 def test_params_have_defaults_and_are_checked():
-    assert accepted_params("group_dro") == {"beta": 0.5, "eta": 1.0, "eval_batch_size": 512}
+    assert accepted_params("group_dro") == {"beta": 0.5, "eta": 1.0, "eval_batch_size": 512,
+                                            "label_loss": "ce", "label_tau": 1.0}
     assert accepted_params("ltkd")["num_groups"] == 3
     with pytest.raises(InvalidInput) as err:
         build_loss(MitigationSpec(name="adaptive_alpha",
