@@ -1,8 +1,12 @@
-"""The service's exceptions and the ONE table mapping every error to a gRPC status code.
+"""The service's exceptions and the ONE table mapping every kind of failure to what it means
+outside: an exit code for the CLI, a gRPC status code, and a metric label.
 
 Library errors (``compression.errors``) and service errors share one hierarchy rooted at
-``TpetError``. The server's ``ErrorInterceptor`` turns them into status codes with the error's
-own message; anything else is a bug: logged with its traceback, answered INTERNAL without one.
+``TpetError``; each carries its ``ErrorKind``. ``kind_of`` says the kind of any exception (a
+full disk is the service's failure whatever wrapped it; anything unexpected is internal) and
+``KINDS`` maps the kind: the worker records it on the job, the CLI exits by it, the server's
+``ErrorInterceptor`` answers its status code with the error's own message (anything else is a
+bug: logged with its traceback, answered INTERNAL without one) and metrics count its label.
 The client maps codes back (``error_from_status``) so the CLI sees the same exceptions.
 
 Every message sent as status details goes through ``clip_details`` first: a request can echo
@@ -17,17 +21,20 @@ import logging
 import os
 import re
 import uuid
-from typing import Any, Callable, Iterator
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Callable, Iterator, Mapping
 
 import grpc
 
-from compression.errors import Cancelled, InvalidInput, StageFailed, TpetError
+from compression.errors import Cancelled, ErrorKind, InvalidInput, TpetError
 
 __all__ = [
     "ServiceError", "NotFound", "FailedPrecondition", "AlreadyExists", "QueueFull",
-    "Unauthenticated", "PermissionDenied", "Unavailable", "StoreUnavailable", "STATUS_CODES",
-    "status_of", "error_from_status", "ErrorInterceptor", "clip_details", "is_out_of_space",
-    "ERROR_METADATA", "from_server",
+    "Unauthenticated", "PermissionDenied", "Unavailable", "StoreUnavailable", "KindInfo",
+    "KINDS", "kind_of", "kind_named", "info_of", "status_of", "error_from_status", "ErrorInterceptor",
+    "clip_details", "is_out_of_space", "ERROR_METADATA", "from_server", "EXIT_OK",
+    "EXIT_INVALID", "EXIT_REJECTED", "EXIT_FAILED", "EXIT_CANCELLED",
 ]
 
 log = logging.getLogger("tpet.server")
@@ -40,52 +47,84 @@ class ServiceError(TpetError):
 class NotFound(ServiceError):
     """No such job (or other named thing)."""
 
+    kind = ErrorKind.NOT_FOUND
+
 
 class FailedPrecondition(ServiceError):
     """The request is valid but the job is not in a state that allows it."""
+
+    kind = ErrorKind.FAILED_PRECONDITION
 
 
 class AlreadyExists(ServiceError):
     """A request_id was reused for a different spec."""
 
+    kind = ErrorKind.ALREADY_EXISTS
+
 
 class QueueFull(ServiceError):
     """The job queue is at its bound; retry later."""
+
+    kind = ErrorKind.RESOURCE_EXHAUSTED
 
 
 class Unauthenticated(ServiceError):
     """No (or an unreadable) credential."""
 
+    kind = ErrorKind.UNAUTHENTICATED
+
 
 class PermissionDenied(ServiceError):
-    """A credential that does not grant this call."""
+    """A credential that does not grant this call, or an input outside the data roots."""
+
+    kind = ErrorKind.PERMISSION_DENIED
 
 
 class Unavailable(ServiceError):
     """The server cannot serve the call now: unreachable, stopping, or its store is failing."""
+
+    kind = ErrorKind.UNAVAILABLE
 
 
 class StoreUnavailable(Unavailable):
     """The job store cannot write (a full disk, a read-only or broken database file)."""
 
 
-# Most specific first: the first matching class decides the code.
-STATUS_CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
-    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
-    (NotFound, grpc.StatusCode.NOT_FOUND),
-    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
-    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
-    (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
-    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
-    (Unavailable, grpc.StatusCode.UNAVAILABLE),  # StoreUnavailable too
-    (Cancelled, grpc.StatusCode.CANCELLED),
-    (StageFailed, grpc.StatusCode.ABORTED),
-    (TpetError, grpc.StatusCode.INTERNAL),
+# Exit codes, for pipelines. REJECTED is a result (the guardrails said no), not an error.
+EXIT_OK, EXIT_INVALID, EXIT_REJECTED, EXIT_FAILED, EXIT_CANCELLED = 0, 2, 3, 4, 5
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    exit_code: int  # how `tpet` ends
+    status: grpc.StatusCode  # how an RPC ends
+    label: str  # the value of a metric's `kind` label (bounded: one per kind)
+
+
+_C = grpc.StatusCode
+# Exit 2 is "change what you asked for" (the input, or what it points at); what the caller
+# cannot fix by editing the job exits 4.
+_ROWS = (
+    (ErrorKind.INVALID_INPUT, EXIT_INVALID, _C.INVALID_ARGUMENT),
+    (ErrorKind.PERMISSION_DENIED, EXIT_INVALID, _C.PERMISSION_DENIED),
+    (ErrorKind.UNAUTHENTICATED, EXIT_FAILED, _C.UNAUTHENTICATED),
+    (ErrorKind.NOT_FOUND, EXIT_FAILED, _C.NOT_FOUND),
+    (ErrorKind.ALREADY_EXISTS, EXIT_FAILED, _C.ALREADY_EXISTS),
+    (ErrorKind.FAILED_PRECONDITION, EXIT_FAILED, _C.FAILED_PRECONDITION),
+    (ErrorKind.RESOURCE_EXHAUSTED, EXIT_FAILED, _C.RESOURCE_EXHAUSTED),
+    (ErrorKind.UNAVAILABLE, EXIT_FAILED, _C.UNAVAILABLE),
+    (ErrorKind.STAGE_FAILED, EXIT_FAILED, _C.ABORTED),
+    (ErrorKind.PARITY_FAILED, EXIT_FAILED, _C.ABORTED),
+    (ErrorKind.WORKER_LOST, EXIT_FAILED, _C.ABORTED),
+    (ErrorKind.CANCELLED, EXIT_CANCELLED, _C.CANCELLED),
+    (ErrorKind.INTERNAL, EXIT_FAILED, _C.INTERNAL),
 )
+# The one table: every reader of a failure's kind (worker, CLI, interceptor, metrics) uses it.
+KINDS: Mapping[ErrorKind, KindInfo] = MappingProxyType(
+    {kind: KindInfo(exit_code, status, kind.value) for kind, exit_code, status in _ROWS})
 
 
-# The trailing metadata key naming the error class the server raised: a client tells the
+# The trailing metadata key naming the kind of the error the server raised: a client tells the
 # server's own UNAVAILABLE ("the store cannot write") from a transport failure by it.
 ERROR_METADATA = "tpet-error"
 MAX_VALUE_CHARS = 200  # a run of non-blank characters (a path, a name) longer than this is cut
@@ -135,12 +174,34 @@ def is_out_of_space(exc: BaseException) -> bool:
     return any(os.strerror(code) in text for code in _OUT_OF_SPACE)
 
 
+def kind_of(exc: BaseException) -> ErrorKind:
+    """The kind of any exception: its own, except that a full disk is always the service's
+    failure (a library may have reported it as a file it could not write), and an error not
+    raised on purpose is a bug: INTERNAL."""
+    if not isinstance(exc, TpetError) or is_out_of_space(exc):
+        return ErrorKind.INTERNAL
+    return ErrorKind(exc.kind)
+
+
+def kind_named(name: str) -> ErrorKind:
+    """The kind a job record names; one it does not name (empty, or from a newer server) is
+    INTERNAL: a failure nobody classified is the service's to explain."""
+    try:
+        return ErrorKind(name)
+    except ValueError:
+        return ErrorKind.INTERNAL
+
+
+def info_of(exc: BaseException) -> KindInfo:
+    """Exit code, status code and metric label for ``exc`` (through ``kind_of``)."""
+    return KINDS[kind_of(exc)]
+
+
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and client-safe message for ``exc`` (clipped to fit a status);
-    unknown errors are logged."""
-    for cls, code in STATUS_CODES:
-        if isinstance(exc, cls):
-            return code, clip_details(str(exc))
+    errors not raised on purpose are logged and answered without their details."""
+    if isinstance(exc, TpetError):
+        return info_of(exc).status, clip_details(str(exc))
     ref = uuid.uuid4().hex[:8]
     log.error("internal error %s", ref, exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"internal error (ref {ref}); see the server log"
@@ -156,17 +217,21 @@ def from_server(error: grpc.RpcError) -> bool:
         return False
 
 
+# What a client raises for a status code, by the code each one's kind has in ``KINDS``.
+_CLIENT_ERRORS: tuple[type[TpetError], ...] = (
+    NotFound, AlreadyExists, FailedPrecondition, QueueFull, Unauthenticated, PermissionDenied,
+    Cancelled)
+
+
 def error_from_status(code: grpc.StatusCode, details: str) -> TpetError:
     """The exception a client raises for a failed call (the inverse of ``status_of``)."""
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return _invalid_input(details)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return Unavailable(details)
-    for cls, known in STATUS_CODES:
-        if known == code and issubclass(cls, ServiceError):
+    for cls in _CLIENT_ERRORS:
+        if KINDS[cls.kind].status == code:
             return cls(details)
-    if code == grpc.StatusCode.CANCELLED:
-        return Cancelled(details)
     return TpetError(f"{code.name}: {details}")
 
 
@@ -211,6 +276,5 @@ def _wrap_stream(behavior: Callable) -> Callable:
 
 def _abort(context: grpc.ServicerContext, exc: Exception) -> None:
     code, details = status_of(exc)
-    kind = type(exc).__name__ if isinstance(exc, TpetError) else "internal"
-    context.set_trailing_metadata(((ERROR_METADATA, kind),))
+    context.set_trailing_metadata(((ERROR_METADATA, info_of(exc).label),))
     context.abort(code, details)

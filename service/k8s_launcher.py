@@ -26,6 +26,7 @@ from compression.errors import InvalidInput
 from service.k8s_objects import (ATTEMPT_LABEL, JOB_ID_LABEL, KubernetesConfig, build_job,
                                  build_rendezvous_service, build_token_secret, job_object_name)
 from service.launcher import ExitStatus, LaunchRequest, exit_reason
+from service.worker_contract import ENV_JOB_TOKEN
 
 __all__ = ["KubernetesLauncher", "KubernetesHandle", "KubernetesConfig", "LaunchError",
            "job_exit_status"]
@@ -133,7 +134,7 @@ class KubernetesLauncher:
                 _request_timeout=_TIMEOUT_S)
             try:
                 self.core.create_namespaced_secret(
-                    ns, build_token_secret(job, env["TPET_JOB_TOKEN"], created),
+                    ns, build_token_secret(job, env[ENV_JOB_TOKEN], created),
                     _request_timeout=_TIMEOUT_S)
                 if self.config.nodes > 1:
                     self.core.create_namespaced_service(

@@ -2,8 +2,9 @@
 
 ``build_job`` makes the attempt's batch/v1 Job: the worker entry point of the local launcher
 (``python -m service.worker``; ``torchrun ... -m service.worker`` when it spans GPUs or nodes)
-with the manager's worker environment, except that ``TPET_SERVER`` is the in-cluster address
-(``manager_target``) and the token is read from the attempt's Secret (``build_token_secret``):
+with the manager's worker environment (``service.worker_contract``), except that the server's
+address is the in-cluster one (``manager_target``) and the token is read from the attempt's
+Secret (``build_token_secret``):
 a literal env value would show to anyone allowed to read Jobs or pods. With ``tls_secret`` the
 pod mounts that Secret and the worker dials the manager over TLS (``security.worker_channel``),
 presenting the Secret's certificate too when the server asks for one (mutual TLS). Several
@@ -21,6 +22,9 @@ from kubernetes import client
 
 from compression.errors import InvalidInput
 from service.launcher import LaunchRequest
+from service.worker_contract import (ENV_DEVICES, ENV_JOB_TOKEN, ENV_SERVER, WORKER_EXIT_FAILED,
+                                     WORKER_EXIT_MISCONFIGURED, WORKER_MODULE, WORKER_TLS_ENV,
+                                     WORKER_TLS_SERVER_NAME_ENV)
 
 __all__ = ["KubernetesConfig", "build_job", "build_token_secret", "build_rendezvous_service",
            "worker_command", "job_object_name", "JOB_ID_LABEL", "ATTEMPT_LABEL", "WORKER_UID",
@@ -30,10 +34,9 @@ JOB_ID_LABEL = "teachers-pet/job-id"
 ATTEMPT_LABEL = "teachers-pet/attempt"
 WORKER_UID = 10001  # the `tpet` user of deploy/docker/worker.Dockerfile
 GPU_RESOURCE = "nvidia.com/gpu"
-# Exit codes after which re-running the same pod cannot help: 1, the manager refused this
-# attempt's token (or Python crashed); 2, the worker was started without its environment.
-# The manager retries with a new attempt and token when max_attempts allows.
-FAIL_JOB_EXIT_CODES = [1, 2]
+# Exit codes after which re-running the same pod cannot help (see worker_contract); the
+# manager retries with a new attempt and token when max_attempts allows.
+FAIL_JOB_EXIT_CODES = [WORKER_EXIT_FAILED, WORKER_EXIT_MISCONFIGURED]
 # Where the worker finds the tls_secret's keys: ca.crt, and for mutual TLS tls.crt and tls.key
 # (the keys cert-manager writes for a Certificate whose issuer provides its CA).
 WORKER_TLS_DIR = "/var/run/secrets/teachers-pet/tls"
@@ -209,26 +212,26 @@ def _labels(job: LaunchRequest) -> dict[str, str]:
 def worker_command(config: KubernetesConfig, job_name: str) -> list[str]:
     """The container command: the worker, under torchrun when it spans GPUs or nodes."""
     if config.nodes == 1 and config.gpus_per_node <= 1:
-        return ["python", "-m", "service.worker"]
+        return ["python", "-m", WORKER_MODULE]
     command = ["torchrun", f"--nproc_per_node={max(1, config.gpus_per_node)}"]
     if config.nodes == 1:
-        return [*command, "--standalone", "-m", "service.worker"]
+        return [*command, "--standalone", "-m", WORKER_MODULE]
     # Pod 0 of the Indexed Job hosts the rendezvous: <job>-0.<headless service>.
     return [*command, f"--nnodes={config.nodes}", "--node_rank=$(JOB_COMPLETION_INDEX)",
             f"--master_addr={job_name}-0.{job_name}", f"--master_port={config.rendezvous_port}",
-            "-m", "service.worker"]
+            "-m", WORKER_MODULE]
 
 
 def _tls_env(config: KubernetesConfig, client_cert: bool) -> dict[str, str]:
     """The worker's TLS variables (``security.worker_channel``); none without tls_secret."""
     if not config.tls_secret:
         return {}
-    out = {"TPET_WORKER_TLS_CA": f"{WORKER_TLS_DIR}/ca.crt"}
+    ca, cert, key = WORKER_TLS_ENV
+    out = {ca: f"{WORKER_TLS_DIR}/ca.crt"}
     if client_cert:
-        out.update(TPET_WORKER_TLS_CERT=f"{WORKER_TLS_DIR}/tls.crt",
-                   TPET_WORKER_TLS_KEY=f"{WORKER_TLS_DIR}/tls.key")
+        out.update({cert: f"{WORKER_TLS_DIR}/tls.crt", key: f"{WORKER_TLS_DIR}/tls.key"})
     if config.tls_server_name:
-        out["TPET_WORKER_TLS_SERVER_NAME"] = config.tls_server_name
+        out[WORKER_TLS_SERVER_NAME_ENV] = config.tls_server_name
     return out
 
 
@@ -236,13 +239,13 @@ def _env(config: KubernetesConfig, job_name: str, env: Mapping[str, str],
          client_cert: bool) -> list[client.V1EnvVar]:
     # The device plugin decides which GPUs the pod sees; the manager's slot index means nothing
     # here. A pod without GPUs is told so, as a CPU slot's local worker is.
-    plain = {k: v for k, v in env.items() if k not in ("TPET_JOB_TOKEN", "CUDA_VISIBLE_DEVICES")}
-    plain.update(config.env, TPET_SERVER=config.manager_target, HOME="/tmp")
-    plain.update(_tls_env(config, client_cert))
+    plain = {k: v for k, v in env.items() if k not in (ENV_JOB_TOKEN, ENV_DEVICES)}
+    plain.update(config.env, HOME="/tmp")
+    plain.update({ENV_SERVER: config.manager_target, **_tls_env(config, client_cert)})
     if config.gpus_per_node == 0:
-        plain["CUDA_VISIBLE_DEVICES"] = ""
+        plain[ENV_DEVICES] = ""
     out = [client.V1EnvVar(name=k, value=v) for k, v in sorted(plain.items())]
-    out.append(client.V1EnvVar(name="TPET_JOB_TOKEN", value_from=client.V1EnvVarSource(
+    out.append(client.V1EnvVar(name=ENV_JOB_TOKEN, value_from=client.V1EnvVarSource(
         secret_key_ref=client.V1SecretKeySelector(name=f"{job_name}-token", key="token"))))
     if config.nodes > 1:  # set here so that $(JOB_COMPLETION_INDEX) expands in the command
         out.append(client.V1EnvVar(name="JOB_COMPLETION_INDEX", value_from=client.V1EnvVarSource(
@@ -347,7 +350,7 @@ def _owned_meta(name: str, job: LaunchRequest, owner: client.V1Job | None) -> cl
 
 def build_token_secret(job: LaunchRequest, token: str,
                        owner: client.V1Job | None = None) -> client.V1Secret:
-    """The attempt's token, read by the worker as ``TPET_JOB_TOKEN``."""
+    """The attempt's token, read by the worker as ``worker_contract.ENV_JOB_TOKEN``."""
     name = job_object_name(job.job_id, job.attempt) + "-token"
     return client.V1Secret(api_version="v1", kind="Secret", type="Opaque", immutable=True,
                            metadata=_owned_meta(name, job, owner), string_data={"token": token})

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Protocol
 
+from service import worker_contract
+
 __all__ = ["LaunchRequest", "ExitStatus", "WorkerHandle", "Launcher", "LocalLauncher",
            "exit_reason", "torchrun_args", "WORKER_MODULE"]
 
@@ -38,7 +40,8 @@ class WorkerHandle(Protocol):
 
 
 class Launcher(Protocol):
-    def start(self, job: LaunchRequest, env: Mapping[str, str]) -> WorkerHandle: ...
+    def start(self, job: LaunchRequest, env: Mapping[str, str]) -> WorkerHandle:
+        """Start a worker with ``env`` (``worker_contract.worker_env``) added to its own."""
 
     def poll(self, handle: Any) -> ExitStatus | None:
         """None while the worker runs; its exit status once it has ended."""
@@ -57,7 +60,7 @@ class _LocalHandle:
         return f"pid {self.process.pid}"
 
 
-WORKER_MODULE = ("-m", "service.worker")
+WORKER_MODULE = ("-m", worker_contract.WORKER_MODULE)
 
 
 def torchrun_args(processes: int) -> tuple[str, ...]:

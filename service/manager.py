@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from compression.errors import InvalidInput
+from compression.errors import ErrorKind, InvalidInput
 from compression.spec import parse_spec
 from service.errors import (AlreadyExists, FailedPrecondition, NotFound, PermissionDenied,
                             QueueFull, StoreUnavailable, Unauthenticated)
@@ -35,12 +35,11 @@ from service.metrics import Metrics, NoMetrics, QueueSnapshot, complete
 from service.security import InputPolicy
 from service.states import JobState, is_terminal
 from service.store import EventRecord, JobRecord, JobStore
+from service.worker_contract import TOKEN_METADATA, WORKER_ENV, worker_env
 
 __all__ = ["ManagerConfig", "JobManager", "OUTCOMES", "WORKER_ENV"]
 
 log = logging.getLogger("tpet.manager")
-# Environment a worker is started with (the Kubernetes launcher will set the same).
-WORKER_ENV = ("TPET_SERVER", "TPET_JOB_ID", "TPET_JOB_TOKEN", "CUDA_VISIBLE_DEVICES")
 OUTCOMES = {"SUCCEEDED": JobState.SUCCEEDED, "REJECTED": JobState.REJECTED,
             "FAILED": JobState.FAILED, "CANCELLED": JobState.CANCELLED}
 
@@ -49,7 +48,8 @@ OUTCOMES = {"SUCCEEDED": JobState.SUCCEEDED, "REJECTED": JobState.REJECTED,
 class ManagerConfig:
     state_dir: Path
     max_queued: int = 100
-    # One concurrent job per slot: "cpu<n>", or a GPU index the worker sees as its only GPU.
+    # One concurrent job per slot (worker_contract.Slot): "cpu<n>", "k8s<n>", or a GPU index
+    # the worker sees as its only GPU.
     # No slots: jobs are accepted and queued but none starts (e.g. while draining).
     slots: tuple[str, ...] = ("cpu0",)
     max_attempts: int = 1  # worker launches per job when workers die
@@ -252,7 +252,7 @@ class JobManager:
         """The job, when ``token`` is its running attempt's. One answer for every refusal:
         a caller without the token learns nothing of whether the job exists or runs."""
         if not token:
-            raise Unauthenticated("the worker channel needs the job token (x-tpet-job-token)")
+            raise Unauthenticated(f"the worker channel needs the job token ({TOKEN_METADATA})")
         try:
             job: JobRecord | None = self.store.get(job_id)
         except NotFound:
@@ -329,14 +329,15 @@ class JobManager:
     def _worker_lost(self, job: JobRecord, status: ExitStatus) -> None:
         if job.cancel_requested:
             self._transition(job.id, JobState.CANCELLED, token_hash="",
-                             error=f"cancelled ({status.reason})")
+                             error=f"cancelled ({status.reason})",
+                             error_kind=ErrorKind.CANCELLED.value)
         elif job.attempts < self.config.max_attempts:
             self._transition(job.id, JobState.QUEUED, token_hash="", event={
                 "reason": f"{status.reason}; retrying (attempt {job.attempts} of "
                           f"{self.config.max_attempts})"})
         else:
             self._transition(job.id, JobState.FAILED, token_hash="", error=status.reason,
-                             error_kind="worker_lost")
+                             error_kind=ErrorKind.WORKER_LOST.value)
 
     def _to_launch(self) -> list[tuple[JobRecord, str]]:
         free = [s for s in self.config.slots if s not in {r.slot for r in self._running.values()}]
@@ -355,16 +356,15 @@ class JobManager:
                          error_kind="")
         if denied:
             self._transition(job.id, JobState.FAILED, token_hash="", error=denied,
-                             error_kind="permission_denied")
+                             error_kind=ErrorKind.PERMISSION_DENIED.value)
             return
-        gpu = "" if slot.startswith("cpu") else slot  # a CPU slot's worker sees no GPU
-        env = {"TPET_SERVER": self._worker_target, "TPET_JOB_ID": job.id,
-               "TPET_JOB_TOKEN": token, "CUDA_VISIBLE_DEVICES": gpu}
+        env = worker_env(self._worker_target, job.id, token, slot)
         try:
             handle = self.launcher.start(
                 LaunchRequest(job.id, attempt, Path(job.output_dir)), env)
         except OSError as exc:
-            self._transition(job.id, JobState.FAILED, token_hash="", error_kind="internal",
+            self._transition(job.id, JobState.FAILED, token_hash="",
+                             error_kind=ErrorKind.INTERNAL.value,
                              error=f"cannot start a worker: {exc}")
             return
         self._running[job.id] = _Running(handle, slot)

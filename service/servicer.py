@@ -19,7 +19,7 @@ from compression.errors import InvalidInput
 from service.errors import QueueFull, Unavailable
 from service.manager import JobManager
 from service.security import InputPolicy
-from service.worker import TOKEN_METADATA
+from service.worker_contract import TOKEN_METADATA
 
 __all__ = ["CompressServicer", "WorkerServicer", "MAX_ID_CHARS", "DEFAULT_MAX_SPEC_BYTES"]
 

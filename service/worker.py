@@ -1,7 +1,7 @@
 """A worker process: run one job's pipeline and report to the manager over gRPC.
 
-Started by a launcher as ``python -m service.worker`` with ``TPET_SERVER`` (the manager's
-address), ``TPET_JOB_ID`` and ``TPET_JOB_TOKEN`` (this attempt's token) in its environment.
+Started by a launcher as ``python -m service.worker`` with the environment of
+``service.worker_contract`` (the manager's address, the job id and this attempt's token).
 It fetches the spec (StartJob), runs ``compression.pipeline.run`` with its events streamed back
 (ReportEvents, whose answers carry the cancel request) and reports the outcome (FinishJob).
 
@@ -24,17 +24,19 @@ from typing import Any
 import grpc
 
 from compression import access, distributed
-from compression.errors import Cancelled, InvalidInput, StageFailed, TpetError
+from compression.errors import Cancelled, TpetError
 from compression.events import Event, emit_nothing, never_stop
 from service._proto import worker_pb2, worker_pb2_grpc
 from service.convert import dict_to_struct, proto_to_spec
-from service.errors import is_out_of_space
+from service.errors import kind_of
 from service.progress import ProgressPrinter
 from service.security import worker_channel
+from service.worker_contract import (TOKEN_METADATA, WORKER_EXIT_FAILED,
+                                     WORKER_EXIT_MISCONFIGURED, WORKER_TLS_SERVER_NAME_ENV,
+                                     read_worker_env)
 
-__all__ = ["Reporter", "run_job", "input_access", "main", "TOKEN_METADATA"]
+__all__ = ["Reporter", "run_job", "input_access", "main"]
 
-TOKEN_METADATA = "x-tpet-job-token"
 TERMINATION_LOG = Path("/dev/termination-log")  # Kubernetes' default terminationMessagePath
 _REPORT_GRACE_S = 20.0
 _DENIED = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
@@ -129,17 +131,14 @@ def run_job(spec_message: Any, reporter: Reporter) -> tuple[str, str, str, str]:
     try:
         result = run(proto_to_spec(spec_message), on_event, reporter.should_stop)
         return result.status, "", "", result.report_path.read_text()
-    except Cancelled as exc:
-        return "CANCELLED", str(exc), "", ""
-    except (InvalidInput, StageFailed) as exc:  # a full disk is the service's failure
-        kind = "invalid_input" if isinstance(exc, InvalidInput) else "stage_failed"
-        return "FAILED", str(exc), "internal" if is_out_of_space(exc) else kind, ""
-    except TpetError as exc:
-        return "FAILED", str(exc), "internal", ""
-    except Exception as exc:  # a bug: the traceback goes to the worker log, the gist to the job
-        traceback.print_exc()
-        return "FAILED", f"internal error {type(exc).__name__}: {exc} (see worker.log)", \
-            "internal", ""
+    except Exception as exc:  # its kind (service.errors.KINDS) says what the failure means
+        kind = kind_of(exc).value
+        if isinstance(exc, Cancelled):
+            return "CANCELLED", str(exc), kind, ""
+        if isinstance(exc, TpetError):
+            return "FAILED", str(exc), kind, ""
+        traceback.print_exc()  # a bug: the traceback goes to the worker log, the gist to the job
+        return "FAILED", f"internal error {type(exc).__name__}: {exc} (see worker.log)", kind, ""
 
 
 def input_access(started: Any) -> access.InputAccess:
@@ -155,22 +154,23 @@ def input_access(started: Any) -> access.InputAccess:
 
 def main() -> int:
     try:
-        target, job_id, token = (os.environ[k] for k in
-                                 ("TPET_SERVER", "TPET_JOB_ID", "TPET_JOB_TOKEN"))
+        target, job_id, token = read_worker_env(os.environ)
     except KeyError as exc:
-        return _fail(f"worker: {exc.args[0]} is not set; workers are started by `tpet serve`", 2)
-    joined, code = distributed.init_from_env(), 1
+        return _fail(f"worker: {exc.args[0]} is not set; workers are started by `tpet serve`",
+                     WORKER_EXIT_MISCONFIGURED)
+    joined, code = distributed.init_from_env(), WORKER_EXIT_FAILED
     try:
         code = (_work(target, job_id, ((TOKEN_METADATA, token),)) if distributed.is_primary()
                 else _help_primary())
     except grpc.RpcError as exc:  # the manager refused or is gone: nothing left to report to
-        hint = (f"; could not reach the manager at {target}: with TLS check TPET_WORKER_TLS_* "
-                "(kubernetes.tls_secret) and that the server certificate names the target or "
-                "TPET_WORKER_TLS_SERVER_NAME" if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-                else "")  # a failed TLS handshake shows as a deadline
-        code = _fail(f"worker: {exc.code().name}: {exc.details()}{hint}", 1)
+        hint = ""
+        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # so does a failed TLS handshake
+            hint = (f"; could not reach the manager at {target}: with TLS check "
+                    "TPET_WORKER_TLS_* (kubernetes.tls_secret) and that the server certificate "
+                    f"names the target or {WORKER_TLS_SERVER_NAME_ENV}")
+        code = _fail(f"worker: {exc.code().name}: {exc.details()}{hint}", WORKER_EXIT_FAILED)
     except TpetError as exc:  # e.g. unreadable TLS files: the message says which
-        code = _fail(f"worker: {exc}", 2)
+        code = _fail(f"worker: {exc}", WORKER_EXIT_MISCONFIGURED)
     finally:
         # After a failure other ranks may wait in a collective: exiting non-zero without
         # leaving the group makes torchrun end them at once.
@@ -208,14 +208,15 @@ def _work(target: str, job_id: str, metadata: tuple) -> int:
         outcome, error, kind, report = run_job(started.spec, reporter)
         reporter.close()
         if reporter.revoked:
-            return _fail("worker: the manager no longer grants this attempt; exiting", 1)
+            return _fail("worker: the manager no longer grants this attempt; exiting",
+                         WORKER_EXIT_FAILED)
         stub.FinishJob(worker_pb2.FinishJobRequest(
             job_id=job_id, outcome=worker_pb2.Outcome.Value(f"OUTCOME_{outcome}"), error=error,
             error_kind=kind, report_json=report), metadata=metadata, timeout=60,
             wait_for_ready=True)
     print(f"worker: job {job_id} {outcome}", file=sys.stderr)
     # A failure may be this rank's alone while the others wait for it (see main).
-    return 1 if outcome == "FAILED" and distributed.is_distributed() else 0
+    return WORKER_EXIT_FAILED if outcome == "FAILED" and distributed.is_distributed() else 0
 
 
 def _help_primary() -> int:
@@ -228,7 +229,7 @@ def _help_primary() -> int:
     """
     started_bytes = distributed.from_primary(None)
     if started_bytes is None:
-        return _fail("worker: rank 0 could not start the job", 1)
+        return _fail("worker: rank 0 could not start the job", WORKER_EXIT_FAILED)
     started = worker_pb2.StartJobResponse.FromString(started_bytes)
     access.install(input_access(started))
     from compression.pipeline import run
@@ -241,7 +242,8 @@ def _help_primary() -> int:
         if not isinstance(exc, TpetError):
             traceback.print_exc()
         time.sleep(_REPORT_GRACE_S)
-        return _fail(f"worker rank {distributed.rank()}: {type(exc).__name__}: {exc}", 1)
+        return _fail(f"worker rank {distributed.rank()}: {type(exc).__name__}: {exc}",
+                     WORKER_EXIT_FAILED)
     return 0
 
 
