@@ -21,16 +21,16 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
+from compression.errors import ErrorKind
+from service.errors import KINDS, kind_named
 from service.states import TERMINAL, JobState
 from service.store import JobRecord
 
 __all__ = ["Metrics", "NoMetrics", "PrometheusMetrics", "QueueSnapshot", "RpcMetricsInterceptor",
-           "HOOKS", "complete", "epoch_fraction", "closest_to_floor", "PARITY_MARK", "OTHER"]
+           "HOOKS", "complete", "epoch_fraction", "closest_to_floor", "OTHER"]
 
 log = logging.getLogger("tpet.metrics")
 HOOKS = ("job_submitted", "job_transition", "job_changed", "job_reported", "watch_queue")
-# The library's export-parity failure says this (compression.export.onnx_export.check_parity).
-PARITY_MARK = "does not reproduce the PyTorch model"
 OTHER = "_other"  # the label value past a cap
 STAGE_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 14400, 43200)
 RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30)
@@ -148,6 +148,10 @@ class PrometheusMetrics:
         self.violations = Counter("tpet_guardrail_violations", "Subgroups that blocked a "
                                   "stage (below the floor, or too little evidence).",
                                   ["stage", "subgroup"], registry=r)
+        self.failures = Counter("tpet_job_failures", "Failed jobs by the kind of failure.",
+                                ["kind"], registry=r)
+        for info in KINDS.values():
+            self.failures.labels(info.label)
         self.parity_failures = Counter("tpet_export_parity_failures", "Jobs failed because "
                                        "an exported model did not match the PyTorch one.",
                                        registry=r)
@@ -199,9 +203,11 @@ class PrometheusMetrics:
     # -- finished jobs ---------------------------------------------------------------------
 
     def _finished(self, job: JobRecord) -> None:
-        if job.state is JobState.FAILED and job.error_kind == "stage_failed" and \
-                PARITY_MARK in job.error:
-            self.parity_failures.inc()
+        if job.state is JobState.FAILED:
+            kind = kind_named(job.error_kind)
+            self.failures.labels(KINDS[kind].label).inc()
+            if kind is ErrorKind.PARITY_FAILED:
+                self.parity_failures.inc()
         report = _report(job)
         if report is None:
             return

@@ -25,6 +25,7 @@ from compression import access
 from compression.errors import InvalidInput
 from compression.spec import JobSpec
 from service.errors import PermissionDenied
+from service.worker_contract import WORKER_TLS_ENV, WORKER_TLS_SERVER_NAME_ENV
 
 __all__ = ["InputPolicy", "DEFAULT_DATA_ROOTS", "job_inputs", "ClientTls", "read_secret",
            "load_token", "server_credentials", "channel_credentials", "worker_channel",
@@ -227,12 +228,6 @@ def channel_credentials(tls: ClientTls) -> grpc.ChannelCredentials:
                            if tls.cert_file else None))
 
 
-# A worker's own variables, not TPET_TLS_*: a server started from a shell with client TLS
-# settings passes its environment to local workers, which reach it over loopback plaintext.
-WORKER_TLS_ENV = ("TPET_WORKER_TLS_CA", "TPET_WORKER_TLS_CERT", "TPET_WORKER_TLS_KEY")
-# The name the server's certificate must carry, when it is not the host of the target (a pod
-# dials tpet-api:50051; the certificate may name tpet-api.teachers-pet.svc).
-WORKER_TLS_SERVER_NAME_ENV = "TPET_WORKER_TLS_SERVER_NAME"
 
 
 def worker_channel(target: str) -> grpc.Channel:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from compression.data.dataset import Split
-from compression.errors import InvalidInput, StageFailed
+from compression.errors import InvalidInput, ParityFailed, StageFailed
 from compression.evaluation import predict_logits
 from compression.models.onnx_runner import OnnxRunner
 from compression.spec import ExportSpec
@@ -222,7 +222,7 @@ def _device_of(model: Any) -> torch.device:
 
 
 def check_parity(result: Parity, spec: ExportSpec, stage: str = STAGE) -> None:
-    """Raise ``StageFailed(stage, ...)`` unless ``result`` is within the spec's tolerances."""
+    """Raise ``ParityFailed(stage, ...)`` unless ``result`` is within the spec's tolerances."""
     problems = []
     # `not <=` so that a nan difference fails too
     if not result.max_abs_diff <= spec.parity_max_abs_diff:
@@ -232,6 +232,6 @@ def check_parity(result: Parity, spec: ExportSpec, stage: str = STAGE) -> None:
         problems.append(f"top-1 agreement is {result.top1_agreement:.4f}, below "
                         f"export.parity_min_top1_agreement {spec.parity_min_top1_agreement:g}")
     if problems:
-        raise StageFailed(stage, f"the exported model does not reproduce the PyTorch model on "
-                                 f"{result.n} test images: {'; '.join(problems)}. The artifact "
-                                 "would not be the model that was validated, so it is not shipped")
+        raise ParityFailed(stage, f"the exported model does not reproduce the PyTorch model on "
+                                  f"{result.n} test images: {'; '.join(problems)}. The artifact "
+                                  "would not be the model that was validated, so it is not shipped")

@@ -128,7 +128,7 @@ def test_a_real_job_shows_in_the_metrics_while_running_and_after(monitored):
 
 def test_a_failed_export_parity_check_is_counted(monitored):
     job = monitored["done"][monitored["parity"]]
-    assert job_state(job) is JobState.FAILED and job.error_kind == "stage_failed"
+    assert job_state(job) is JobState.FAILED and job.error_kind == "parity_failed"
     assert "does not reproduce the PyTorch model" in job.error
     assert sample(monitored["final"], "tpet_export_parity_failures_total") == 1
     assert sample(monitored["final"], "tpet_job_outcomes_total", state="FAILED") == 1

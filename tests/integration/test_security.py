@@ -233,7 +233,7 @@ def test_a_manifest_line_added_after_compress_fails_the_job_in_the_worker(serve,
     # A server that runs jobs, on the same state: it starts the job accepted above.
     done = client(serve(data_roots=roots, max_concurrent_jobs=1)).wait(queued.id,
                                                                        timeout_s=120)
-    assert job_state(done) is JobState.FAILED and done.error_kind == "invalid_input"
+    assert job_state(done) is JobState.FAILED and done.error_kind == "permission_denied"
     assert f"'{secret}' is outside the allowed data roots" in done.error
     assert "m.csv line 10" in done.error and "Traceback" not in done.error
 

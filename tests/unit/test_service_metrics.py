@@ -8,7 +8,7 @@ import pytest
 
 from service.launcher import ExitStatus
 from service.manager import JobManager, ManagerConfig
-from service.metrics import (OTHER, PARITY_MARK, NoMetrics, PrometheusMetrics,
+from service.metrics import (OTHER, NoMetrics, PrometheusMetrics,
                              closest_to_floor, complete, epoch_fraction)
 from service.states import JobState
 from service.store import JobStore
@@ -180,16 +180,22 @@ def test_the_deciding_stage_is_the_shipped_one_else_the_first_failing():
                  subgroup="a") == 0.4
 
 
-def test_parity_failures_are_counted_and_other_failures_are_not():
+def test_parity_failures_are_counted_by_kind_and_other_failures_are_not():
     metrics = PrometheusMetrics()
-    metrics.job_changed(finished("j1", JobState.FAILED, error=f"stage 'export_onnx' failed: "
-                                 f"the exported model {PARITY_MARK} on 200 test images",
-                                 error_kind="stage_failed"), JobState.RUNNING)
+    # the kind decides, not the words: a stage failure that quotes the parity message is not one
+    metrics.job_changed(finished("j1", JobState.FAILED, error="stage 'export_onnx' failed: "
+                                 "max |logit difference| is 0.5", error_kind="parity_failed"),
+                        JobState.RUNNING)
     metrics.job_changed(finished("j2", JobState.FAILED, error="stage 'export_onnx' failed: "
-                                 "onnx.checker", error_kind="stage_failed"), JobState.RUNNING)
+                                 "the exported model does not reproduce the PyTorch model",
+                                 error_kind="stage_failed"), JobState.RUNNING)
     metrics.job_changed(finished("j3", JobState.FAILED, report_json="not json"),
                         JobState.RUNNING)
     assert value(metrics, "tpet_export_parity_failures_total") == 1
+    assert value(metrics, "tpet_job_failures_total", kind="parity_failed") == 1
+    assert value(metrics, "tpet_job_failures_total", kind="stage_failed") == 1
+    assert value(metrics, "tpet_job_failures_total", kind="internal") == 1  # none recorded
+    assert value(metrics, "tpet_job_failures_total", kind="invalid_input") == 0
 
 
 def test_worker_supplied_labels_are_capped():
