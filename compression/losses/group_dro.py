@@ -136,7 +136,8 @@ class GroupDROLoss:
         self.holdout_error = [float(e) for e in state.get("holdout_error", [])]
 
     def __repr__(self) -> str:
-        return (f"GroupDROLoss({self.name!r}, alpha={self.alpha}, beta={self.beta}, eta={self.eta}, "
+        return (f"GroupDROLoss({self.name!r}, alpha={self.alpha}, beta={self.beta}, "
+                f"eta={self.eta}, "
                 f"weights={[round(w, 4) for w in self.weights.tolist()]})")
 
 

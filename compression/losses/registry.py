@@ -19,8 +19,8 @@ from compression.losses.base import Loss, LossContext
 from compression.losses.core import build_kd, build_one_hot
 from compression.spec import MitigationSpec
 
-__all__ = ["AUTO", "BASELINES", "REBALANCING", "Objective", "Requirements", "build_loss", "known_losses",
-           "accepted_params", "requirements", "check_mitigation"]
+__all__ = ["AUTO", "BASELINES", "REBALANCING", "Objective", "Requirements", "build_loss",
+           "known_losses", "accepted_params", "requirements", "check_mitigation"]
 
 Builder = Callable[[MitigationSpec, LossContext, dict[str, Any]], Loss]
 ParamCheck = Callable[[dict[str, Any]], list[str]]

@@ -29,7 +29,8 @@ from compression.losses import check_mitigation, requirements
 from compression.models import count_parameters, known_archs, save_exported, save_weights
 from compression.pipeline.exports import Artifact, export_artifacts
 from compression.pipeline.job import Job, report_summary
-from compression.pipeline.students import (Baseline, StudentRun, one_hot_baseline,
+from compression.pipeline.students import (Baseline, StudentRun, evaluate_on_test,
+                                           harm_diagnosis, one_hot_baseline,
                                            select_mitigation, train_student)
 from compression.pipeline.teacher import TeacherView, prepare_teacher
 from compression.spec import JobSpec, spec_to_dict
@@ -77,9 +78,11 @@ def run(spec: JobSpec, on_event: EventSink = emit_nothing,
     if not distributed.is_primary():
         return None
     job.should_stop = should_stop  # rank 0 goes on alone
-    student_report = job.stage("evaluate_student", lambda: job.evaluate(
-        student.model, dataset, "student", reference=teacher and teacher.test_report),
-        report_summary)
+    # the predictions stay in memory for the harm diagnosis
+    student_report, student_predictions = job.stage("evaluate_student", lambda: (
+        evaluate_on_test(job, student.model, dataset, "student",
+                         reference=teacher and teacher.test_report)),
+        lambda r: report_summary(r[0]))
     student_verdict = _judge(spec, teacher, baseline)(student_report, "student")
     # Every artifact is also compared, pair by pair, with the student it was exported from.
     artifacts = (export_artifacts(job, student.model, dataset,
@@ -87,7 +90,8 @@ def run(spec: JobSpec, on_event: EventSink = emit_nothing,
                  if student_verdict.passed else [])
     extra = {"teacher": teacher.to_dict() if teacher else None,
              "selection": selection.to_dict() if selection else None,
-             "mitigation": spec_to_dict(mitigation), "guardrail_preflight": detectable}
+             "mitigation": spec_to_dict(mitigation), "guardrail_preflight": detectable,
+             "harm_diagnosis": harm_diagnosis(dataset, student_predictions, baseline, teacher)}
     return _finish(job, dataset, student, student_report, student_verdict, artifacts,
                    [teacher and teacher.test_report, baseline and baseline.test_report], extra)
 

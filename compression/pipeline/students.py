@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from compression import distributed
 from compression.data import Dataset
-from compression.evaluation import EvalReport
+from compression.diagnosis import diagnose_harm
+from compression.evaluation import EvalReport, evaluate, predict_logits
 from compression.guardrails import StageVerdict
 from compression.losses import Loss, LossContext, build_loss
 from compression.models import build_model
@@ -22,7 +23,8 @@ from compression.selection import Selection, choose_mitigation
 from compression.spec import MitigationSpec, TrainingSpec, spec_to_dict
 from compression.training import TrainResult, train
 
-__all__ = ["Baseline", "StudentRun", "train_student", "one_hot_baseline", "select_mitigation"]
+__all__ = ["Baseline", "StudentRun", "train_student", "one_hot_baseline", "select_mitigation",
+           "evaluate_on_test", "harm_diagnosis"]
 
 
 @dataclass(frozen=True)
@@ -34,10 +36,12 @@ class StudentRun:
 
 @dataclass(frozen=True)
 class Baseline:
-    """The same student trained on labels alone: the paper's reference for harm."""
+    """The same student trained on labels alone: the paper's reference for harm.
+    test_predictions: [N] its predicted classes on test, for the harm diagnosis."""
 
     test_report: EvalReport
     holdout_report: EvalReport
+    test_predictions: Tensor | None = None
 
 
 def train_student(job: Job, dataset: Dataset, mitigation: MitigationSpec,
@@ -80,10 +84,36 @@ def _derived_seed(seed: int, purpose: str) -> int:
 def one_hot_baseline(job: Job, dataset: Dataset) -> Baseline:
     run = train_student(job, dataset, MitigationSpec(name="one_hot"), None,
                         stage="train_one_hot_baseline", workdir="one_hot")
-    return job.stage("evaluate_one_hot_baseline", lambda: Baseline(
-        job.evaluate(run.model, dataset, "one_hot"),
-        job.evaluate(run.model, dataset, "one_hot", split=dataset.holdout)),
-        lambda b: report_summary(b.test_report))
+
+    def evaluate_baseline() -> Baseline:
+        test_report, predictions = evaluate_on_test(job, run.model, dataset, "one_hot")
+        return Baseline(test_report,
+                        job.evaluate(run.model, dataset, "one_hot", split=dataset.holdout),
+                        predictions)
+    return job.stage("evaluate_one_hot_baseline", evaluate_baseline,
+                     lambda b: report_summary(b.test_report))
+
+
+def evaluate_on_test(job: Job, model: nn.Module, dataset: Dataset, name: str,
+                     reference: EvalReport | None = None) -> tuple[EvalReport, Tensor]:
+    """``job.evaluate`` on test that also gives the predicted classes [N], so the harm
+    diagnosis needs no second pass over the data."""
+    logits = predict_logits(model, dataset.test, job.spec.training.eval_batch_size, job.device)
+    predictions = logits.argmax(dim=1)  # first index on ties, as evaluate takes it
+    return evaluate(predictions, dataset.test, dataset.class_names, dataset.group_names,
+                    reference=reference, name=name), predictions
+
+
+def harm_diagnosis(dataset: Dataset, student_predictions: Tensor, baseline: Baseline | None,
+                   teacher: TeacherView | None) -> dict[str, Any] | None:
+    """The report's ``harm_diagnosis`` section (``compression.diagnosis``); None without a
+    one-hot baseline, the reference that defines harm."""
+    if baseline is None or baseline.test_predictions is None:
+        return None
+    test = dataset.test
+    return diagnose_harm(student_predictions, baseline.test_predictions, test.y, test.group,
+                         dataset.class_names, dataset.group_names,
+                         teacher.test_flow if teacher else None)
 
 
 def select_mitigation(job: Job, dataset: Dataset, teacher: TeacherView | None,
