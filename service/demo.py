@@ -2,23 +2,23 @@
 
 Trains the demo teacher when it is missing, starts a server on 127.0.0.1 (any free port, its
 state under runs/demo/), submits the example job through the client, follows its progress and
-prints the report.
+prints the report, ending with the guardrail verdict and its reason.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Callable
 
+from compression.report import JobReport
 from compression.spec import load_job
 from compression.teacher_training import TeacherRecipe, train_teacher
 from service.client import TpetClient
 from service.commands import _follow
 from service.config import ServerConfig
 from service.progress import ProgressPrinter
-from service.report_view import format_report
+from service.report_view import format_report, verdict_reason
 from service.server import start_server
 
 __all__ = ["run_demo", "DEMO_STATE_DIR"]
@@ -43,8 +43,9 @@ def run_demo(job_path: str, should_stop: Callable[[], bool]) -> int:
             code = _follow(client, submitted.id)
             finished = client.get_job(submitted.id)
         if finished.report_json:
-            print(f"\n{format_report(json.loads(finished.report_json))}\n"
-                  f"artifacts: {finished.output_dir}")
+            report = JobReport.from_json(finished.report_json)
+            print(f"\n{format_report(report)}\n\nartifacts: {finished.output_dir}\n"
+                  f"verdict: {report.status}: {verdict_reason(report)}")
         return code
     finally:
         server.stop()

@@ -3,25 +3,30 @@
 The manager owns the one metrics object and calls its hooks under its lock; the server exposes
 ``PrometheusMetrics.registry`` on its own HTTP port and adds ``rpc_interceptor()`` to the gRPC
 server. Every label is bounded: per-job series exist only while a job runs (live gauges) or
-for the last ``recent_jobs`` finished jobs (subgroup gauges); stage and subgroup labels that
-come from workers are capped (past the cap they count as ``_other``).
+for the last ``recent_jobs`` finished jobs (subgroup and verdict gauges, at most
+``max_subgroups`` subgroups each); stage and subgroup labels that come from workers are capped
+(past the cap they count as ``_other``). A finished job's report is read as the typed
+``JobReport``, so the guardrail series show exactly the verdicts of its report.json.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import platform
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-from compression.errors import ErrorKind
+from compression.errors import ErrorKind, InvalidInput
+from compression.guardrails import GroupResult, StageVerdict
+from compression.report import JobReport, blocks
 from service.errors import KINDS, kind_named
 from service.states import TERMINAL, JobState
 from service.store import JobRecord
@@ -116,7 +121,7 @@ class PrometheusMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.recent_jobs, self.max_subgroups = recent_jobs, max_subgroups
         self._stages, self._pairs = _Cap(64), _Cap(max_label_values)
-        self._recent: deque[tuple[str, list[tuple[str, ...]]]] = deque()
+        self._recent: deque[tuple[str, list[tuple[Gauge, tuple[str, ...]]]]] = deque()
         self._lock = threading.Lock()
         self._snapshot: Callable[[], QueueSnapshot] | None = None
         self._define(self.registry)
@@ -145,6 +150,16 @@ class PrometheusMetrics:
         self.floor = Gauge("tpet_subgroup_floor_ratio", "Recent finished job: the highest "
                            "floor a guardrail sets for the subgroup.",
                            ["job_id", "stage", "subgroup"], registry=r)
+        self.verdicts = Gauge("tpet_guardrail_verdict", "Recent finished job: 1 for each "
+                              "guardrail check of its deciding stage, labelled with the rule, "
+                              "its verdict and whether that verdict blocks shipping.",
+                              ["job_id", "stage", "subgroup", "rule", "verdict", "blocking"],
+                              registry=r)
+        self.finished_at = Gauge("tpet_job_finished_timestamp_seconds", "Recent finished job "
+                                 "with a report: when it ended (Unix time).", ["job_id"],
+                                 registry=r)
+        Gauge("tpet_build_info", "The running teachers-pet: always 1.",
+              ["version", "python", "torch"], registry=r).labels(*_build()).set(1)
         self.violations = Counter("tpet_guardrail_violations", "Subgroups that blocked a "
                                   "stage (below the floor, or too little evidence).",
                                   ["stage", "subgroup"], registry=r)
@@ -211,32 +226,38 @@ class PrometheusMetrics:
         report = _report(job)
         if report is None:
             return
-        stages = (report.get("guardrails") or {}).get("stages") or []
-        for verdict in stages:
-            stage = str(verdict.get("stage"))
-            for subgroup in map(str, verdict.get("failing_subgroups") or []):
-                self.violations.labels(stage, subgroup if self._pairs((stage, subgroup))
-                                       else OTHER).inc()
-        self._keep_subgroups(job.id, _deciding(report, stages))
+        for verdict in report.stages:
+            for subgroup in verdict.failing_subgroups:
+                self.violations.labels(verdict.stage, subgroup if self._pairs(
+                    (verdict.stage, subgroup)) else OTHER).inc()
+        if report.deciding_stage is not None:
+            self._keep_job(job, report.deciding_stage)
 
-    def _keep_subgroups(self, job_id: str, verdict: Mapping[str, Any] | None) -> None:
-        """Set the deciding stage's subgroup gauges; drop those of jobs past the window."""
-        if verdict is None:
-            return
-        stage, kept = str(verdict.get("stage")), []
-        for group in closest_to_floor(verdict.get("groups") or [], self.max_subgroups):
-            labels = (job_id, stage, str(group["name"]))
-            if _number(group.get("accuracy")) is not None:
-                self.accuracy.labels(*labels).set(group["accuracy"])
-            if _number(group.get("floor")) is not None:
-                self.floor.labels(*labels).set(group["floor"])
-            kept.append(labels)
+    def _keep_job(self, job: JobRecord, verdict: StageVerdict) -> None:
+        """Set the deciding stage's subgroup and verdict gauges; drop those of jobs past
+        the window."""
+        stage, kept = verdict.stage, [(self.finished_at, (job.id,))]
+        self.finished_at.labels(job.id).set(job.updated)
+        groups = closest_to_floor(verdict.groups, self.max_subgroups, verdict.failing_subgroups)
+        for group in groups:
+            labels = (job.id, stage, group.name)
+            if group.accuracy is not None:
+                self.accuracy.labels(*labels).set(group.accuracy)
+            if group.floor is not None:
+                self.floor.labels(*labels).set(group.floor)
+            kept += [(self.accuracy, labels), (self.floor, labels)]
+        names = {g.name for g in groups}
+        for check in verdict.checks:
+            if check.subgroup in names:
+                labels = (job.id, stage, check.subgroup, check.rule, check.verdict,
+                          "true" if blocks(verdict, check) else "false")
+                self.verdicts.labels(*labels).set(1)
+                kept.append((self.verdicts, labels))
         with self._lock:
-            self._recent.append((job_id, kept))
+            self._recent.append((job.id, kept))
             while len(self._recent) > self.recent_jobs:
-                for labels in self._recent.popleft()[1]:
-                    _remove(self.accuracy, *labels)
-                    _remove(self.floor, *labels)
+                for metric, labels in self._recent.popleft()[1]:
+                    _remove(metric, *labels)
 
     def snapshot(self) -> QueueSnapshot | None:
         if self._snapshot is None:
@@ -343,36 +364,39 @@ def epoch_fraction(payload: Mapping[str, Any]) -> float | None:
     return min(1.0, max(0.0, (epoch - 1 + within) / epochs))
 
 
-def closest_to_floor(groups: Sequence[Mapping[str, Any]], limit: int) -> list[Mapping[str, Any]]:
-    """The ``limit`` subgroups with the smallest accuracy - floor (no floor: accuracy itself;
-    no accuracy: last), in their original order."""
-    def margin(item: tuple[int, Mapping[str, Any]]) -> tuple[float, int]:
-        acc, floor = _number(item[1].get("accuracy")), _number(item[1].get("floor"))
-        return (float("inf") if acc is None else acc - (floor or 0.0), item[0])
-    chosen = sorted(sorted(enumerate(groups), key=margin)[:limit])
-    return [g for _, g in chosen if isinstance(g, Mapping) and "name" in g]
+def closest_to_floor(groups: Sequence[GroupResult], limit: int,
+                     first: Sequence[str] = ()) -> list[GroupResult]:
+    """The ``limit`` subgroups to show: those named in ``first`` (the ones blocking the stage),
+    then the smallest accuracy - floor (no floor: accuracy itself; no accuracy: last); in
+    their original order."""
+    blocking = set(first)
+
+    def key(item: tuple[int, GroupResult]) -> tuple[bool, float, int]:
+        g = item[1]
+        margin = float("inf") if g.accuracy is None else g.accuracy - (g.floor or 0.0)
+        return g.name not in blocking, margin, item[0]
+    chosen = sorted(sorted(enumerate(groups), key=key)[:limit])
+    return [g for _, g in chosen]
 
 
-def _deciding(report: Mapping[str, Any], stages: list) -> Mapping[str, Any] | None:
-    """The verdict that decided the job: the shipped artifact's, else the first that failed,
-    else the last one."""
-    by_stage = {v.get("stage"): v for v in stages if isinstance(v, Mapping)}
-    for name in (report.get("shipped"),
-                 (report.get("guardrails") or {}).get("first_failing_stage")):
-        if name in by_stage:
-            return by_stage[name]
-    return stages[-1] if stages and isinstance(stages[-1], Mapping) else None
-
-
-def _report(job: JobRecord) -> dict[str, Any] | None:
+def _report(job: JobRecord) -> JobReport | None:
     if not job.report_json:
         return None
     try:
-        report = json.loads(job.report_json)
-    except ValueError:
-        log.warning("job %s: its report is not JSON; no subgroup metrics", job.id)
+        return JobReport.from_json(job.report_json)
+    except InvalidInput as exc:  # say why, once per job: its guardrail series stay unset
+        log.warning("job %s: unreadable report, no guardrail metrics: %s", job.id, exc)
         return None
-    return report if isinstance(report, dict) else None
+
+
+def _build() -> tuple[str, str, str]:
+    try:
+        version = metadata.version("teachers-pet")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        version = "unknown"
+    import torch  # already loaded: the job report reads evaluation types that use it
+
+    return version, platform.python_version(), torch.__version__
 
 
 def _number(value: Any) -> float | None:

@@ -14,10 +14,10 @@ from typing import Any, Callable, Mapping, Sequence
 from compression.artifacts.card import render_model_card
 from compression.artifacts.chart import plot_guardrails
 from compression.artifacts.triton import PLATFORMS, write_triton_model
-from compression.evaluation import EvalReport, write_json
-from compression.guardrails import StageVerdict, first_failing_stage, summarize
+from compression.evaluation import write_json
+from compression.guardrails import StageVerdict
 from compression.models import sha256_file
-from compression.spec import GuardrailSpec, spec_to_dict
+from compression.report import FileRecord, JobReport
 
 __all__ = ["write_bundle", "choose_shipped", "MODEL_CARD", "CHART", "TRITON_DIR", "REPORT"]
 
@@ -30,55 +30,51 @@ def choose_shipped(verdicts: Sequence[StageVerdict], candidates: Sequence[str]) 
     return next((c for c in candidates if c in passed), None)
 
 
-def write_bundle(out_dir: str | Path, *, report: dict[str, Any],
-                 stage_reports: Mapping[str, EvalReport], verdicts: Sequence[StageVerdict],
-                 policy: GuardrailSpec, shipped: str | None, files: Mapping[str, Path],
+def write_bundle(out_dir: str | Path, report: JobReport, files: Mapping[str, Path], *,
                  reason: str | None = None, model_name: str | None = None,
-                 io_model: Path | None = None) -> dict[str, Any]:
+                 io_model: Path | None = None) -> JobReport:
     """Write the bundle into ``out_dir`` and return the report as written to report.json.
 
-    report: the job report so far (spec, data, training...); it gains ``guardrails``,
-        ``shipped``, ``deployable`` and ``files`` (SHA-256 and size of every bundle file).
-    stage_reports: every evaluation by name; those without a verdict (teacher, one-hot
+    report: the job report with every section but ``files`` and ``presentation_errors``,
+        which the bundle fills in (SHA-256 and size of every bundle file; the views that
+        could not be drawn and why). Evaluations without a verdict (teacher, one-hot
         student) are shown as references.
-    files: artifact name -> path inside ``out_dir``. ``shipped`` names one of them and the
-        verdict of the same stage. Triton serves .onnx, .plan and .engine files; any other
-        shipped file (a .pt2 when nothing was exported) ships without a triton/ folder.
+    files: artifact name -> path inside ``out_dir``. ``report.shipped`` names one of them.
+        Triton serves .onnx, .plan and .engine files; any other shipped file (a .pt2 when
+        nothing was exported) ships without a triton/ folder.
     reason: why ``shipped`` was chosen, for the card (default: it passed every check).
     model_name: the Triton model name (default: the job name). io_model: the ONNX model a
         shipped TensorRT engine was built from (default: the first .onnx in ``files``).
-    ``deployable`` is true only when ``shipped`` is set and its verdict passed; otherwise
-    the bundle is REJECTED: no triton/ folder (a stale one is removed) and the card says so.
+    A REJECTED report (nothing shipped) gets no triton/ folder (a stale one is removed) and
+    a card that says so.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     relative = _relative_files(out_dir, files)
-    by_stage = {v.stage: v for v in verdicts}
-    _check_shipped(shipped, files, by_stage)
-    deployable = shipped is not None and by_stage[shipped].passed
-    name = model_name or (report.get("spec") or {}).get("name") or "model"
+    shipped = report.shipped
+    if shipped is not None and shipped not in files:
+        raise ValueError(f"shipped artifact {shipped!r} needs a file (files: {list(files)})")
+    name = model_name or report.spec.name
     bundle = list(relative.values())
-    servable = deployable and Path(files[shipped]).suffix.lower() in PLATFORMS
+    servable = shipped is not None and Path(files[shipped]).suffix.lower() in PLATFORMS
     shutil.rmtree(out_dir / TRITON_DIR, ignore_errors=True)  # never leave a stale one
     if servable:
         bundle += _write_triton(out_dir, name, files[shipped], report,
                                 io_model or _first_onnx(files))
-    references = {k: r for k, r in stage_reports.items() if k not in by_stage}
     errors: dict[str, str] = {}
-    if _presented(CHART, errors, lambda: plot_guardrails(out_dir / CHART, verdicts, references)):
+    if _presented(CHART, errors, lambda: plot_guardrails(out_dir / CHART, report)):
         bundle.append(CHART)
     if _presented(MODEL_CARD, errors, lambda: _write_text(out_dir / MODEL_CARD, render_model_card(
-            report, stage_reports, verdicts, policy, shipped=shipped, deployable=deployable,
-            reason=reason, shipped_file=relative.get(shipped) if shipped else None,
+            report, reason=reason, shipped_file=relative.get(shipped) if shipped else None,
             triton_dir=f"{TRITON_DIR}/{name}" if servable else None))):
         bundle.append(MODEL_CARD)
-    out = _final_report(report, stage_reports, verdicts, policy, deployable, shipped)
-    if errors:  # the verdicts stand; the report says which view of them is missing and why
-        out["presentation_errors"] = errors
-    out["files"] = {p: {"sha256": sha256_file(out_dir / p), "bytes": (out_dir / p).stat().st_size}
-                    for p in sorted(set(bundle))}
-    write_json(out_dir / REPORT, out)
-    return out
+    # the verdicts stand when a view fails; the report says which view is missing and why
+    written = report.with_sections(
+        presentation_errors=errors,
+        files={p: FileRecord(sha256_file(out_dir / p), (out_dir / p).stat().st_size)
+               for p in sorted(set(bundle))})
+    write_json(out_dir / REPORT, written.to_dict())
+    return written
 
 
 def _presented(name: str, errors: dict[str, str], write: Callable[[], Any]) -> bool:
@@ -103,29 +99,19 @@ def _relative_files(out_dir: Path, files: Mapping[str, Path]) -> dict[str, str]:
     return out
 
 
-def _check_shipped(shipped: str | None, files: Mapping[str, Path],
-                   by_stage: Mapping[str, StageVerdict]) -> None:
-    if shipped is None:
-        return
-    if shipped not in files or shipped not in by_stage:
-        raise ValueError(f"shipped artifact {shipped!r} needs both a file (files: {list(files)})"
-                         f" and a verdict (stages: {list(by_stage)})")
-
-
 def _first_onnx(files: Mapping[str, Path]) -> Path | None:
     return next((Path(p) for p in files.values() if Path(p).suffix.lower() == ".onnx"), None)
 
 
-def _write_triton(out_dir: Path, name: str, artifact: Path, report: Mapping[str, Any],
+def _write_triton(out_dir: Path, name: str, artifact: Path, report: JobReport,
                   io_model: Path | None) -> list[str]:
     """Build triton/ beside the bundle, then move it in whole; return its files (relative)."""
-    spec, data = report.get("spec") or {}, report.get("data") or {}
     tmp, final = out_dir / f".{TRITON_DIR}.tmp", out_dir / TRITON_DIR
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         write_triton_model(tmp, name, Path(artifact), io_model=io_model,
-                           max_batch_size=int((spec.get("export") or {}).get("max_batch", 256)),
-                           labels=data.get("class_names"))
+                           max_batch_size=report.spec.export.max_batch,
+                           labels=list(report.data.class_names))
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -137,18 +123,3 @@ def _write_text(path: Path, text: str) -> None:
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
-
-def _final_report(report: Mapping[str, Any], stage_reports: Mapping[str, EvalReport],
-                  verdicts: Sequence[StageVerdict], policy: GuardrailSpec, deployable: bool,
-                  shipped: str | None) -> dict[str, Any]:
-    out = dict(report)
-    evaluations = dict(out.get("evaluations") or {})
-    evaluations.update({k: r.to_dict() for k, r in stage_reports.items() if k not in evaluations})
-    out["evaluations"] = evaluations
-    out["guardrails"] = {"policy": spec_to_dict(policy),
-                         "first_failing_stage": first_failing_stage(verdicts),
-                         "summary": summarize(verdicts),
-                         "stages": [v.to_dict() for v in verdicts]}
-    out["shipped"] = shipped if deployable else None
-    out["deployable"] = deployable
-    return out

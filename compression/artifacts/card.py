@@ -1,151 +1,208 @@
-"""The model card: what was built, how every subgroup fared, what ships and why, its limits."""
+"""The model card: what was built, how every subgroup fared and why, what ships, its limits.
+
+Everything on the card comes from the typed job report, so the card, report.json, the chart,
+the CLI and the metrics show the same verdicts. A stage or subgroup that no rule judged is
+NOT JUDGED, never PASS.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
-
 from compression.evaluation.report import EvalReport
-from compression.guardrails import INSUFFICIENT_EVIDENCE, StageVerdict, describe_policy
-from compression.guardrails.rules import pct
-from compression.spec import GuardrailSpec
+from compression.guardrails import INSUFFICIENT_EVIDENCE, Check, StageVerdict, describe_policy
+from compression.guardrails.rules import pct, pp
+from compression.report import NOT_JUDGED, JobReport, blocks, group_label, stage_label
 
 __all__ = ["render_model_card"]
 
 
-def render_model_card(report: Mapping[str, Any], stage_reports: Mapping[str, EvalReport],
-                      verdicts: Sequence[StageVerdict], policy: GuardrailSpec, *,
-                      shipped: str | None, deployable: bool, shipped_file: str | None,
-                      triton_dir: str | None, reason: str | None = None) -> str:
-    """Markdown text of the card. ``report`` is the job report (spec, data...) as plain data."""
-    spec = report.get("spec") or {}
+def render_model_card(report: JobReport, *, shipped_file: str | None, triton_dir: str | None,
+                      reason: str | None = None) -> str:
+    """Markdown text of the card for ``report``."""
     sections = [
-        f"# Model card: {spec.get('name', 'model')}",
-        _status(verdicts, shipped, deployable, shipped_file, triton_dir, reason),
+        f"# Model card: {report.spec.name}",
+        _status(report, shipped_file, triton_dir, reason),
         "## Model\n\n" + "\n".join(_model_lines(report)),
-        "## Overall accuracy\n\n" + _overall_table(stage_reports, verdicts),
-        "## Guardrail policy\n\n" + "\n".join(f"- {line}" for line in describe_policy(policy))
-        + "\n" + _METHOD,
-        "## Per-subgroup results\n\n" + _group_tables(stage_reports, verdicts),
+        "## Overall accuracy\n\n" + _overall_table(report),
+        "## Guardrail policy\n\n" + "\n".join(
+            f"- {line}" for line in describe_policy(report.guardrails.policy)),
+        "## How the verdicts are reached\n\n" + _METHOD,
+        "## Per-subgroup results\n\n" + _stage_sections(report),
         "## Intended use and limits\n\n" + "\n".join(f"- {line}" for line in _limits(report)),
     ]
     return "\n\n".join(sections) + "\n"
 
 
 _METHOD = (
-    "\nA check PASSes when the subgroup's 95% Wilson interval lies at or above its floor; it "
-    "FAILs when the measured accuracy is below the floor (with fewer than min_samples test "
-    "samples: when the whole interval is); otherwise it is INSUFFICIENT_EVIDENCE. Floors "
-    "relative to the teacher, the one-hot student or the best subgroup treat that reference "
-    "accuracy as exact (both are measured on the same test samples). The floor shown per "
-    "subgroup is the highest any rule sets for it.")
+    "Each rule on each subgroup is a test with three outcomes. **PASS**: the floor is shown "
+    "to hold (the one-sided bound at the stage's confidence is on the safe side of it). "
+    "**FAIL**: harm is shown (the harm p-value is at or under the check's threshold). "
+    "**INSUFFICIENT_EVIDENCE**: the test set cannot tell; the policy says whether that "
+    "blocks shipping. **NOT JUDGED**: no rule applies.\n\n"
+    "- Absolute floors (`min_accuracy`, `min_worst_group_accuracy`): Wilson score test of "
+    "the subgroup's accuracy against the floor.\n"
+    "- Drop rules (`max_drop_vs_teacher`, `max_drop_vs_one_hot`, `max_drop_vs_student`): a "
+    "paired score test (Tango, with skewness correction) on the examples both models "
+    "answered. b counts the examples the reference got right and this model wrong, c the "
+    "reverse; the drop is (b - c) / n. Two models that agree on every example differ by "
+    "exactly zero.\n"
+    "- `max_group_gap`: Newcombe's hybrid score interval against the best subgroup.\n\n"
+    "All checks of a stage form one family: each p-value is compared with a threshold the "
+    "multiplicity method sets (Holm by default), so the chance of any false FAIL in a stage "
+    "is at most 1 - confidence. PASS needs no correction (a stage ships only if every check "
+    "passes). MDE is the smallest harm the check's n examples could show at its threshold: "
+    "a smaller harm may be present and go unseen. The floor shown per subgroup is the "
+    "highest any rule sets for it.")
 
 
-def _status(verdicts: Sequence[StageVerdict], shipped: str | None, deployable: bool,
-            shipped_file: str | None, triton_dir: str | None, reason: str | None) -> str:
-    if deployable:
-        v = next(v for v in verdicts if v.stage == shipped)
-        why = reason or f"it passed all {len(v.checks)} guardrail checks on the test split"
-        note = ""
-        if v.verdict == INSUFFICIENT_EVIDENCE:
-            note = (" Some checks had insufficient evidence, which this policy does not block "
-                    f"on: {', '.join(map(repr, _insufficient(v)))}.")
-        serve = (f"It is packaged for Triton Inference Server in `{triton_dir}/`." if triton_dir
-                 else "No Triton model repository was written: Triton serves ONNX models and "
-                      "TensorRT engines, so export one (export.onnx: true) to get it.")
-        return f"**Status: SHIPPED.** `{shipped}` (`{shipped_file}`) ships: {why}.{note} {serve}"
-    if shipped is not None:
-        why = f"`{shipped}` was chosen but did not pass its guardrails"
-    elif verdicts:
-        why = "no artifact passed every guardrail"
-    else:
-        why = "no artifact was judged against the guardrails"
+def _status(report: JobReport, shipped_file: str | None, triton_dir: str | None,
+            reason: str | None) -> str:
+    if report.deployable:
+        return _shipped_status(report, shipped_file, triton_dir, reason)
+    stages = report.stages
+    why = ("no artifact passed every guardrail" if stages
+           else "no artifact was judged against the guardrails")
     text = (f"**Status: REJECTED.** Nothing ships: {why}, so no Triton model repository was "
             "written.")
-    blocking = [v for v in verdicts if not v.passed]
+    blocking = [v for v in stages if not v.passed]
     if blocking:
-        text += "\n\n" + "\n".join(f"- {v.stage}: " + ", ".join(v.failing_subgroups)
-                                    for v in blocking)
+        text += "\n\n" + "\n".join(
+            f"- {v.stage}: {stage_label(v)} on " + ", ".join(v.failing_subgroups)
+            for v in blocking)
         text += "\n\n### Blocking checks\n\n" + "\n".join(
-            f"- {v.stage}: {c.message}" for v in blocking for c in v.failing_checks)
+            f"- {v.stage}: {c.verdict}: {c.message}" for v in blocking for c in v.failing_checks)
     return text
+
+
+def _shipped_status(report: JobReport, shipped_file: str | None, triton_dir: str | None,
+                    reason: str | None) -> str:
+    v = report.guardrails.stage(report.shipped)
+    if not v.checks:
+        why = (f"{NOT_JUDGED}: no guardrail rule applies to this stage, so nothing about its "
+               "subgroups was checked")
+    else:
+        why = reason or (f"it passed all {len(v.checks)} guardrail checks on the test split "
+                         f"({pct(v.confidence)} one-sided, {v.multiplicity} over "
+                         f"{v.family_size} checks)")
+    note = ""
+    if v.verdict == INSUFFICIENT_EVIDENCE and v.checks:
+        note = (" Some checks had insufficient evidence, which this policy does not block "
+                f"on: {', '.join(map(repr, _insufficient(v)))}.")
+    serve = (f"It is packaged for Triton Inference Server in `{triton_dir}/`." if triton_dir
+             else "No Triton model repository was written: Triton serves ONNX models and "
+                  "TensorRT engines, so export one (export.onnx: true) to get it.")
+    return (f"**Status: SHIPPED.** `{report.shipped}` (`{shipped_file}`) ships: {why}.{note} "
+            f"{serve}")
 
 
 def _insufficient(v: StageVerdict) -> list[str]:
     return [g.name for g in v.groups if g.verdict == INSUFFICIENT_EVIDENCE]
 
 
-def _model_lines(report: Mapping[str, Any]) -> list[str]:
-    spec, data = report.get("spec") or {}, report.get("data") or {}
-    student, teacher = spec.get("student") or {}, spec.get("teacher") or {}
-    mitigation = spec.get("mitigation") or {}
-    params = report.get("student_parameters")
-    lines = [f"- Student: `{student.get('arch', '?')}` (width {student.get('width', '?')}"
-             + (f", {params:,} parameters)" if isinstance(params, int) else ")")]
-    if teacher.get("path"):
-        lines.append(f"- Teacher: `{teacher['path']}`")
-    if mitigation:
-        lines.append(f"- Objective: `{mitigation.get('name')}` (alpha {mitigation.get('alpha')}, "
-                     f"temperature {mitigation.get('temperature')})")
-    shape = data.get("input_shape")
-    if shape:
-        lines.append(f"- Input: float32 [batch, {', '.join(map(str, shape))}], pixel values "
-                     "scaled to [0, 1] (uint8 / 255); any normalisation is inside the model")
-    classes = data.get("class_names") or []
-    if classes:
-        lines.append(f"- Output: logits [batch, {len(classes)}] over {', '.join(classes)}")
-    source = (spec.get("data") or {}).get("source")
-    test = ((data.get("splits") or {}).get("test") or {}).get("size")
-    if source or test:
-        lines.append(f"- Data: {source or '?'}; test split of {test if test is not None else '?'}"
-                     f" samples in {len(data.get('group_names') or [])} subgroups")
+def _model_lines(report: JobReport) -> list[str]:
+    spec, data = report.spec, report.data
+    params = report.student_parameters
+    lines = [f"- Student: `{spec.student.arch}` (width {spec.student.width}"
+             + (f", {params:,} parameters)" if params is not None else ")")]
+    if spec.teacher.path:
+        lines.append(f"- Teacher: `{spec.teacher.path}`")
+    mitigation = report.mitigation or {}
+    name = mitigation.get("name", spec.mitigation.name)
+    lines.append(f"- Objective: `{name}` (alpha {mitigation.get('alpha', spec.mitigation.alpha)}"
+                 f", temperature {mitigation.get('temperature', spec.mitigation.temperature)})")
+    shape = data.input_shape
+    lines.append(f"- Input: float32 [batch, {', '.join(map(str, shape))}], pixel values "
+                 "scaled to [0, 1] (uint8 / 255); any normalisation is inside the model")
+    if data.class_names:
+        lines.append(f"- Output: logits [batch, {len(data.class_names)}] over "
+                     f"{', '.join(data.class_names)}")
+    test = data.splits.get("test")
+    lines.append(f"- Data: {spec.data.source}; test split of "
+                 f"{test.size if test else '?'} samples in {len(data.group_names)} subgroups")
     return lines
 
 
-def _overall_table(stage_reports: Mapping[str, EvalReport],
-                   verdicts: Sequence[StageVerdict]) -> str:
-    judged = {v.stage: v for v in verdicts}
+def _overall_table(report: JobReport) -> str:
+    judged = {v.stage: v for v in report.stages}
     rows = ["| stage | accuracy | 95% CI | guardrails |", "|---|---:|---:|---|"]
-    for name in [*(s for s in stage_reports if s not in judged), *judged]:
-        r = stage_reports.get(name)
+    names = [*(s for s in report.evaluations if s not in judged), *judged]
+    for name in names:
+        r = report.evaluations.get(name)
         acc = "-" if r is None else pct(r.overall.accuracy)
         ci = "-" if r is None else f"{pct(r.overall.ci_low)} - {pct(r.overall.ci_high)}"
         v = judged.get(name)
-        status = "reference" if v is None else ("passed" if v.passed else "did not pass")
+        status = ("reference" if v is None
+                  else f"{stage_label(v)} ({'passed' if v.passed else 'blocked'})")
         rows.append(f"| {_cell(name)} | {acc} | {ci} | {status} |")
     return "\n".join(rows)
 
 
-def _group_tables(stage_reports: Mapping[str, EvalReport],
-                  verdicts: Sequence[StageVerdict]) -> str:
-    parts = []
-    for v in verdicts:
-        rows = ["| subgroup | n | accuracy | 95% CI | floor | verdict |",
-                "|---|---:|---:|---:|---:|---|"]
-        rows += [f"| {_cell(g.name)} | {g.n} | {pct(g.accuracy)} | {_ci(g.n, g.ci)} | "
-                 f"{pct(g.floor)} | {g.verdict or 'not judged'} |" for g in v.groups]
-        parts.append(f"### {v.stage}: {'passed' if v.passed else 'did not pass'} "
-                     f"({v.verdict})\n\n" + "\n".join(rows))
-    judged = {v.stage for v in verdicts}
-    for name, r in stage_reports.items():
-        if name in judged:
-            continue
-        rows = ["| subgroup | n | accuracy | 95% CI |", "|---|---:|---:|---:|"]
-        rows += [f"| {_cell(g.name)} | {g.n} | {pct(g.accuracy)} | "
-                 f"{_ci(g.n, (g.ci_low, g.ci_high))} |" for g in r.groups]
-        parts.append(f"### {name} (reference, not judged)\n\n" + "\n".join(rows))
+def _stage_sections(report: JobReport) -> str:
+    parts = [_judged_stage(v) for v in report.stages]
+    parts += [_reference(name, r) for name, r in report.evaluations.items()
+              if report.guardrails.stage(name) is None]
     return "\n\n".join(parts) if parts else "No stage was evaluated."
 
 
-def _limits(report: Mapping[str, Any]) -> list[str]:
-    subgroups = ((report.get("spec") or {}).get("data") or {}).get("subgroups") or {}
-    by = subgroups.get("by", "class")
+def _judged_stage(v: StageVerdict) -> str:
+    head = (f"### {v.stage}: {'passed' if v.passed else 'did not pass'} ({stage_label(v)})")
+    if not v.checks:
+        head += ("\n\nNo guardrail rule applies to this stage: every subgroup is "
+                 f"{NOT_JUDGED}.")
+    else:
+        blocking = "blocks" if v.block_on_insufficient_evidence else "does not block"
+        head += (f"\n\n{len(v.checks)} checks at {pct(v.confidence)} one-sided confidence; "
+                 f"FAIL thresholds by {v.multiplicity} over a family of {v.family_size}; "
+                 f"insufficient evidence {blocking}.")
+    rows = ["| subgroup | n | accuracy | 95% CI | floor | verdict |",
+            "|---|---:|---:|---:|---:|---|"]
+    rows += [f"| {_cell(g.name)} | {g.n} | {pct(g.accuracy)} | {_ci(g.n, g.ci)} | "
+             f"{pct(g.floor)} | {group_label(g)} |" for g in v.groups]
+    text = head + "\n\n" + "\n".join(rows)
+    if v.checks:
+        text += "\n\n" + _checks_table(v)
+    return text
+
+
+def _checks_table(v: StageVerdict) -> str:
+    rows = ["| rule | subgroup | verdict | test | estimate | margin | interval | p-value | "
+            "threshold | b / c | MDE |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in v.checks:
+        unit = pct if c.method == "wilson_score" else pp
+        interval = "-" if c.interval is None else f"[{unit(c.interval[0])}, {unit(c.interval[1])}]"
+        pairs = "-" if c.b is None else f"{c.b} / {c.c}"
+        verdict = f"**{c.verdict}**" if blocks(v, c) else c.verdict
+        rows.append(f"| {c.rule} | {_cell(c.subgroup or '-')} | {verdict} | {c.method or '-'} | "
+                    f"{unit(c.estimate)} | {unit(c.margin)} | {interval} | {_num(c.p_value)} | "
+                    f"{_num(c.threshold)} | {pairs} | {_mde(c)} |")
+    return "\n".join(rows)
+
+
+def _mde(c: Check) -> str:
+    if c.mde is None:
+        return "none" if c.method else "-"  # a tested check that could show no harm
+    return pp(c.mde)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _reference(name: str, r: EvalReport) -> str:
+    rows = ["| subgroup | n | accuracy | 95% CI |", "|---|---:|---:|---:|"]
+    rows += [f"| {_cell(g.name)} | {g.n} | {pct(g.accuracy)} | "
+             f"{_ci(g.n, (g.ci_low, g.ci_high))} |" for g in r.groups]
+    return f"### {name} (reference, not judged)\n\n" + "\n".join(rows)
+
+
+def _limits(report: JobReport) -> list[str]:
+    by = report.spec.data.subgroups.by
     return [
         "Intended use: classifying images like the training data (same sensor, framing, size "
         "and classes). Inputs outside those classes still get one of them.",
         f"The guardrails cover the subgroups defined by `{by}` on this test split only; "
         "other groupings, shifted data and individual predictions are not covered.",
         "Accuracies are estimates from a finite test split; small subgroups have wide "
-        "intervals, shown above.",
+        "intervals, shown above, and each check's MDE says how large a harm it could miss.",
         "Not evaluated: calibration of the scores, robustness to corrupted or adversarial "
         "inputs, latency on the target server.",
     ]

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from compression import distributed
-from compression.artifacts import choose_shipped, write_bundle
+from compression.artifacts import REPORT, choose_shipped, write_bundle
 from compression.data import Dataset, describe, load_dataset
 from compression.errors import InvalidInput
 from compression.evaluation import EvalReport
@@ -33,12 +33,13 @@ from compression.pipeline.students import (Baseline, StudentRun, evaluate_on_tes
                                            harm_diagnosis, one_hot_baseline,
                                            select_mitigation, train_student)
 from compression.pipeline.teacher import TeacherView, prepare_teacher
+from compression.report import (REJECTED, SUCCEEDED, DataSummary, ExportRecord,
+                                GuardrailsReport, JobReport, TeacherSummary, TrainingSummary)
 from compression.spec import JobSpec, spec_to_dict
 from compression.training import resolve_device
 
 __all__ = ["RunResult", "run", "SUCCEEDED", "REJECTED"]
 
-SUCCEEDED, REJECTED = "SUCCEEDED", "REJECTED"
 SHIP_PREFERENCE = ("tensorrt", "int8", "onnx")  # the fastest artifact that passed ships
 
 
@@ -51,6 +52,7 @@ class RunResult:
     verdicts: tuple[StageVerdict, ...]
     shipped: str | None
     summary: str  # why each stage that did not pass failed
+    report: JobReport | None = None  # what report.json holds
 
 
 def run(spec: JobSpec, on_event: EventSink = emit_nothing,
@@ -88,12 +90,13 @@ def run(spec: JobSpec, on_event: EventSink = emit_nothing,
     artifacts = (export_artifacts(job, student.model, dataset,
                                   _judge(spec, teacher, baseline, student_report))
                  if student_verdict.passed else [])
-    extra = {"teacher": teacher.to_dict() if teacher else None,
-             "selection": selection.to_dict() if selection else None,
-             "mitigation": spec_to_dict(mitigation), "guardrail_preflight": detectable,
-             "harm_diagnosis": harm_diagnosis(dataset, student_predictions, baseline, teacher)}
+    # JobReport sections known here, by their field names (compression.report)
+    sections = {"teacher": teacher and TeacherSummary.from_dict(teacher.to_dict()),
+                "selection": selection.to_dict() if selection else None,
+                "mitigation": spec_to_dict(mitigation), "guardrail_preflight": tuple(detectable),
+                "harm_diagnosis": harm_diagnosis(dataset, student_predictions, baseline, teacher)}
     return _finish(job, dataset, student, student_report, student_verdict, artifacts,
-                   [teacher and teacher.test_report, baseline and baseline.test_report], extra)
+                   [teacher and teacher.test_report, baseline and baseline.test_report], sections)
 
 
 def _preflight(job: Job, dataset: Dataset) -> list[str]:
@@ -143,7 +146,7 @@ def _holdout_gate(spec: JobSpec, teacher: TeacherView | None, baseline: Baseline
 
 def _finish(job: Job, dataset: Dataset, student: StudentRun, student_report: EvalReport,
             student_verdict: StageVerdict, artifacts: list[Artifact],
-            references: list[EvalReport | None], extra: dict[str, Any]) -> RunResult:
+            references: list[EvalReport | None], sections: dict[str, Any]) -> RunResult:
     files = job.stage("save_student", lambda: _save_student(student.model, dataset, job.out_dir))
     built = [a for a in artifacts if a.verdict is not None]
     verdicts = [student_verdict, *(a.verdict for a in built)]
@@ -151,14 +154,16 @@ def _finish(job: Job, dataset: Dataset, student: StudentRun, student_report: Eva
     shipped = (choose_shipped(verdicts[1:], SHIP_PREFERENCE) if built
                else choose_shipped(verdicts, ["student"]))
     reports = {r.name: r for r in [*references, student_report, *(a.report for a in built)] if r}
-    report = {"status": SUCCEEDED if shipped else REJECTED, **_header(job, dataset, student),
-              **extra, "exports": {a.stage: a.to_dict() for a in artifacts},
-              "stage_seconds": job.stage_seconds}
-    written = write_bundle(job.out_dir, report=report, stage_reports=reports, verdicts=verdicts,
-                           policy=job.spec.guardrails, shipped=shipped, files=files,
-                           reason=_ship_reason(artifacts, shipped))
-    return RunResult(written["status"], job.out_dir, job.out_dir / "report.json", reports,
-                     tuple(verdicts), shipped, written["guardrails"]["summary"])
+    report = JobReport(
+        spec=job.spec, data=DataSummary.from_dict(describe(dataset)), evaluations=reports,
+        guardrails=GuardrailsReport(job.spec.guardrails, tuple(verdicts)), shipped=shipped,
+        environment=_environment(job.device),
+        student_parameters=count_parameters(student.model), training=_training(student),
+        exports={a.stage: ExportRecord.from_dict(a.to_dict()) for a in artifacts},
+        stage_seconds=dict(job.stage_seconds), **sections)
+    written = write_bundle(job.out_dir, report, files, reason=_ship_reason(artifacts, shipped))
+    return RunResult(written.status, job.out_dir, job.out_dir / REPORT, reports,
+                     tuple(verdicts), shipped, written.guardrails.summary, written)
 
 
 def _ship_reason(artifacts: list[Artifact], shipped: str | None) -> str | None:
@@ -166,14 +171,12 @@ def _ship_reason(artifacts: list[Artifact], shipped: str | None) -> str | None:
     return "; ".join(notes) if notes and shipped else None
 
 
-def _header(job: Job, dataset: Dataset, student: StudentRun) -> dict[str, Any]:
+def _training(student: StudentRun) -> TrainingSummary:
     t = student.training
-    return {"spec": spec_to_dict(job.spec), "environment": _environment(job.device),
-            "data": describe(dataset), "student_parameters": count_parameters(student.model),
-            "training": {"epochs_run": t.epochs_run, "resumed_from_epoch": t.resumed_from_epoch,
-                         "final_loss": t.final_loss, "samples_per_s": t.samples_per_s,
-                         "seconds": t.seconds, "teacher_cache": t.used_teacher_cache,
-                         "loss_state": _jsonable(student.loss.state_dict())}}
+    return TrainingSummary(
+        epochs_run=t.epochs_run, resumed_from_epoch=t.resumed_from_epoch,
+        final_loss=t.final_loss, samples_per_s=t.samples_per_s, seconds=t.seconds,
+        teacher_cache=t.used_teacher_cache, loss_state=_jsonable(student.loss.state_dict()))
 
 
 def _save_student(student: torch.nn.Module, dataset: Dataset, out_dir: Path) -> dict[str, Path]:

@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -11,21 +12,17 @@ import torch
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 from torch import nn
 
-from compression.artifacts import choose_shipped, onnx_io, write_bundle
+from compression.artifacts import chart_series, choose_shipped, onnx_io, write_bundle
 from compression.errors import InvalidInput
-from compression.evaluation import EvalReport, GroupMetrics, load_json, wilson_interval
+from compression.evaluation import load_json
 from compression.guardrails import judge
-from compression.spec import GuardrailSpec
+from compression.report import NOT_JUDGED, JobReport, group_label
+from compression.spec import ExportSpec, GuardrailSpec
+from tests import reports
+from tests.reports import eval_report, job_report, paired_reports
 
-CLASSES = ["shirt", "trouser", "bag"]
 POLICY = GuardrailSpec(min_accuracy=0.7)
-JOB = {"spec": {"name": "fmnist-kd", "export": {"max_batch": 64},
-                "student": {"arch": "tiny_cnn", "width": 0.5},
-                "mitigation": {"name": "kd", "alpha": 0.9, "temperature": 4.0},
-                "data": {"source": "fashion-mnist", "subgroups": {"by": "class"}}},
-       "data": {"class_names": CLASSES, "group_names": CLASSES, "input_shape": [1, 4, 4],
-                "splits": {"test": {"size": 150}}},
-       "student_parameters": 147}
+SPEC = dataclasses.replace(reports.SPEC, export=ExportSpec(max_batch=64), guardrails=POLICY)
 
 
 def _export(path, dynamic=True):
@@ -44,29 +41,22 @@ def onnx_model(tmp_path_factory):
     return _export(tmp_path_factory.mktemp("onnx") / "student.onnx")
 
 
-def _report(name, **counts):
-    groups = []
-    for g, (c, n) in counts.items():
-        low, high = wilson_interval(c, n)
-        groups.append(GroupMetrics(g, n, c, c / n, low, high))
-    c, n = sum(g.correct for g in groups), sum(g.n for g in groups)
-    overall = GroupMetrics("overall", n, c, c / n, *wilson_interval(c, n))
-    return EvalReport(name, overall, tuple(groups), tuple(groups), None, None, 3, None, [])
+GOOD = eval_report("onnx", shirt=(45, 50), trouser=(48, 50), bag=(46, 50))
+BAD = eval_report("onnx", shirt=(20, 50), trouser=(48, 50), bag=(46, 50))  # shirt 0.4 < 0.7
+TEACHER = eval_report("teacher", shirt=(47, 50), trouser=(49, 50), bag=(48, 50))
 
 
-GOOD = _report("onnx", shirt=(45, 50), trouser=(48, 50), bag=(46, 50))
-BAD = _report("onnx", shirt=(20, 50), trouser=(48, 50), bag=(46, 50))  # shirt 0.4, shown < 0.7
+def _job(stages, ship=("onnx",), policy=POLICY, **sections):
+    report = job_report(stages, policy, references={"teacher": TEACHER}, ship=ship,
+                        student_parameters=147, **sections)
+    return report.with_sections(spec=dataclasses.replace(SPEC, guardrails=policy))
 
 
-def _bundle(out, onnx_model, stage_report, shipped="onnx", extra=None):
+def _bundle(out, onnx_model, stage_report, ship=("onnx",), extra=None):
     out.mkdir(exist_ok=True)
     shutil.copyfile(onnx_model, out / "student.onnx")
-    verdict = judge(stage_report, POLICY, "onnx")
-    teacher = _report("teacher", shirt=(47, 50), trouser=(49, 50), bag=(48, 50))
     files = {"onnx": out / "student.onnx", **(extra or {})}
-    return write_bundle(out, report=dict(JOB), stage_reports={"teacher": teacher, "onnx":
-                        stage_report}, verdicts=[verdict], policy=POLICY, shipped=shipped,
-                        files=files)
+    return write_bundle(out, _job({"onnx": stage_report}, ship), files)
 
 
 def _model_config_class():
@@ -127,8 +117,9 @@ def test_onnx_io_reads_names_types_and_dims_without_the_batch_axis(onnx_model, t
 def test_deployable_bundle_has_triton_layout_card_chart_and_hashes(onnx_model, tmp_path):
     out = tmp_path / "job"
     report = _bundle(out, onnx_model, GOOD)
-    assert report["deployable"] is True and report["shipped"] == "onnx"
-    assert load_json(out / "report.json") == report
+    assert report.deployable is True and report.shipped == "onnx"
+    assert JobReport.load(out / "report.json") == report
+    assert load_json(out / "report.json") == report.to_dict()
     folder = out / "triton" / "fmnist-kd"
     config = _parse_config(folder / "config.pbtxt")
     assert (config.name, config.platform, config.max_batch_size) == (
@@ -142,13 +133,13 @@ def test_deployable_bundle_has_triton_layout_card_chart_and_hashes(onnx_model, t
     assert served.run(None, {"images": np.zeros((5, 1, 4, 4), np.float32)})[0].shape == (5, 3)
     expected = {"student.onnx", "model_card.md", "guardrails.png", "triton/fmnist-kd/config.pbtxt",
                 "triton/fmnist-kd/labels.txt", "triton/fmnist-kd/1/model.onnx"}
-    assert set(report["files"]) == expected
-    for rel, entry in report["files"].items():
+    assert set(report.files) == expected
+    for rel, entry in report.files.items():
         data = (out / rel).read_bytes()
-        assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    assert report["guardrails"]["stages"][0]["passed"] is True
-    assert report["guardrails"]["first_failing_stage"] is None
-    assert set(report["evaluations"]) == {"teacher", "onnx"}
+        assert (entry.sha256, entry.bytes) == (hashlib.sha256(data).hexdigest(), len(data))
+    assert report.stages[0].passed is True
+    assert report.guardrails.first_failing_stage is None
+    assert set(report.evaluations) == {"teacher", "onnx"}
 
 
 def test_model_card_and_chart_show_every_subgroup(onnx_model, tmp_path):
@@ -171,20 +162,78 @@ def test_rejected_bundle_has_no_triton_folder_and_says_so(onnx_model, tmp_path):
     assert (out / "triton").is_dir()
     report = _bundle(out, onnx_model, BAD)  # a later run of the same job is rejected
     assert not (out / "triton").exists()  # the stale repository is gone
-    assert report["deployable"] is False and report["shipped"] is None
-    assert not any(p.startswith("triton/") for p in report["files"])
-    assert report["guardrails"]["first_failing_stage"] == "onnx"
-    assert "FAIL on 'shirt' (min_accuracy)" in report["guardrails"]["summary"]
+    assert report.deployable is False and report.shipped is None
+    assert not any(p.startswith("triton/") for p in report.files)
+    assert report.guardrails.first_failing_stage == "onnx"
+    assert "FAIL on 'shirt' (min_accuracy)" in report.guardrails.summary
     card = (out / "model_card.md").read_text()
     assert "**Status: REJECTED.** Nothing ships" in card
     assert "no Triton model repository was written" in card
-    assert "min_accuracy on 'shirt': accuracy 40.0% (20/50)" in card
+    assert "- onnx: FAIL on shirt" in card
+    assert "- onnx: FAIL: min_accuracy on 'shirt': accuracy 40.0% (20/50)" in card
     assert json.loads((out / "report.json").read_text())["deployable"] is False
 
 
+def test_the_card_explains_each_check_with_its_test_figures(tmp_path):
+    # a paired drop rule: the one-hot student vs the candidate on the same 100 examples
+    one_hot, student = paired_reports(head=(80, 10, 2, 100), tail=(85, 3, 3, 100))
+    policy = GuardrailSpec(max_drop_vs_one_hot=0.03)
+    report = job_report({"student": dataclasses.replace(student, name="student")}, policy,
+                        references={"one_hot": one_hot}, refs_student={"one_hot": one_hot})
+    write_bundle(tmp_path, report, {})
+    card = (tmp_path / "model_card.md").read_text()
+    head = next(c for c in report.stages[0].checks if c.subgroup == "head")
+    assert (head.b, head.c, head.method) == (10, 2, "tango_score")
+    # drop 8 pp against a 3 pp margin: the p-value against the Holm threshold of 2 checks
+    row = next(line for line in card.splitlines() if line.startswith("| max_drop_vs_one_hot | head"))
+    assert f"| {head.verdict}" in row or f"**{head.verdict}**" in row
+    assert "| tango_score | 8.0 pp | 3.0 pp |" in row and "| 10 / 2 |" in row
+    assert f"| {head.p_value:.3g} | {head.threshold:.3g} |" in row
+    assert row.endswith(f"| {100 * head.mde:.1f} pp |")
+    assert "2 checks at 95.0% one-sided confidence; FAIL thresholds by holm over a family " \
+        "of 2" in card
+    assert "paired score test" in card and "b counts the examples" in card
+
+
+def test_no_rule_and_unjudged_subgroups_are_not_judged_never_pass(tmp_path):
+    # no rule at all: the stage ships unjudged, and every view says NOT JUDGED
+    report = job_report({"student": GOOD}, GuardrailSpec(max_drop_vs_student=None),
+                        ship=("student",))
+    out = tmp_path / "none"
+    out.mkdir()
+    (out / "student.pt2").write_bytes(b"exported program")
+    write_bundle(out, report, {"student": out / "student.pt2"})
+    card = (out / "model_card.md").read_text()
+    assert "ships: NOT JUDGED: no guardrail rule applies" in card
+    assert "| student | 92.7% | 87.3% - 95.9% | NOT JUDGED (passed) |" in card
+    assert "| shirt | 50 | 90.0% | 78.6% - 95.7% | - | NOT JUDGED |" in card
+    assert "| PASS |" not in card and "no guardrail rule is set: nothing is judged" in card
+    # one subgroup judged: the others are NOT JUDGED in the card and on the chart
+    policy = GuardrailSpec(min_accuracy_by_group={"shirt": 0.7})
+    report = job_report({"student": GOOD}, policy, references={"teacher": TEACHER})
+    write_bundle(tmp_path / "one", report, {})
+    card = (tmp_path / "one" / "model_card.md").read_text()
+    assert "| shirt | 50 | 90.0% | 78.6% - 95.7% | 70.0% | PASS |" in card
+    assert "| bag | 50 | 92.0% | 81.2% - 96.8% | - | NOT JUDGED |" in card
+    series = dict(chart_series(report))
+    assert [p[4] for p in series["student"]] == ["PASS", NOT_JUDGED, NOT_JUDGED]
+    assert [p[4] for p in series["teacher"]] == ["reference"] * 3
+
+
+def test_the_chart_draws_the_verdicts_the_report_gives(onnx_model, tmp_path):
+    policy = GuardrailSpec(min_accuracy=0.7, min_samples=60)  # n = 50: never PASS
+    report = job_report({"onnx": BAD}, policy, references={"teacher": TEACHER})
+    series = dict(chart_series(report))
+    drawn = [p[4] for p in series["onnx"]]
+    assert drawn == [group_label(g) for g in report.stages[0].groups]
+    assert drawn == ["FAIL", "INSUFFICIENT_EVIDENCE", "INSUFFICIENT_EVIDENCE"]
+    assert [p[3] for p in series["onnx"]] == [0.7] * 3  # the floors
+
+
 def test_nothing_chosen_is_rejected_even_when_every_stage_passed(onnx_model, tmp_path):
-    report = _bundle(tmp_path / "job", onnx_model, GOOD, shipped=None)
-    assert report["deployable"] is False and not (tmp_path / "job" / "triton").exists()
+    report = _bundle(tmp_path / "job", onnx_model, GOOD, ship=())
+    assert report.deployable is False and not (tmp_path / "job" / "triton").exists()
+    assert report.status == "REJECTED"
 
 
 def test_tensorrt_plan_ships_with_names_from_its_onnx_model(onnx_model, tmp_path):
@@ -192,15 +241,15 @@ def test_tensorrt_plan_ships_with_names_from_its_onnx_model(onnx_model, tmp_path
     out.mkdir()
     (out / "student.plan").write_bytes(b"serialized engine")
     shutil.copyfile(onnx_model, out / "student.onnx")
-    verdicts = [judge(GOOD, POLICY, "onnx"), judge(GOOD, POLICY, "tensorrt")]
-    report = write_bundle(out, report=dict(JOB), stage_reports={"onnx": GOOD}, verdicts=verdicts,
-                          policy=POLICY, shipped="tensorrt", model_name="fmnist",
-                          files={"onnx": out / "student.onnx", "tensorrt": out / "student.plan"})
+    report = _job({"onnx": GOOD, "tensorrt": dataclasses.replace(GOOD, name="tensorrt")},
+                  ship=("tensorrt",))
+    report = write_bundle(out, report, {"onnx": out / "student.onnx",
+                                        "tensorrt": out / "student.plan"}, model_name="fmnist")
     config = _parse_config(out / "triton" / "fmnist" / "config.pbtxt")
     assert (config.platform, config.input[0].name, list(config.output[0].dims)) == (
         "tensorrt_plan", "images", [3])
     assert (out / "triton" / "fmnist" / "1" / "model.plan").read_bytes() == b"serialized engine"
-    assert report["shipped"] == "tensorrt"
+    assert report.shipped == "tensorrt"
 
 
 def test_bad_calls_are_refused(onnx_model, tmp_path):
@@ -208,8 +257,11 @@ def test_bad_calls_are_refused(onnx_model, tmp_path):
     shutil.copyfile(onnx_model, outside)
     with pytest.raises(ValueError, match="not a file inside"):
         _bundle(tmp_path / "job", onnx_model, GOOD, extra={"int8": outside})
-    with pytest.raises(ValueError, match="needs both a file"):
-        _bundle(tmp_path / "job", onnx_model, GOOD, shipped="int8")
+    report = _job({"onnx": GOOD, "int8": dataclasses.replace(GOOD, name="int8")}, ship=("int8",))
+    with pytest.raises(ValueError, match="needs a file"):
+        write_bundle(tmp_path / "job", report, {"onnx": tmp_path / "job" / "student.onnx"})
+    with pytest.raises(ValueError, match="passed its guardrails"):
+        _job({"onnx": BAD}).with_sections(shipped="onnx")
 
 
 def test_choose_shipped_takes_the_first_preferred_stage_that_passed():
@@ -222,19 +274,18 @@ def test_a_passing_artifact_triton_cannot_serve_ships_without_a_triton_folder(tm
     out = tmp_path / "job"
     out.mkdir()
     (out / "student.pt2").write_bytes(b"exported program")
-    report = write_bundle(out, report=dict(JOB), stage_reports={"student": GOOD},
-                          verdicts=[judge(GOOD, POLICY, "student")], policy=POLICY,
-                          shipped="student", files={"student": out / "student.pt2"})
-    assert report["deployable"] is True and report["shipped"] == "student"
+    report = write_bundle(out, _job({"student": GOOD}, ship=("student",)),
+                          {"student": out / "student.pt2"})
+    assert report.deployable is True and report.shipped == "student"
     assert not (out / "triton").exists()
     assert "No Triton model repository was written" in (out / "model_card.md").read_text()
 
 
 def test_subgroups_at_exactly_0_and_100_percent_draw_and_report(onnx_model, tmp_path):
-    edges = _report("onnx", shirt=(50, 50), trouser=(0, 50), bag=(20, 20))
+    edges = eval_report("onnx", shirt=(50, 50), trouser=(0, 50), bag=(20, 20))
     out = _bundle(tmp_path / "edges", onnx_model, edges)
-    assert {"guardrails.png", "model_card.md"} <= set(out["files"])
-    assert "presentation_errors" not in out
+    assert {"guardrails.png", "model_card.md"} <= set(out.files)
+    assert "presentation_errors" not in out.to_dict()
 
 
 def test_a_failing_chart_never_costs_the_report_its_verdicts(onnx_model, tmp_path, monkeypatch):
@@ -243,8 +294,8 @@ def test_a_failing_chart_never_costs_the_report_its_verdicts(onnx_model, tmp_pat
 
     monkeypatch.setattr("compression.artifacts.bundle.plot_guardrails", broken)
     out = _bundle(tmp_path / "b", onnx_model, BAD)
-    written = load_json(tmp_path / "b" / "report.json")
-    assert written["guardrails"]["summary"] == out["guardrails"]["summary"]
-    assert written["presentation_errors"] == {
+    written = JobReport.load(tmp_path / "b" / "report.json")
+    assert written.guardrails.summary == out.guardrails.summary
+    assert written.presentation_errors == {
         "guardrails.png": "ValueError: 'yerr' must not contain negative values"}
-    assert "guardrails.png" not in written["files"] and "model_card.md" in written["files"]
+    assert "guardrails.png" not in written.files and "model_card.md" in written.files

@@ -2,16 +2,20 @@
 test with a fresh registry."""
 
 import json
+import logging
 from dataclasses import dataclass, field, replace
 
 import pytest
 
+from compression.guardrails import GroupResult
+from compression.spec import GuardrailSpec
 from service.launcher import ExitStatus
 from service.manager import JobManager, ManagerConfig
 from service.metrics import (OTHER, NoMetrics, PrometheusMetrics,
                              closest_to_floor, complete, epoch_fraction)
 from service.states import JobState
 from service.store import JobStore
+from tests.reports import eval_report, job_report
 
 SPEC = {"name": "bars", "teacher": {"path": "t.pt2"}}
 
@@ -62,14 +66,14 @@ def value(metrics, name, **labels):
     return metrics.registry.get_sample_value(name, labels)
 
 
-def verdict(stage, groups, failing=()):
-    return {"stage": stage, "failing_subgroups": list(failing),
-            "groups": [{"name": n, "accuracy": a, "floor": f} for n, a, f in groups]}
+POLICY = GuardrailSpec(min_accuracy=0.7, min_samples=10)
 
 
-def report(stages, shipped=None, first_failing=None):
-    return json.dumps({"shipped": shipped, "guardrails": {
-        "first_failing_stage": first_failing, "stages": stages}})
+def rejected(**sections):
+    """a 48/50 PASSes 70%, b 20/50 FAILs it, c has no test samples: a blocking
+    INSUFFICIENT_EVIDENCE."""
+    return job_report({"student": eval_report("student", a=(48, 50), b=(20, 50), c=(0, 0))},
+                      POLICY, **sections)
 
 
 def test_jobs_by_state_queue_and_live_series_of_a_running_job(setup):
@@ -130,54 +134,101 @@ def test_a_rejected_job_sets_subgroup_gauges_and_counts_violations(setup):
     manager, launcher, metrics, _ = setup
     job_id = manager.submit(SPEC).id
     manager.tick()
-    stages = [verdict("student", [("a", 0.95, 0.9), ("b", 0.70, 0.9), ("c", None, 0.9)],
-                      failing=["b", "c"])]
     manager.worker_finish(job_id, launcher.started[0][1]["TPET_JOB_TOKEN"], "REJECTED",
-                          report_json=report(stages, first_failing="student"))
+                          report_json=rejected().to_json())
     assert value(metrics, "tpet_job_outcomes_total", state="REJECTED") == 1
     assert value(metrics, "tpet_guardrail_violations_total", stage="student", subgroup="b") == 1
     assert value(metrics, "tpet_guardrail_violations_total", stage="student", subgroup="c") == 1
     assert value(metrics, "tpet_guardrail_violations_total", stage="student", subgroup="a") is None
     labels = {"job_id": job_id, "stage": "student"}
-    assert value(metrics, "tpet_subgroup_accuracy_ratio", subgroup="b", **labels) == 0.70
-    assert value(metrics, "tpet_subgroup_floor_ratio", subgroup="b", **labels) == 0.9
+    assert value(metrics, "tpet_subgroup_accuracy_ratio", subgroup="b", **labels) == 0.4
+    assert value(metrics, "tpet_subgroup_floor_ratio", subgroup="b", **labels) == 0.7
     assert value(metrics, "tpet_subgroup_accuracy_ratio", subgroup="c", **labels) is None
-    assert value(metrics, "tpet_subgroup_floor_ratio", subgroup="c", **labels) == 0.9
+    assert value(metrics, "tpet_subgroup_floor_ratio", subgroup="c", **labels) == 0.7
+    assert value(metrics, "tpet_job_finished_timestamp_seconds", job_id=job_id) == \
+        manager.get(job_id).updated
 
 
-def finished(job_id, state=JobState.SUCCEEDED, report_json="", error="", error_kind=""):
+def test_every_check_of_the_deciding_stage_has_a_verdict_series():
+    metrics = PrometheusMetrics()
+    metrics.job_changed(finished("j1", JobState.REJECTED, rejected().to_json()),
+                        JobState.RUNNING)
+
+    def verdicts(job_id):
+        return {(s.labels["subgroup"], s.labels["rule"], s.labels["verdict"],
+                 s.labels["blocking"]): s.value
+                for m in metrics.registry.collect() if m.name == "tpet_guardrail_verdict"
+                for s in m.samples if s.labels["job_id"] == job_id}
+    assert verdicts("j1") == {("a", "min_accuracy", "PASS", "false"): 1,
+                              ("b", "min_accuracy", "FAIL", "true"): 1,
+                              ("c", "min_accuracy", "INSUFFICIENT_EVIDENCE", "true"): 1}
+    # the same data where insufficient evidence does not block: c is shown, not blocking
+    lenient = replace(POLICY, block_on_insufficient_evidence=False)
+    report = job_report({"student": eval_report("student", a=(48, 50), c=(0, 0))}, lenient,
+                        ship=("student",))
+    metrics.job_changed(finished("j2", report_json=report.to_json()), JobState.RUNNING)
+    assert verdicts("j2") == {("a", "min_accuracy", "PASS", "false"): 1,
+                              ("c", "min_accuracy", "INSUFFICIENT_EVIDENCE", "false"): 1}
+    build = [s for m in metrics.registry.collect() if m.name == "tpet_build_info"
+             for s in m.samples]
+    assert len(build) == 1 and build[0].value == 1 and build[0].labels["version"]
+
+
+def test_a_report_that_does_not_read_sets_no_guardrail_series_and_says_why(caplog):
+    metrics = PrometheusMetrics()
+    data = rejected().to_dict()
+    data["guardrail"] = data.pop("guardrails")  # a renamed key must not pass unnoticed
+    with caplog.at_level(logging.WARNING, logger="tpet.metrics"):
+        metrics.job_changed(finished("j1", JobState.REJECTED, json.dumps(data)),
+                            JobState.RUNNING)
+    assert "guardrails: missing" in caplog.text
+    assert value(metrics, "tpet_guardrail_violations_total", stage="student", subgroup="b") \
+        is None
+    assert value(metrics, "tpet_job_finished_timestamp_seconds", job_id="j1") is None
+
+
+def finished(job_id, state=JobState.SUCCEEDED, report_json="", error="", error_kind="",
+             updated=0.0):
     from service.store import JobRecord
-    return JobRecord(1, job_id, None, "n", state, "", {}, "", 0.0, 0.0, error, error_kind, 1,
-                     False, "", "", report_json, 0)
+    return JobRecord(1, job_id, None, "n", state, "", {}, "", 0.0, updated, error, error_kind,
+                     1, False, "", "", report_json, 0)
 
 
 def test_only_the_last_recent_jobs_keep_subgroup_series():
     metrics = PrometheusMetrics(recent_jobs=2)
     for job_id in ("j1", "j2", "j3"):
-        metrics.job_changed(finished(job_id, report_json=report(
-            [verdict("onnx", [("a", 0.8, 0.5)])], shipped="onnx")), JobState.RUNNING)
-    kept = [j for j in ("j1", "j2", "j3") if value(
-        metrics, "tpet_subgroup_accuracy_ratio", job_id=j, stage="onnx", subgroup="a")]
+        metrics.job_changed(finished(job_id, JobState.REJECTED, rejected().to_json()),
+                            JobState.RUNNING)
+    for name, labels in (("tpet_subgroup_accuracy_ratio", {"subgroup": "a"}),
+                         ("tpet_subgroup_floor_ratio", {"subgroup": "c"}),
+                         ("tpet_guardrail_verdict", {"subgroup": "b", "rule": "min_accuracy",
+                                                     "verdict": "FAIL", "blocking": "true"})):
+        kept = [j for j in ("j1", "j2", "j3")
+                if value(metrics, name, job_id=j, stage="student", **labels) is not None]
+        assert kept == ["j2", "j3"], name
+    kept = [j for j in ("j1", "j2", "j3")
+            if value(metrics, "tpet_job_finished_timestamp_seconds", job_id=j) is not None]
     assert kept == ["j2", "j3"]
-    assert value(metrics, "tpet_subgroup_floor_ratio", job_id="j1", stage="onnx",
-                 subgroup="a") is None
 
 
 def test_the_deciding_stage_is_the_shipped_one_else_the_first_failing():
     metrics = PrometheusMetrics()
-    stages = [verdict("student", [("a", 0.9, 0.5)]), verdict("onnx", [("a", 0.8, 0.5)]),
-              verdict("int8", [("a", 0.4, 0.5)], failing=["a"])]
-    metrics.job_changed(finished("j1", report_json=report(stages, "onnx", "int8")),
-                        JobState.RUNNING)
+    stages = {"student": eval_report("student", a=(48, 50)),
+              "onnx": eval_report("onnx", a=(45, 50)),
+              "int8": eval_report("int8", a=(10, 50))}  # 20%: shown under the 70% floor
+    report = job_report(stages, POLICY, ship=("int8", "onnx"))
+    assert report.shipped == "onnx"
+    metrics.job_changed(finished("j1", report_json=report.to_json()), JobState.RUNNING)
     assert value(metrics, "tpet_subgroup_accuracy_ratio", job_id="j1", stage="onnx",
-                 subgroup="a") == 0.8
+                 subgroup="a") == 0.9
     assert value(metrics, "tpet_subgroup_accuracy_ratio", job_id="j1", stage="int8",
                  subgroup="a") is None
     assert value(metrics, "tpet_guardrail_violations_total", stage="int8", subgroup="a") == 1
-    metrics.job_changed(finished("j2", JobState.REJECTED, report(stages[:1] + stages[2:], None,
-                                                                 "int8")), JobState.RUNNING)
+    del stages["onnx"]
+    report = job_report(stages, POLICY)
+    metrics.job_changed(finished("j2", JobState.REJECTED, report.to_json()), JobState.RUNNING)
     assert value(metrics, "tpet_subgroup_accuracy_ratio", job_id="j2", stage="int8",
-                 subgroup="a") == 0.4
+                 subgroup="a") == 0.2
 
 
 def test_parity_failures_are_counted_by_kind_and_other_failures_are_not():
@@ -200,8 +251,9 @@ def test_parity_failures_are_counted_by_kind_and_other_failures_are_not():
 
 def test_worker_supplied_labels_are_capped():
     metrics = PrometheusMetrics(max_label_values=2)
-    stages = [verdict("student", [], failing=["a", "b", "c", "d"])]
-    metrics.job_changed(finished("j1", JobState.REJECTED, report(stages)), JobState.RUNNING)
+    stages = {"student": eval_report("student", a=(0, 50), b=(0, 50), c=(0, 50), d=(0, 50))}
+    metrics.job_changed(finished("j1", JobState.REJECTED, job_report(stages, POLICY).to_json()),
+                        JobState.RUNNING)
     counts = {g: value(metrics, "tpet_guardrail_violations_total", stage="student", subgroup=g)
               for g in ("a", "b", "c", OTHER)}
     assert counts == {"a": 1, "b": 1, "c": None, OTHER: 2}
@@ -212,13 +264,16 @@ def test_worker_supplied_labels_are_capped():
     assert value(metrics, "tpet_stage_duration_seconds_count", stage=OTHER) == 6
 
 
-def test_closest_to_floor_keeps_the_smallest_margins_in_order():
-    groups = [{"name": "a", "accuracy": 0.9, "floor": 0.5},    # margin 0.4
-              {"name": "b", "accuracy": 0.6, "floor": 0.5},    # 0.1
-              {"name": "c", "accuracy": None, "floor": 0.5},   # unknown: last
-              {"name": "d", "accuracy": 0.3, "floor": None}]   # no floor: 0.3
-    assert [g["name"] for g in closest_to_floor(groups, 2)] == ["b", "d"]
-    assert [g["name"] for g in closest_to_floor(groups, 9)] == ["a", "b", "c", "d"]
+def test_closest_to_floor_keeps_blocking_subgroups_then_the_smallest_margins_in_order():
+    def group(name, accuracy, floor):
+        return GroupResult(name, 50, accuracy, (0.0, 1.0), floor, None)
+    groups = [group("a", 0.9, 0.5),    # margin 0.4
+              group("b", 0.6, 0.5),    # 0.1
+              group("c", None, 0.5),   # unknown: last
+              group("d", 0.3, None)]   # no floor: 0.3
+    assert [g.name for g in closest_to_floor(groups, 2)] == ["b", "d"]
+    assert [g.name for g in closest_to_floor(groups, 9)] == ["a", "b", "c", "d"]
+    assert [g.name for g in closest_to_floor(groups, 2, first=["c"])] == ["b", "c"]
 
 
 def test_epoch_fraction():
