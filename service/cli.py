@@ -4,9 +4,10 @@
 ``jobs``, ``watch``, ``cancel`` and ``report`` talk to it (service/commands.py); ``demo`` starts
 a server, submits the example job and follows it (service/demo.py).
 
-Exit codes, for pipelines: 0 succeeded, 2 invalid input, 3 rejected by guardrails, 4 failed,
-5 cancelled. A full disk is a failure (4), even where the library reports it as a file it
-could not write.
+Exit codes, for pipelines: 0 succeeded, 2 invalid input (or an input the server does not
+allow), 3 rejected by guardrails, 4 failed, 5 cancelled. Every error's kind decides its code
+(``service.errors.KINDS``): a full disk is a failure (4), even where the library reports it as
+a file it could not write.
 """
 
 from __future__ import annotations
@@ -16,17 +17,20 @@ import json
 import signal
 import sys
 import traceback
+from importlib import metadata
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from compression.errors import Cancelled, InvalidInput, TpetError
-from compression.spec import load_job
-from service.errors import is_out_of_space
+from compression.errors import ErrorKind, TpetError
+from compression.spec import JobSpec, parse_spec, read_job_file
+from service.errors import (EXIT_CANCELLED, EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_REJECTED,
+                            KINDS, kind_of)
+from service.job_overrides import apply_overrides
 from service.progress import ProgressPrinter
 
-__all__ = ["main", "EXIT_OK", "EXIT_INVALID", "EXIT_REJECTED", "EXIT_FAILED", "EXIT_CANCELLED"]
+__all__ = ["main", "build_parser", "job_data", "version", "EXIT_OK", "EXIT_INVALID",
+           "EXIT_REJECTED", "EXIT_FAILED", "EXIT_CANCELLED"]
 
-EXIT_OK, EXIT_INVALID, EXIT_REJECTED, EXIT_FAILED, EXIT_CANCELLED = 0, 2, 3, 4, 5
 DEMO_JOB = "examples/fashion_mnist_lt.yaml"
 
 
@@ -49,6 +53,29 @@ class _StopFlag:
         signal.signal(signal.SIGINT, handler)
 
 
+def version() -> str:
+    """The installed package's version; from pyproject.toml when run from a checkout."""
+    try:
+        return metadata.version("teachers-pet")
+    except metadata.PackageNotFoundError:
+        import tomllib
+
+        try:
+            with open(Path(__file__).resolve().parents[1] / "pyproject.toml", "rb") as f:
+                return f"{tomllib.load(f)['project']['version']} (not installed)"
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "unknown"
+
+
+def job_data(path: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A job file's plain data with the ``--set`` overrides applied, not yet validated."""
+    return apply_overrides(read_job_file(path), overrides or [])
+
+
+def _job(args: argparse.Namespace) -> JobSpec:
+    return parse_spec(job_data(args.job, getattr(args, "overrides", None)))
+
+
 def cmd_run(args: argparse.Namespace, stop: _StopFlag) -> int:
     from compression import distributed
     from compression.events import emit_nothing
@@ -56,10 +83,12 @@ def cmd_run(args: argparse.Namespace, stop: _StopFlag) -> int:
     from service.report_view import format_report
 
     joined = distributed.init_from_env()  # under torchrun every rank trains, rank 0 reports
+    printer = ProgressPrinter() if distributed.is_primary() else None
     try:
-        result = run(load_job(args.job),
-                     ProgressPrinter() if distributed.is_primary() else emit_nothing, stop)
+        result = run(_job(args), printer or emit_nothing, stop)
     finally:
+        if printer is not None:  # an error's message starts on a line of its own
+            printer.close()
         if joined:
             distributed.shutdown()
     if result is None:  # a rank other than 0: its part is done
@@ -67,17 +96,24 @@ def cmd_run(args: argparse.Namespace, stop: _StopFlag) -> int:
     text = result.report_path.read_text()
     print(text if args.json else f"\n{format_report(json.loads(text))}\n"
                                  f"report: {result.report_path}")
-    return EXIT_REJECTED if result.status == REJECTED else EXIT_OK
+    if result.status == REJECTED:
+        print(f"rejected: {result.summary}", file=sys.stderr)
+        return EXIT_REJECTED
+    return EXIT_OK
 
 
 def cmd_train_teacher(args: argparse.Namespace, stop: _StopFlag) -> int:
     from compression.teacher_training import TeacherRecipe, train_teacher
 
-    job = load_job(args.job)
+    job = _job(args)
     out = Path(args.out or job.teacher.path)
     recipe = TeacherRecipe(arch=args.arch, width=args.width, epochs=args.epochs,
                            augment=args.augment)
-    report = train_teacher(job, recipe, out, ProgressPrinter(), stop)
+    printer = ProgressPrinter()
+    try:
+        report = train_teacher(job, recipe, out, printer, stop)
+    finally:
+        printer.close()
     print(f"\nteacher ({args.arch}) saved to {out}\n{report.format_table()}")
     return EXIT_OK
 
@@ -91,10 +127,12 @@ def cmd_demo(args: argparse.Namespace, stop: _StopFlag) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tpet", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run a job in this process (no server)")
     p.add_argument("job", help="job file (YAML)")
+    add_set_flag(p)
     p.add_argument("--json", action="store_true", help="print the JSON report")
     p.set_defaults(func=cmd_run)
 
@@ -125,27 +163,36 @@ def main(argv: list[str] | None = None) -> int:
     return _exit_code_of(lambda: args.func(args, stop))
 
 
+def add_set_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help="change a setting of the job file: a dotted key "
+                   "and a YAML value, e.g. --set training.epochs=3 (repeatable; applied in "
+                   "order, before validation)")
+
+
 def _exit_code_of(command: Callable[[], int]) -> int:
+    """Run ``command``; an error ends it with the exit code of its kind."""
     try:
         return command()
-    except InvalidInput as exc:
-        if is_out_of_space(exc):  # the machine's condition, not the user's input
-            print(f"failed: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INVALID
-    except Cancelled:
-        print("cancelled", file=sys.stderr)
-        return EXIT_CANCELLED
-    except TpetError as exc:
-        print(f"failed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
     except KeyboardInterrupt:
         print("aborted", file=sys.stderr)
-        return EXIT_CANCELLED
-    except Exception:  # an internal bug: keep the traceback, it is ours to fix
-        traceback.print_exc()
-        return EXIT_FAILED
+        return KINDS[ErrorKind.CANCELLED].exit_code
+    except Exception as exc:
+        kind = kind_of(exc)
+        if isinstance(exc, TpetError):
+            print(_said(kind, exc), file=sys.stderr)
+        else:  # an internal bug: keep the traceback, it is ours to fix
+            traceback.print_exc()
+        return KINDS[kind].exit_code
+
+
+def _said(kind: ErrorKind, exc: TpetError) -> str:
+    """How the error's line starts: the user's to fix, a cancel, or a failure."""
+    if KINDS[kind].exit_code == EXIT_INVALID:
+        return f"error: {exc}"
+    if kind is ErrorKind.CANCELLED:
+        return f"cancelled: {exc}" if str(exc) else "cancelled"
+    return f"failed: {exc}"
 
 
 if __name__ == "__main__":

@@ -10,31 +10,40 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import signal
 import sys
+import textwrap
 import threading
 from datetime import datetime
 from typing import Any
 
+from compression.errors import ErrorKind
 from compression.events import Event
-from service.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_INVALID, EXIT_OK, EXIT_REJECTED
+from service.cli import EXIT_FAILED, EXIT_OK, EXIT_REJECTED, add_set_flag, job_data
 from service.client import TpetClient, job_state
-from service.errors import FailedPrecondition
+from service.errors import KINDS, FailedPrecondition, kind_named
 from service.progress import ProgressPrinter
 from service.states import JobState
 
-__all__ = ["add_server_commands", "exit_code_of_job"]
+__all__ = ["add_server_commands", "exit_code_of_job", "format_jobs"]
 
-_EXIT = {JobState.SUCCEEDED: EXIT_OK, JobState.REJECTED: EXIT_REJECTED,
-         JobState.FAILED: EXIT_FAILED, JobState.CANCELLED: EXIT_CANCELLED}
+_MIN_ERROR_WIDTH = 30  # a narrow terminal still gets readable reasons, below the row if need be
 
 
 def exit_code_of_job(job: Any) -> int:
-    """0 succeeded, 2 invalid input (found by the worker), 3 rejected, 4 failed, 5 cancelled."""
+    """0 succeeded, 3 rejected; a failed job exits by the kind of its failure (2 for input the
+    worker found wrong or not allowed, 4 otherwise), a cancelled one 5."""
     state = job_state(job)
-    if state is JobState.FAILED and job.error_kind == "invalid_input":
-        return EXIT_INVALID
-    return _EXIT.get(state, EXIT_FAILED)
+    if state is JobState.SUCCEEDED:
+        return EXIT_OK
+    if state is JobState.REJECTED:
+        return EXIT_REJECTED
+    if state is JobState.CANCELLED:
+        return KINDS[ErrorKind.CANCELLED].exit_code
+    if state is JobState.FAILED:
+        return KINDS[kind_named(job.error_kind)].exit_code
+    return EXIT_FAILED  # not finished: whoever waited for its end did not see one
 
 
 def cmd_serve(args: argparse.Namespace, stop: Any) -> int:
@@ -62,11 +71,14 @@ def cmd_serve(args: argparse.Namespace, stop: Any) -> int:
 
 
 def cmd_compress(args: argparse.Namespace, stop: Any) -> int:
+    from service.convert import dict_to_proto
+
+    spec = dict_to_proto(job_data(args.job, args.overrides), f"job file {args.job}")
     with _client(args) as client:
-        job = client.compress(args.job, request_id=args.request_id)
+        job = client.compress(spec, request_id=args.request_id)
         print(job.id, flush=True)
         print(f"job {job.id} ({job.name}) {job_state(job).value}", file=sys.stderr)
-        return _follow(client, job.id) if args.wait else EXIT_OK
+        return _follow(client, job.id, report=True) if args.wait else EXIT_OK
 
 
 def cmd_watch(args: argparse.Namespace, stop: Any) -> int:
@@ -85,15 +97,42 @@ def cmd_cancel(args: argparse.Namespace, stop: Any) -> int:
 
 def cmd_jobs(args: argparse.Namespace, stop: Any) -> int:
     with _client(args) as client:
-        rows = [[j.id, j.name, job_state(j).value, j.stage or "-", str(j.attempts),
-                 datetime.fromtimestamp(j.create_time.seconds).strftime("%Y-%m-%d %H:%M:%S"),
-                 (j.error.splitlines() or [""])[0][:60]]
-                for j in client.list_jobs(args.state or ())]
-    header = ["ID", "NAME", "STATE", "STAGE", "ATTEMPTS", "CREATED", "ERROR"]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        jobs = list(client.list_jobs(args.state or ()))
+    print(format_jobs(jobs, shutil.get_terminal_size((120, 24)).columns))
     return EXIT_OK
+
+
+def format_jobs(jobs: list[Any], columns: int) -> str:
+    """A table of ``jobs`` fitting ``columns``; the last column, why a job failed or was
+    rejected, is given whole: wrapped under itself, each of its lines kept."""
+    header = ["ID", "NAME", "STATE", "STAGE", "ATTEMPTS", "CREATED", "REASON"]
+    rows = [[j.id, j.name, job_state(j).value, j.stage or "-", str(j.attempts),
+             datetime.fromtimestamp(j.create_time.seconds).strftime("%Y-%m-%d %H:%M:%S")]
+            for j in jobs]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    indent = sum(widths) + 2 * len(widths)
+    width = max(_MIN_ERROR_WIDTH, columns - indent - 1)
+    lines = [_cells(header[:-1], widths) + header[-1]]
+    for row, job in zip(rows, jobs):
+        reason = _wrapped(job.error, width) or [""]
+        lines.append((_cells(row, widths) + reason[0]).rstrip())
+        lines += [" " * indent + more for more in reason[1:]]
+    return "\n".join(lines)
+
+
+def _cells(row: list[str], widths: list[int]) -> str:
+    return "".join(c.ljust(w) + "  " for c, w in zip(row, widths))
+
+
+def _wrapped(text: str, width: int) -> list[str]:
+    """``text`` in lines of at most ``width``; its own lines (a problem list) stay lines, and
+    a wrapped line continues indented under its start."""
+    out: list[str] = []
+    for line in text.splitlines():
+        lead = line[:len(line) - len(line.lstrip())]
+        out += textwrap.wrap(line, width, initial_indent="", subsequent_indent=lead + "  ",
+                             drop_whitespace=True, break_on_hyphens=False) or [""]
+    return out
 
 
 def cmd_report(args: argparse.Namespace, stop: Any) -> int:
@@ -124,20 +163,33 @@ def _client(args: argparse.Namespace) -> TpetClient:
     return TpetClient(args.server, token, tls=tls)
 
 
-def _follow(client: TpetClient, job_id: str) -> int:
-    """Print the job's progress until it ends; the exit code says how it ended."""
+def _follow(client: TpetClient, job_id: str, report: bool = False) -> int:
+    """Print the job's progress until it ends, then (``report``) its report, and how it ended
+    and why; the exit code says how it ended."""
     printer = ProgressPrinter()
     try:
         for event in client.watch(job_id):
             printer(_library_event(event))
     except KeyboardInterrupt:
+        printer.close()
         print(f"\nstopped watching; job {job_id} goes on (`tpet cancel {job_id}` stops it)",
               file=sys.stderr)
         raise
+    printer.close()
     job = client.get_job(job_id)
-    print(f"job {job.id}: {job_state(job).value}" + (f"\n{job.error}" if job.error else ""),
-          file=sys.stderr)
+    if report and job.report_json:
+        from service.report_view import format_report  # imports torch: only when there is one
+
+        print(f"{format_report(json.loads(job.report_json))}\nartifacts: {job.output_dir}")
+    print(_ending(job), file=sys.stderr)
     return exit_code_of_job(job)
+
+
+def _ending(job: Any) -> str:
+    """``job <id>: STATE``, the kind of a failure, and the whole reason when there is one."""
+    state = job_state(job)
+    kind = f" ({job.error_kind})" if state is JobState.FAILED and job.error_kind else ""
+    return f"job {job.id}: {state.value}{kind}" + (f"\n{job.error}" if job.error else "")
 
 
 def _library_event(event: Any) -> Event:
@@ -186,6 +238,7 @@ def add_server_commands(sub: Any) -> None:
         p.set_defaults(func=func, local=False)
         if name == "compress":
             p.add_argument("job", help="job file (YAML)")
+            add_set_flag(p)
             p.add_argument("--wait", action="store_true", help="follow it; exit by its end")
             p.add_argument("--request-id", help="idempotency key (default: a new UUID)")
         elif name == "jobs":

@@ -32,9 +32,9 @@ from compression.errors import Cancelled, ErrorKind, InvalidInput, TpetError
 __all__ = [
     "ServiceError", "NotFound", "FailedPrecondition", "AlreadyExists", "QueueFull",
     "Unauthenticated", "PermissionDenied", "Unavailable", "StoreUnavailable", "KindInfo",
-    "KINDS", "kind_of", "kind_named", "info_of", "status_of", "error_from_status", "ErrorInterceptor",
-    "clip_details", "is_out_of_space", "ERROR_METADATA", "from_server", "EXIT_OK",
-    "EXIT_INVALID", "EXIT_REJECTED", "EXIT_FAILED", "EXIT_CANCELLED",
+    "KINDS", "kind_of", "kind_named", "info_of", "status_of", "error_from_status",
+    "ErrorInterceptor", "clip_details", "is_out_of_space", "ERROR_METADATA", "from_server",
+    "EXIT_OK", "EXIT_INVALID", "EXIT_REJECTED", "EXIT_FAILED", "EXIT_CANCELLED",
 ]
 
 log = logging.getLogger("tpet.server")

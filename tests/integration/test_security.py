@@ -80,7 +80,7 @@ def test_cli_flags_for_tls_and_a_token_file(serve, pki, tmp_path):
 
     ran = tpet("jobs", *flags, "--token-file", tmp_path / "token")
     assert ran.returncode == 0, ran.stderr
-    assert ran.stdout.split() == ["ID", "NAME", "STATE", "STAGE", "ATTEMPTS", "CREATED", "ERROR"]
+    assert ran.stdout.split() == ["ID", "NAME", "STATE", "STAGE", "ATTEMPTS", "CREATED", "REASON"]
     ran = tpet("jobs", *flags, "--token-file", tmp_path / "wrong")
     assert ran.returncode == 4 and "the token is not valid" in ran.stderr
     ran = tpet("jobs", "--server", server.address, "--token-file", tmp_path / "token")

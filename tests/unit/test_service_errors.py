@@ -1,9 +1,12 @@
 """One table maps every error to a status code; clients get the same exceptions back."""
 
+import errno
+
 import grpc
 import pytest
 
-from compression.errors import Cancelled, InvalidInput, StageFailed, TpetError
+from compression.access import AccessDenied
+from compression.errors import Cancelled, InvalidInput, ParityFailed, StageFailed, TpetError
 from service.errors import (AlreadyExists, FailedPrecondition, NotFound, PermissionDenied,
                             QueueFull, Unauthenticated, Unavailable, error_from_status,
                             status_of)
@@ -19,6 +22,8 @@ CASES = [
     (Cancelled("stop"), grpc.StatusCode.CANCELLED),
     (StageFailed("export", "parity"), grpc.StatusCode.ABORTED),
     (TpetError("other"), grpc.StatusCode.INTERNAL),
+    (ParityFailed("export_onnx", "differs"), grpc.StatusCode.ABORTED),
+    (AccessDenied("data.path '/etc' is outside the roots"), grpc.StatusCode.PERMISSION_DENIED),
 ]
 
 
@@ -51,3 +56,10 @@ def test_unknown_errors_are_internal_without_details(caplog):
 def test_unreachable_server_is_unavailable():
     assert isinstance(error_from_status(grpc.StatusCode.UNAVAILABLE, "down"), Unavailable)
     assert isinstance(error_from_status(grpc.StatusCode.DEADLINE_EXCEEDED, "slow"), Unavailable)
+
+
+def test_a_full_disk_is_internal_even_as_invalid_input():
+    try:
+        raise InvalidInput("cannot write report.json") from OSError(errno.ENOSPC, "disk full")
+    except InvalidInput as exc:
+        assert status_of(exc) == (grpc.StatusCode.INTERNAL, str(exc))  # the message is kept
