@@ -24,6 +24,7 @@ from compression.export.onnx_export import export_onnx
 from compression.losses import known_losses
 from compression.models import load_teacher
 from compression.pipeline import run
+from compression.report import JobReport
 from compression.spec import (DataSpec, ExportSpec, JobSpec, LongTailSpec, MitigationSpec,
                               StudentSpec, TeacherSpec, TrainingSpec, spec_to_dict)
 from compression.teacher_training import TeacherRecipe, train_teacher
@@ -212,24 +213,25 @@ def run_cell(dataset: str, method: Method, seed: int,
 
 def _summarize(dataset: str, method: Method, seed: int, result: Any,
                seconds: float) -> dict[str, Any]:
-    """The per-run record: accuracies from the reports, counts and loss state from report.json."""
-    report = json.loads(Path(result.report_path).read_text())
+    """The per-run record: accuracies from the reports, counts and loss state from report.json,
+    read back as the typed job report."""
+    report = JobReport.load(result.report_path)
     student, teacher = result.reports["student"], result.reports.get("teacher")
-    train_counts = report["data"]["splits"]["train"]["class_counts"]
-    teacher_info = report.get("teacher") or {}
+    names = report.data.class_names
+    train_counts = report.data.splits["train"].class_counts
     return {
         "dataset": dataset, "method": method.label, "seed": seed,
         "mitigation": spec_to_dict(method.mitigation),
-        "class_names": list(report["data"]["class_names"]),
-        "train_counts": [train_counts[c] for c in report["data"]["class_names"]],
+        "class_names": list(names),
+        "train_counts": [train_counts[c] for c in names],
         "accuracy": student.overall.accuracy,
         "per_class": [c.accuracy for c in student.per_class],
         "teacher_accuracy": teacher and teacher.overall.accuracy,
         "teacher_per_class": teacher and [c.accuracy for c in teacher.per_class],
-        "teacher_calibration": teacher_info.get("calibration"),
-        "loss_state": report["training"]["loss_state"],
-        "student_parameters": report["student_parameters"],
-        "train_seconds": report["training"]["seconds"], "seconds": seconds,
+        "teacher_calibration": report.teacher and report.teacher.calibration,
+        "loss_state": report.training.loss_state,
+        "student_parameters": report.student_parameters,
+        "train_seconds": report.training.seconds, "seconds": seconds,
     }
 
 
