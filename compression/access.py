@@ -10,6 +10,12 @@ symlink added after a job was submitted cannot lead a worker outside the roots. 
 the real path of the open file itself is checked again (``/proc/self/fd``), so swapping a folder
 on the way for a symlink between the check and the open does not help either.
 
+A path may also be a URI (``compression.storage``): ``file://`` names a local file and takes
+the local checks; an object (``s3://``, ``gs://``, ``https://``) must lie under one of the
+policy's URI prefixes, which sit among its roots (``s3://bucket/prefix/``), and is read into
+a local unnamed copy after its declared size is checked, so readers see a real file. Objects
+are single files: folders (imagefolder, Fashion-MNIST) are read from local paths only.
+
 Every function takes an optional ``access``: a caller that checks on behalf of a job without
 running it (the server, at submission) passes its policy instead of installing it.
 """
@@ -23,11 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
+from compression import storage
 from compression.errors import ErrorKind, InvalidInput
 
 __all__ = ["InputAccess", "AccessDenied", "DEFAULT_DECODED_BYTES", "current", "install",
            "granted", "open_input", "read_input", "read_upto", "checked_path", "list_dir",
-           "walk_files", "special_kind", "decoded_limit"]
+           "walk_files", "special_kind", "decoded_limit", "exists", "local_or_uri",
+           "checked_target"]
 
 # The most bytes one split may decode into memory when the policy sets no max_bytes: a header
 # that declares more is corrupt or hostile, and would otherwise be allocated before any check.
@@ -46,7 +54,7 @@ class AccessDenied(InvalidInput):
 
 @dataclass(frozen=True)
 class InputAccess:
-    """roots: real directories a job may read under (None: any); max_bytes: the largest file
+    """roots: real directories and URI prefixes a job may read under (None: any); max_bytes: the largest file
     a job may open, and the most bytes one split may decode (None: no file limit, and
     ``DEFAULT_DECODED_BYTES`` decoded); allow_torchscript: whether a TorchScript teacher (code)
     may be loaded at all."""
@@ -58,14 +66,91 @@ class InputAccess:
     @classmethod
     def of(cls, roots: list[str] | tuple[str, ...] | None, max_bytes: int | None = None,
            allow_torchscript: bool = False) -> InputAccess:
-        real = None if roots is None else tuple(
-            os.path.realpath(os.path.expanduser(r)) for r in roots)
+        real = None if roots is None else tuple(_root(r) for r in roots)
         return cls(real, max_bytes, allow_torchscript)
 
     def allows(self, real: str) -> bool:
         """Whether the already-resolved path ``real`` lies under a root."""
         return self.roots is None or any(
-            real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in self.roots)
+            real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+            for root in self.roots if not storage.is_uri(root))
+
+    def allows_uri(self, uri: storage.Uri) -> bool:
+        """Whether the object ``uri`` lies under one of the URI prefixes."""
+        return self.roots is None or any(
+            storage.under(uri, storage.parse_uri(root, "URI prefix"))
+            for root in self.roots if storage.is_uri(root))
+
+
+def _root(root: str) -> str:
+    """A local root made real; a URI prefix in its canonical form (file:// is a local root)."""
+    if storage.is_uri(root):
+        uri = storage.parse_uri(root, "URI prefix")
+        if uri.scheme != "file":
+            return str(uri)
+        root = uri.fs_path
+    return os.path.realpath(os.path.expanduser(root))
+
+
+def _remote(path: str | os.PathLike, what: str) -> storage.Uri | None:
+    """The object ``path`` names, or None for a local path (a file:// URI is one)."""
+    if not storage.is_uri(path):
+        return None
+    uri = storage.parse_uri(os.fspath(path), what)
+    return None if uri.scheme == "file" else uri
+
+
+def _local(path: str | os.PathLike) -> str | os.PathLike:
+    """``path`` with a file:// URI turned into its local path (checked by ``_remote``)."""
+    return storage.parse_uri(path, "path").fs_path if storage.is_uri(path) else path
+
+
+def checked_target(text: str, what: str, access: InputAccess | None = None) -> storage.Uri:
+    """The checked URI a job writes to: a writable scheme (s3, gs, file), under the policy's
+    URI prefixes, or for file:// under its local roots. The prefixes say where a job may
+    touch object storage at all, reading or writing."""
+    access = access or current()
+    uri = storage.parse_uri(text, what, storage.WRITE_SCHEMES)
+    if uri.scheme == "file":
+        checked_path(uri.fs_path, what, access)
+    else:
+        _require_uri(uri, what, access)
+    return uri
+
+
+def _require_uri(uri: storage.Uri, what: str, access: InputAccess) -> None:
+    if not access.allows_uri(uri):
+        raise AccessDenied(f"{what} {uri} is outside the allowed data roots and URI prefixes "
+                           f"({', '.join(access.roots or ())}); ask the operator to add its "
+                           "bucket or prefix (e.g. s3://bucket/prefix/) to data_roots")
+
+
+def _local_only(path: str | os.PathLike, what: str, access: InputAccess) -> str | os.PathLike:
+    """``path`` as a local path; an object is refused, after the policy had its say."""
+    uri = _remote(path, what)
+    if uri is None:
+        return _local(path)
+    _require_uri(uri, what, access)
+    raise InvalidInput(f"{what} {uri} is in object storage, but this input is read as a local "
+                       "folder or file tree; copy it to a local path, or use a source that "
+                       "reads single files (npz, webdataset)")
+
+
+def local_or_uri(path: str | os.PathLike) -> Path | str:
+    """What a reader should hold for a spec's path: an object URI as given, anything else
+    (file:// included) as a local ``Path`` with ``~`` expanded."""
+    return os.fspath(path) if _remote(path, "path") else Path(_local(path)).expanduser()
+
+
+def exists(path: str | os.PathLike, what: str, access: InputAccess | None = None) -> bool:
+    """Whether ``path`` (a local path or URI) exists, once the policy allows it; for an object
+    a missing bucket or denied access raises ``InvalidInput`` rather than answering."""
+    access = access or current()
+    uri = _remote(path, what)
+    if uri is None:
+        return os.path.exists(checked_path(path, what, access))
+    _require_uri(uri, what, access)
+    return storage.exists(uri, what)
 
 
 _current = InputAccess()
@@ -101,6 +186,7 @@ def decoded_limit(access: InputAccess | None = None) -> int:
 
 def checked_path(path: str | os.PathLike, what: str, access: InputAccess | None = None) -> Path:
     """The real path of ``path`` if the policy allows it; ``AccessDenied`` names ``what``."""
+    path = _local_only(path, what, access or current())
     if "\0" in os.fspath(path):  # the OS cannot take it, and realpath would raise ValueError
         raise InvalidInput(f"{what} {os.fspath(path)!r} contains a NUL character")
     real = os.path.realpath(os.path.expanduser(os.fspath(path)))
@@ -130,12 +216,19 @@ def open_input(path: str | os.PathLike, what: str,
                access: InputAccess | None = None) -> BinaryIO:
     """Open a regular file for reading, checked against the policy at this moment.
 
+    An object URI is read into a local unnamed copy (``storage.open_copy``) once it lies
+    under an allowed prefix and its declared size is within the limit.
+
     The file is opened by its resolved path without following a final symlink, non-blocking,
     then ``fstat``-ed, and the real path of what was opened is checked again: a special file
     (FIFO, device, socket), a file over the size limit or one reached through a folder swapped
     for a symlink is refused without reading a byte.
     """
     access = access or current()
+    uri = _remote(path, what)
+    if uri is not None:
+        _require_uri(uri, what, access)
+        return storage.open_copy(uri, what, access.max_bytes, DEFAULT_DECODED_BYTES)
     shown = os.fspath(path)
     real = str(checked_path(path, what, access))
     kind = special_kind(real)  # refused before opening: opening a device can act on it
@@ -202,7 +295,7 @@ def walk_files(path: str | os.PathLike, what: str,
     hang the walk); every entry, followed or not, must resolve inside the roots."""
     access = access or current()
     found: list[Path] = []
-    stack = [Path(path)]
+    stack = [Path(_local_only(path, what, access))]
     while stack:
         folder = stack.pop()
         for name, real, descend in _scan(folder, what, access):
@@ -216,6 +309,7 @@ def walk_files(path: str | os.PathLike, what: str,
 def _scan(path: str | os.PathLike, what: str,
           access: InputAccess) -> list[tuple[str, str, bool]]:
     """(name, real path, whether it is a real folder) per entry of ``path``, each checked."""
+    path = _local_only(path, what, access)
     shown = os.fspath(path)
     real = str(checked_path(path, what, access))
     fd = _open_fd(real, shown, what, os.O_DIRECTORY | os.O_NOFOLLOW)

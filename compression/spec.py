@@ -74,7 +74,7 @@ class SubgroupSpec:
 class DataSpec:
     """Where the data comes from and how it is split into train / holdout / test."""
 
-    source: str = _choice("fashion-mnist", "npz", "imagefolder", "manifest",
+    source: str = _choice("fashion-mnist", "npz", "imagefolder", "manifest", "webdataset",
                           default="fashion-mnist")
     path: str = ""  # train data; for fashion-mnist the idx directory (Debian's by default)
     test_path: str = ""
@@ -257,6 +257,7 @@ class JobSpec:
     guardrails: GuardrailSpec = field(default_factory=GuardrailSpec)
     export: ExportSpec = field(default_factory=ExportSpec)
     output_dir: str = ""  # default: runs/<name>
+    output_uri: str = ""  # s3://, gs:// or file://: the bundle is uploaded there, report.json last
 
     def problems(self) -> list[str]:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.name):

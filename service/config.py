@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from compression import storage
 from compression.errors import InvalidInput
 from compression.safe_yaml import load_yaml_file
 from compression.typed import choice, parse_into, ranged
@@ -37,7 +38,8 @@ class ServerConfig:
     rpc_threads: int = ranged(32, 1, 4096)  # WatchJob streams each hold one; 8 stay free
     auth_token_file: str = ""  # CompressService calls need `Bearer <token>` (or $TPET_TOKEN_FILE)
     worker_python: str = sys.executable
-    # What jobs may read: real paths under these roots (None: working dir, /usr/share/datasets).
+    # What jobs may read: real paths under these roots and objects under these URI prefixes
+    # (s3://bucket/prefix/; output_uri too). None: working dir and /usr/share/datasets.
     data_roots: list[str] | None = None
     max_data_bytes: int = ranged(32 * 2**30, 1)  # the largest input (file, folder, manifest)
     allow_torchscript_teachers: bool = False  # a TorchScript teacher is code: off unless trusted
@@ -81,8 +83,12 @@ class ServerConfig:
         if self.data_roots is not None and not (
                 isinstance(self.data_roots, list) and self.data_roots
                 and all(isinstance(r, str) and r for r in self.data_roots)):
-            out.append(f"data_roots is {self.data_roots!r}; give a list of directories, or "
-                       "leave it out for the working directory and /usr/share/datasets")
+            out.append(f"data_roots is {self.data_roots!r}; give a list of directories or "
+                       "URI prefixes (s3://bucket/prefix/), or leave it out for the working "
+                       "directory and /usr/share/datasets")
+        else:
+            out += [f"data_roots: {p}" for p in map(storage.prefix_problem, self.data_roots or ())
+                    if p]
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             out.append("tls_cert_file and tls_key_file go together; set both or neither")
         if self.tls_client_ca_file and not self.tls_cert_file:

@@ -7,6 +7,11 @@ It checks at submission; the worker installs the same policy (``InputPolicy.acce
 StartJob) and ``compression.access`` checks every file again when the worker opens it.
 Checkpoints are never unpickled: the library loads them without pickle
 (``compression.models.safe_load``), whatever the path.
+
+Roots may also be URI prefixes (``s3://bucket/prefix/``): a job may read objects under them
+(teacher, npz and webdataset data) and write its ``output_uri`` there. At submission an
+object URI is checked for its form and prefix only; the server does not need the store's
+credentials, and the worker checks each object's existence and size when it opens it.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from typing import Iterator
 
 import grpc
 
-from compression import access
+from compression import access, storage
+from compression.data.sources import URI_SOURCES
+from compression.data.webdataset import expand_shards
 from compression.errors import InvalidInput
 from compression.spec import JobSpec
 from service.errors import PermissionDenied
@@ -36,19 +43,20 @@ DEFAULT_DATA_ROOTS = (".", "/usr/share/datasets")  # "." is the server's working
 
 @dataclass(frozen=True)
 class InputPolicy:
-    """roots: directories (made absolute and real at construction); max_bytes: the largest
-    input (a file, or a directory's or manifest's files together); allow_torchscript: whether
-    a TorchScript teacher (code) may be loaded."""
+    """roots: directories (made absolute and real at construction) and URI prefixes (kept as
+    canonical strings); max_bytes: the largest input (a file, or a directory's or manifest's
+    files together); allow_torchscript: whether a TorchScript teacher (code) may be loaded."""
 
-    roots: tuple[Path, ...]
+    roots: tuple[Path | str, ...]
     max_bytes: int
     allow_torchscript: bool = False
 
     @classmethod
     def of(cls, roots: list[str] | tuple[str, ...], max_bytes: int,
            allow_torchscript: bool = False) -> InputPolicy:
-        return cls(tuple(Path(os.path.realpath(Path(r).expanduser())) for r in roots),
-                   max_bytes, allow_torchscript)
+        real = access.InputAccess.of(roots).roots or ()
+        return cls(tuple(r if storage.is_uri(r) else Path(r) for r in real), max_bytes,
+                   allow_torchscript)
 
     @property
     def access(self) -> access.InputAccess:
@@ -61,12 +69,38 @@ class InputPolicy:
         too large or a special file. ``deep``: also check every file of a directory or
         manifest, and sizes. Never blocks on a FIFO; reads at most ``max_bytes`` of a
         manifest."""
-        for field, path in job_inputs(spec):
-            real = self.allowed(field, path)
-            if deep and real.exists():
-                _refuse_special(field, path, real)
-                manifest = spec.data.source == "manifest" and field.startswith("data.")
-                self._check_size(field, path, self._files_of(real, field, manifest))
+        for field, pattern in job_inputs(spec):
+            for path in _paths_of(spec, field, pattern):
+                uri = storage.parse_uri(path, field) if storage.is_uri(path) else None
+                if uri is not None and uri.scheme != "file":
+                    self._check_object(spec, field, uri)
+                else:
+                    self._check_local(spec, field, uri.fs_path if uri else path, deep)
+        if spec.output_uri:
+            try:
+                access.checked_target(spec.output_uri, "output_uri", self.access)
+            except access.AccessDenied as exc:  # the server's own status for it
+                raise PermissionDenied("; ".join(exc.problems)) from None
+
+    def _check_local(self, spec: JobSpec, field: str, path: str, deep: bool) -> None:
+        real = self.allowed(field, path)
+        if deep and real.exists():
+            _refuse_special(field, path, real)
+            manifest = spec.data.source == "manifest" and field.startswith("data.")
+            self._check_size(field, path, self._files_of(real, field, manifest))
+
+    def _check_object(self, spec: JobSpec, field: str, uri: storage.Uri) -> None:
+        """An object input (its URI parsed: credentials-free), for an input that may be one,
+        under an allowed prefix. Existence and size are the worker's to check."""
+        if field.startswith("data.") and spec.data.source not in URI_SOURCES:
+            raise InvalidInput(f"{field} {uri}: source {spec.data.source} reads local paths "
+                               f"only; objects can be read by the sources "
+                               f"{', '.join(URI_SOURCES)}")
+        if not self.access.allows_uri(uri):
+            raise PermissionDenied(
+                f"{field} {uri} is outside the server's data roots and URI prefixes "
+                f"({self._roots()}); ask the operator to add its bucket or prefix (e.g. "
+                "s3://bucket/prefix/) to data_roots in the server config")
 
     def allowed(self, field: str, path: str) -> Path:
         """The real path of ``path`` (relative: to the working directory) if it is under a
@@ -140,6 +174,13 @@ def _refuse_special(field: str, path: str, real: Path) -> None:
     if kind is not None:
         raise InvalidInput(f"{field} {path!r} is not a regular file ({kind}); give a file or "
                            "a folder")
+
+
+def _paths_of(spec: JobSpec, field: str, path: str) -> list[str]:
+    """The files an input names: a webdataset pattern's shards, else the path itself."""
+    if spec.data.source == "webdataset" and field.startswith("data."):
+        return expand_shards(path, field)
+    return [path]
 
 
 def job_inputs(spec: JobSpec) -> list[tuple[str, str]]:

@@ -65,8 +65,7 @@ def require_exists(path: os.PathLike | str, what: str, hint: str) -> None:
     """``InvalidInput`` "<what> <path> does not exist; <hint>" for a missing path, once the
     policy allows it (nothing is said about paths outside the roots). A FIFO exists: opening
     it reports what it is."""
-    access.checked_path(path, what)
-    if not os.path.exists(path):
+    if not access.exists(path, what):  # a local path or an object URI
         raise InvalidInput(f"{what} {os.fspath(path)} does not exist; {hint}")
 
 

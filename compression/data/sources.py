@@ -1,7 +1,9 @@
 """The ``fashion-mnist`` source (idx files), and ``read_split``, which picks a source's reader.
 
 The npz reader lives in ``compression.data.npz``, the image readers in
-``compression.data.images``. Every file is opened through ``compression.access``.
+``compression.data.images``, the WebDataset reader in ``compression.data.webdataset``. Every
+file is opened through ``compression.access``; the sources in ``URI_SOURCES`` read single
+files, which may be objects (``s3://``, ``gs://``, ``https://``), the others local folders.
 """
 
 from __future__ import annotations
@@ -19,15 +21,19 @@ from compression import access
 from compression.data.images import read_imagefolder, read_manifest
 from compression.data.npz import read_npz
 from compression.data.raw import RawSplit, check_declared, check_labels, check_not_empty
+from compression.data.webdataset import read_webdataset
 from compression.errors import InvalidInput
 from compression.spec import DataSpec
 
-__all__ = ["FASHION_MNIST_CLASSES", "read_split", "read_npz", "read_fashion_mnist", "read_idx"]
+__all__ = ["FASHION_MNIST_CLASSES", "URI_SOURCES", "read_split", "read_npz",
+           "read_fashion_mnist", "read_idx"]
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                          "Shirt", "Sneaker", "Bag", "Ankle boot")
 _IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+URI_SOURCES = ("npz", "webdataset")  # their paths may be object URIs
+_FIELDS = {"train": "data.path", "test": "data.test_path", "holdout": "data.holdout_path"}
 _INSTALL_HINT = ("install the Debian package dataset-fashion-mnist "
                  "(sudo apt-get install dataset-fashion-mnist) or point data.path at a directory "
                  "holding the four Fashion-MNIST idx files")
@@ -46,15 +52,28 @@ def read_split(spec: DataSpec, role: str, classes: tuple[str, ...] | None) -> Ra
             raise InvalidInput(f"data.holdout_path ({path}) is not used with source fashion-mnist; "
                                "the holdout is carved from the train files (data.holdout_fraction)")
         # test_path is ignored: the test split is always the t10k files beside the train files
-        return read_fashion_mnist(Path(spec.resolved_path).expanduser(), role)
+        return read_fashion_mnist(_local(spec.resolved_path, spec.source, "data.path"), role)
     if spec.source == "npz":
-        return read_npz(Path(path).expanduser(), classes)
+        return read_npz(access.local_or_uri(path), classes)
+    if spec.source == "webdataset":
+        return read_webdataset(path, spec.image_size, classes, _FIELDS[role])
     if spec.source == "imagefolder":
-        return read_imagefolder(Path(path).expanduser(), spec.image_size, classes)
+        return read_imagefolder(_local(path, spec.source, _FIELDS[role]), spec.image_size,
+                                classes)
     if spec.source == "manifest":
-        return read_manifest(Path(path).expanduser(), spec.image_size, classes)
+        return read_manifest(_local(path, spec.source, _FIELDS[role]), spec.image_size, classes)
     raise InvalidInput(f"data.source {spec.source!r} is not one of fashion-mnist, npz, "
-                       "imagefolder, manifest")
+                       "imagefolder, manifest, webdataset")
+
+
+def _local(path: str, source: str, field: str) -> Path:
+    """``path`` as a local folder or file: these sources resolve files relative to it."""
+    where = access.local_or_uri(path)
+    if isinstance(where, str):
+        raise InvalidInput(f"{field} {where!r}: source {source} reads local paths only; copy "
+                           f"the data to the server, or store it for a source that reads "
+                           f"objects ({', '.join(URI_SOURCES)})")
+    return where
 
 
 def read_fashion_mnist(root: Path, role: str) -> RawSplit:

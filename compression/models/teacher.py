@@ -165,7 +165,8 @@ def load_teacher(spec: TeacherSpec, input_shape: tuple[int, int, int], num_class
                            f"num_classes {num_classes} >= 1")
     path = Path(spec.path)
     try:
-        data = access.read_input(path, _WHAT)  # once: every check and the loader see these
+        # spec.path, not path: a Path would fold the '//' of an object URI
+        data = access.read_input(spec.path, _WHAT)  # once: every check and the loader see these
         content = sniff(data)
         if content == "torchscript" and not access.current().allow_torchscript:
             raise torchscript_refused(path)  # by content: a .pt2 or .pth name changes nothing

@@ -20,6 +20,7 @@ import torch
 
 from compression import distributed
 from compression.artifacts import REPORT, choose_shipped, write_bundle
+from compression.artifacts.upload import check_target, publish, upload_summary
 from compression.data import Dataset, describe, load_dataset
 from compression.errors import InvalidInput
 from compression.evaluation import EvalReport
@@ -61,6 +62,8 @@ def run(spec: JobSpec, on_event: EventSink = emit_nothing,
     job = Job(spec, spec.resolved_output_dir, resolve_device(spec.training.device),
               on_event, distributed.agreed_stop(should_stop))  # all ranks stop together
     job.out_dir.mkdir(parents=True, exist_ok=True)
+    if spec.output_uri:  # a bucket that is missing or refused ends the job before training
+        check_target(spec.output_uri)
     dataset = job.stage("load_data", lambda: load_dataset(spec.data), _data_summary)
     detectable = _preflight(job, dataset)
 
@@ -162,6 +165,9 @@ def _finish(job: Job, dataset: Dataset, student: StudentRun, student_report: Eva
         exports={a.stage: ExportRecord.from_dict(a.to_dict()) for a in artifacts},
         stage_seconds=dict(job.stage_seconds), **sections)
     written = write_bundle(job.out_dir, report, files, reason=_ship_reason(artifacts, shipped))
+    if job.spec.output_uri:  # every file, then report.json (naming each by URI) last
+        written = job.stage("upload", lambda: publish(job.out_dir, job.spec.output_uri, written),
+                            upload_summary)
     return RunResult(written.status, job.out_dir, job.out_dir / REPORT, reports,
                      tuple(verdicts), shipped, written.guardrails.summary, written)
 

@@ -16,7 +16,7 @@ class LongTailSpec(_message.Message):
     def __init__(self, profile: _Optional[str] = ..., imbalance: _Optional[float] = ...) -> None: ...
 
 class SubgroupSpec(_message.Message):
-    __slots__ = ("by", "head_min_count", "tail_max_count", "mapping")
+    __slots__ = ("by", "head_min_count", "tail_max_count", "mapping", "also_by")
     class MappingEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -28,11 +28,13 @@ class SubgroupSpec(_message.Message):
     HEAD_MIN_COUNT_FIELD_NUMBER: _ClassVar[int]
     TAIL_MAX_COUNT_FIELD_NUMBER: _ClassVar[int]
     MAPPING_FIELD_NUMBER: _ClassVar[int]
+    ALSO_BY_FIELD_NUMBER: _ClassVar[int]
     by: str
     head_min_count: int
     tail_max_count: int
     mapping: _containers.ScalarMap[str, str]
-    def __init__(self, by: _Optional[str] = ..., head_min_count: _Optional[int] = ..., tail_max_count: _Optional[int] = ..., mapping: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    also_by: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, by: _Optional[str] = ..., head_min_count: _Optional[int] = ..., tail_max_count: _Optional[int] = ..., mapping: _Optional[_Mapping[str, str]] = ..., also_by: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DataSpec(_message.Message):
     __slots__ = ("source", "path", "test_path", "holdout_path", "holdout_fraction", "long_tail", "subgroups", "max_train", "max_test", "image_size", "channels", "seed")
@@ -200,7 +202,7 @@ class ExportSpec(_message.Message):
     def __init__(self, onnx: _Optional[bool] = ..., int8: _Optional[bool] = ..., tensorrt: _Optional[str] = ..., tensorrt_precision: _Optional[str] = ..., opset: _Optional[int] = ..., calibration_per_group: _Optional[int] = ..., parity_max_abs_diff: _Optional[float] = ..., parity_min_top1_agreement: _Optional[float] = ..., min_batch: _Optional[int] = ..., opt_batch: _Optional[int] = ..., max_batch: _Optional[int] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "teacher", "data", "student", "training", "mitigation", "guardrails", "export", "output_dir")
+    __slots__ = ("name", "teacher", "data", "student", "training", "mitigation", "guardrails", "export", "output_dir", "output_uri")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TEACHER_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +212,7 @@ class JobSpec(_message.Message):
     GUARDRAILS_FIELD_NUMBER: _ClassVar[int]
     EXPORT_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_DIR_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_URI_FIELD_NUMBER: _ClassVar[int]
     name: str
     teacher: TeacherSpec
     data: DataSpec
@@ -219,4 +222,5 @@ class JobSpec(_message.Message):
     guardrails: GuardrailSpec
     export: ExportSpec
     output_dir: str
-    def __init__(self, name: _Optional[str] = ..., teacher: _Optional[_Union[TeacherSpec, _Mapping]] = ..., data: _Optional[_Union[DataSpec, _Mapping]] = ..., student: _Optional[_Union[StudentSpec, _Mapping]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., mitigation: _Optional[_Union[MitigationSpec, _Mapping]] = ..., guardrails: _Optional[_Union[GuardrailSpec, _Mapping]] = ..., export: _Optional[_Union[ExportSpec, _Mapping]] = ..., output_dir: _Optional[str] = ...) -> None: ...
+    output_uri: str
+    def __init__(self, name: _Optional[str] = ..., teacher: _Optional[_Union[TeacherSpec, _Mapping]] = ..., data: _Optional[_Union[DataSpec, _Mapping]] = ..., student: _Optional[_Union[StudentSpec, _Mapping]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., mitigation: _Optional[_Union[MitigationSpec, _Mapping]] = ..., guardrails: _Optional[_Union[GuardrailSpec, _Mapping]] = ..., export: _Optional[_Union[ExportSpec, _Mapping]] = ..., output_dir: _Optional[str] = ..., output_uri: _Optional[str] = ...) -> None: ...
