@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
+from compression.report import JobReport, blocks
 from service.client import TpetClient, job_state
 from service.config import ServerConfig
 from service.convert import struct_to_dict
@@ -110,19 +111,27 @@ def test_a_real_job_shows_in_the_metrics_while_running_and_after(monitored):
     assert sample(final, "tpet_job_progress_ratio", job_id=job) is None  # gone with the run
     assert sample(final, "tpet_job_outcomes_total", state="REJECTED") == 1
     assert sample(final, "tpet_jobs", state="RUNNING") == 0
-    report = json.loads(done[job].report_json)
-    stage = report["guardrails"]["stages"][0]
-    rows = {g["name"]: g for g in stage["groups"]}
-    assert stage["failing_subgroups"]  # no class of a barely trained student shows 90%
-    for group in stage["failing_subgroups"]:
+    report = JobReport.from_json(done[job].report_json)
+    stage = report.deciding_stage
+    rows = {g.name: g for g in stage.groups}
+    assert stage.stage == "student" and stage.failing_subgroups  # no class reaches 90%
+    for group in stage.failing_subgroups:
         # a failing subgroup is FAIL or a blocking INSUFFICIENT_EVIDENCE: which one is the
         # data's call, so the metrics are held to the report, not to a guess
         assert sample(final, "tpet_guardrail_violations_total", stage="student",
                       subgroup=group) == 1
         floor = sample(final, "tpet_subgroup_floor_ratio", job_id=job, subgroup=group)
         accuracy = sample(final, "tpet_subgroup_accuracy_ratio", job_id=job, subgroup=group)
-        assert floor == rows[group]["floor"] == 0.9
-        assert accuracy == pytest.approx(rows[group]["accuracy"])
+        assert floor == rows[group].floor == 0.9
+        assert accuracy == pytest.approx(rows[group].accuracy)
+    for check in stage.checks:  # every check, with the report's verdict and blocking
+        assert sample(final, "tpet_guardrail_verdict", job_id=job, stage="student",
+                      subgroup=check.subgroup, rule=check.rule, verdict=check.verdict,
+                      blocking=str(blocks(stage, check)).lower()) == 1
+    ended = done[job].update_time.seconds + done[job].update_time.nanos / 1e9
+    assert sample(final, "tpet_job_finished_timestamp_seconds", job_id=job) == \
+        pytest.approx(ended, abs=0.01)
+    assert sample(final, "tpet_build_info") == 1
     assert sample(final, "tpet_stage_duration_seconds_count", stage="distill") == 2
 
 
@@ -150,7 +159,7 @@ def test_every_alert_is_tested_firing_and_silent():
     for test in yaml.safe_load((MONITORING / "alerts_test.yaml").read_text())["tests"]:
         for case in test.get("alert_rule_test", []):
             (fires if case["exp_alerts"] else silent).add(case["alertname"])
-    assert len(alerts) == 6
+    assert len(alerts) == 7
     assert alerts == fires == silent
 
 
@@ -218,6 +227,7 @@ def test_every_query_parses_and_uses_only_exported_metrics(monitored, tmp_path):
     assert used <= exported, f"not exported: {sorted(used - exported)}"
     assert {"tpet_jobs", "tpet_job_outcomes_total", "tpet_subgroup_accuracy_ratio",
             "tpet_subgroup_floor_ratio", "tpet_guardrail_violations_total",
+            "tpet_guardrail_verdict", "tpet_job_finished_timestamp_seconds",
             "tpet_job_samples_per_second", "tpet_stage_duration_seconds_bucket"} <= used
 
 
