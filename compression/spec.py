@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,9 @@ from compression.typed import parse_into
 from compression.typed import ranged as _num
 
 __all__ = [
-    "LongTailSpec", "SubgroupSpec", "DataSpec", "TeacherSpec", "StudentSpec", "TrainingSpec",
-    "MitigationSpec", "GuardrailSpec", "ExportSpec", "JobSpec", "parse_spec", "read_job_file",
-    "load_job", "spec_to_dict",
+    "LongTailSpec", "SUBGROUP_KEYS", "SubgroupSpec", "DataSpec", "TeacherSpec", "StudentSpec",
+    "TrainingSpec", "MitigationSpec", "GuardrailSpec", "ExportSpec", "JobSpec", "parse_spec",
+    "read_job_file", "load_job", "spec_to_dict",
 ]
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -44,11 +45,20 @@ class LongTailSpec:
         return []
 
 
+SUBGROUP_KEYS = ("class", "frequency", "attribute", "map")
+
+
 @dataclass(frozen=True)
 class SubgroupSpec:
-    """How samples map to the subgroups that evaluation and guardrails report on."""
+    """How samples map to the subgroups that evaluation and guardrails report on.
 
-    by: str = _choice("class", "frequency", "attribute", "map", default="class")
+    One key (``by``) names each group by its value ("Shirt", "tail"). With ``also_by`` the
+    keys are crossed: every key's groups are reported as ``key=value`` and every non-empty
+    intersection as ``class=Shirt & attribute=night``; training sees the intersections.
+    """
+
+    by: str = _choice(*SUBGROUP_KEYS, default="class")
+    also_by: tuple[str, ...] = ()  # more keys, crossed with ``by``: e.g. [attribute]
     # frequency: classes ranked by training count and split into head/medium/tail thirds,
     # unless both thresholds are set (head: count >= head_min_count, tail: count <= tail_max_count).
     head_min_count: int = _num(0, **_COUNT)
@@ -56,12 +66,27 @@ class SubgroupSpec:
     # map: class name (or class index as a string) -> group name; every class must be mapped.
     mapping: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every key, ``by`` first, in the order intersection names list them."""
+        return (self.by, *self.also_by)
+
     def problems(self) -> list[str]:
         out = []
-        if self.by == "map" and not self.mapping:
-            out.append("by is 'map' but mapping is empty; give {class_name: group_name, ...}")
-        if self.by != "map" and self.mapping:
-            out.append(f"mapping is only used with by: map (by is {self.by!r})")
+        unknown = [k for k in self.also_by if k not in SUBGROUP_KEYS]
+        if unknown:
+            out.append(f"also_by names unknown keys {unknown!r:.120}; use "
+                       f"{', '.join(SUBGROUP_KEYS)}")
+        repeated = sorted(k for k, n in Counter(self.keys).items() if n > 1)
+        if repeated:
+            out.append(f"{', '.join(repeated)} given more than once in by and also_by; "
+                       "name each key once")
+        uses = f"by is {self.by!r}" if not self.also_by else f"keys are {list(self.keys)}"
+        if "map" in self.keys and not self.mapping:
+            where = "by is 'map'" if self.by == "map" else "also_by has 'map'"
+            out.append(f"{where} but mapping is empty; give {{class_name: group_name, ...}}")
+        if "map" not in self.keys and self.mapping:
+            out.append(f"mapping is only used with by: map ({uses})")
         if (self.head_min_count > 0) != (self.tail_max_count > 0):
             out.append("set both head_min_count and tail_max_count, or neither")
         elif self.head_min_count and self.tail_max_count >= self.head_min_count:

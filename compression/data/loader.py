@@ -9,7 +9,8 @@ Order of steps, and why:
 4. holdout carved from that pool (stratified) when no holdout_path is given, so the holdout
    follows the same long-tailed distribution as train;
 5. max_test: stratified subsample of the test set;
-6. subgroup ids on every split (frequency groups from the final training counts).
+6. subgroup ids on every split (frequency groups from the final training counts); with
+   several subgroup keys, the id of each sample's intersection cell.
 Each random step draws from its own generator seeded by (seed, step), so changing one step's
 settings never reshuffles another's.
 """
@@ -21,12 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from compression.data.dataset import Dataset, Split
+from compression.data.dataset import Dataset, GroupLayout, Split
 from compression.data.longtail import long_tail_indices
 from compression.data.raw import RawSplit, to_channels
 from compression.data.sources import read_split
 from compression.data.splits import holdout_split, stratified_subsample
-from compression.data.subgroups import attribute_ids, attribute_names, class_groups
+from compression.data.subgroups import assign_groups, attribute_names
 from compression.errors import InvalidInput
 from compression.spec import DataSpec
 
@@ -43,7 +44,7 @@ def load_dataset(spec: DataSpec) -> Dataset:
     """Read, sample and label the data that ``spec`` describes (see the module docstring)."""
     train, test, holdout = _read_all(spec)
     attr_names = (attribute_names([s for s in (train, test, holdout) if s is not None])
-                  if spec.subgroups.by == "attribute" else None)
+                  if "attribute" in spec.subgroups.keys else None)
     if spec.max_train:
         keep = stratified_subsample(train.y, spec.max_train, _rng(spec.seed, _MAX_TRAIN))
         train = train.take(keep)
@@ -59,16 +60,12 @@ def load_dataset(spec: DataSpec) -> Dataset:
         train, holdout = train.take(keep), train.take(carved)
     if spec.max_test:
         test = test.take(stratified_subsample(test.y, spec.max_test, _rng(spec.seed, _MAX_TEST)))
-    if attr_names is not None:
-        groups = [attribute_ids(s.attr, attr_names) for s in (train, holdout, test)]
-        group_names = attr_names
-    else:
-        counts = np.bincount(train.y, minlength=num_classes)
-        table, group_names = class_groups(spec.subgroups, train.class_names, counts.tolist())
-        groups = [table[s.y] for s in (train, holdout, test)]
-    train_s, holdout_s, test_s = (_to_split(s, g) for s, g in zip((train, holdout, test), groups))
-    return Dataset(train=train_s, holdout=holdout_s, test=test_s,
-                   class_names=train.class_names, group_names=tuple(group_names))
+    counts = np.bincount(train.y, minlength=num_classes).tolist()
+    groups, layout = assign_groups(spec.subgroups, (train, holdout, test), counts, attr_names)
+    train_s, holdout_s, test_s = (_to_split(s, g, layout)
+                                  for s, g in zip((train, holdout, test), groups))
+    return Dataset(train=train_s, holdout=holdout_s, test=test_s, class_names=train.class_names,
+                   group_names=layout.cell_names)
 
 
 def _read_all(spec: DataSpec) -> tuple[RawSplit, RawSplit, RawSplit | None]:
@@ -98,10 +95,10 @@ def _chw(shape: tuple[int, ...]) -> str:
     return "x".join(str(d) for d in shape) + " (CxHxW)"
 
 
-def _to_split(raw: RawSplit, group: np.ndarray) -> Split:
+def _to_split(raw: RawSplit, group: np.ndarray, layout: GroupLayout) -> Split:
     return Split(x=torch.from_numpy(np.ascontiguousarray(raw.x, dtype=np.uint8)),
                  y=torch.from_numpy(raw.y.astype(np.int64)),
-                 group=torch.from_numpy(np.asarray(group, dtype=np.int64)))
+                 group=torch.from_numpy(np.asarray(group, dtype=np.int64)), layout=layout)
 
 
 def describe(dataset: Dataset) -> dict[str, Any]:

@@ -4,6 +4,11 @@ by class: group = class. by frequency: head / medium / tail from the final train
 (after long tail and the holdout carve). by map: a user mapping of classes to group names.
 by attribute: the source's ``group`` values. Groups that no sample falls into keep their name
 (and id), so ids never shift between runs that differ only in sampling.
+
+Several keys (``by`` and ``also_by``) are crossed: each sample's group id is its intersection
+cell (the finest partition, which training uses), and the reported groups are every key's
+groups (``class=Shirt``) and every intersection present in some split
+(``class=Shirt & attribute=night``), each as the cells it pools.
 """
 
 from __future__ import annotations
@@ -13,26 +18,42 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from compression.data.dataset import GroupLayout, ReportedGroup
 from compression.data.raw import RawSplit
 from compression.errors import InvalidInput
 from compression.spec import SubgroupSpec
 
-__all__ = ["FREQUENCY_GROUPS", "class_groups", "frequency_groups", "mapped_groups",
-           "attribute_names", "attribute_ids"]
+__all__ = ["FREQUENCY_GROUPS", "CELL_SEPARATOR", "class_groups", "frequency_groups",
+           "mapped_groups", "attribute_names", "attribute_ids", "assign_groups", "cross",
+           "key_group_name", "cell_name"]
 
 FREQUENCY_GROUPS = ("head", "medium", "tail")
+CELL_SEPARATOR = " & "
+
+
+def key_group_name(key: str, value: str) -> str:
+    """A key's group in a job with several keys: ``class=Shirt``."""
+    return f"{key}={value}"
+
+
+def cell_name(keys: Sequence[str], values: Sequence[str]) -> str:
+    """An intersection, keys in the job's order: ``class=Shirt & attribute=night``."""
+    return CELL_SEPARATOR.join(key_group_name(k, v) for k, v in zip(keys, values))
 
 
 def class_groups(spec: SubgroupSpec, class_names: Sequence[str],
-                 train_counts: Sequence[int]) -> tuple[np.ndarray, tuple[str, ...]]:
-    """(group id of each class: [C], group names) for the class-level modes."""
-    if spec.by == "class":
+                 train_counts: Sequence[int],
+                 key: str | None = None) -> tuple[np.ndarray, tuple[str, ...]]:
+    """(group id of each class: [C], group names) for a class-level key (``spec.by`` unless
+    ``key`` is given)."""
+    key = spec.by if key is None else key
+    if key == "class":
         return np.arange(len(class_names)), tuple(class_names)
-    if spec.by == "frequency":
+    if key == "frequency":
         return frequency_groups(train_counts, spec.head_min_count, spec.tail_max_count)
-    if spec.by == "map":
+    if key == "map":
         return mapped_groups(spec.mapping, class_names)
-    raise InvalidInput(f"subgroups.by {spec.by!r} is not a class-level mode "
+    raise InvalidInput(f"subgroups.by {key!r} is not a class-level mode "
                        "(class, frequency, map)")
 
 
@@ -97,3 +118,57 @@ def attribute_names(splits: Sequence[RawSplit]) -> tuple[str, ...]:
 def attribute_ids(attr: np.ndarray, names: Sequence[str]) -> np.ndarray:
     """Group ids [N] of attribute values attr: [N]; every value must be in the sorted names."""
     return np.searchsorted(np.asarray(names), attr).astype(np.int64)
+
+
+def assign_groups(spec: SubgroupSpec, splits: Sequence[RawSplit], train_counts: Sequence[int],
+                  attr_names: Sequence[str] | None) -> tuple[list[np.ndarray], GroupLayout]:
+    """Group ids [N] of every split's samples, and the groups reported on them.
+
+    splits: the final splits (after sampling); train_counts: per class, of the final training
+    split; attr_names: ``attribute_names`` of the splits as read, when a key is attribute.
+    """
+    per_key = [_key_ids(key, spec, splits, train_counts, attr_names) for key in spec.keys]
+    if len(per_key) == 1:
+        ids, names = per_key[0]
+        return ids, GroupLayout.flat(names, spec.by)
+    return cross(spec.keys, per_key)
+
+
+def _key_ids(key: str, spec: SubgroupSpec, splits: Sequence[RawSplit],
+             train_counts: Sequence[int], attr_names: Sequence[str] | None,
+             ) -> tuple[list[np.ndarray], tuple[str, ...]]:
+    """(ids [N] per split, names) of one key's groups."""
+    if key == "attribute":
+        if attr_names is None:
+            raise ValueError("subgroups use 'attribute' but no attribute names were given")
+        return [attribute_ids(s.attr, attr_names) for s in splits], tuple(attr_names)
+    table, names = class_groups(spec, splits[0].class_names, train_counts, key)
+    return [table[s.y] for s in splits], tuple(names)
+
+
+def cross(keys: Sequence[str], per_key: Sequence[tuple[Sequence[np.ndarray], Sequence[str]]],
+          ) -> tuple[list[np.ndarray], GroupLayout]:
+    """Cross several keys: per_key holds each key's (ids [N] per split, group names).
+
+    Cells are the value combinations present in some split, in lexicographic order of the
+    keys' ids, so they depend on the data, never on the order of samples. Every key's group
+    is reported (``key=value``, pooling the cells that carry that value, possibly none), then
+    every cell, except a cell holding exactly one key group's samples (a class seen under
+    one condition only, or a class crossed with its frequency band): it is reported once,
+    under that group's name, rather than tested twice.
+    """
+    sizes = [len(ids) for ids in per_key[0][0]]
+    rows = np.concatenate([np.stack([ids[s] for ids, _ in per_key], axis=1)
+                           for s in range(len(sizes))])  # [N over all splits, keys]
+    combos, inverse = np.unique(rows, axis=0, return_inverse=True)  # combos: [cells, keys]
+    ids = np.split(inverse.reshape(-1).astype(np.int64), np.cumsum(sizes)[:-1])
+    names = [tuple(str(n) for n in key_names) for _, key_names in per_key]
+    cell_names = tuple(cell_name(keys, [names[j][v] for j, v in enumerate(combo)])
+                       for combo in combos.tolist())
+    marginals = [ReportedGroup(key_group_name(key, value), (key,),
+                               tuple(np.flatnonzero(combos[:, j] == v).tolist()))
+                 for j, key in enumerate(keys) for v, value in enumerate(names[j])]
+    single = {g.cells for g in marginals if len(g.cells) == 1}
+    cells = [ReportedGroup(name, tuple(keys), (i,)) for i, name in enumerate(cell_names)
+             if (i,) not in single]
+    return list(ids), GroupLayout(cell_names, (*marginals, *cells))

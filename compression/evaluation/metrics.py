@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from compression.data.dataset import Split
+from compression.data.dataset import GroupLayout, Split
 from compression.errors import InvalidInput
 from compression.evaluation.outcomes import Outcomes
 from compression.evaluation.report import EvalReport, GroupMetrics
@@ -22,18 +22,24 @@ def evaluate(logits_or_preds: Tensor, split: Split, class_names: Sequence[str],
     """Score predictions against ``split.y`` overall, per group and per class.
 
     logits_or_preds: logits [N, C] (argmax taken, first index on ties) or class ids [N].
+    group_names: the names of ``split.group``'s ids (the cells); the groups reported are
+        ``split.layout``'s, each pooling its cells, or by default each id as itself.
     reference: an earlier report on the same groups (the teacher's, say); each group's
         accuracy minus the reference's goes into ``deltas``.
     """
     if worst_k < 1:
         raise InvalidInput(f"worst_k is {worst_k}; it must be >= 1")
+    layout = _checked_layout(split.layout, group_names)
     num_classes = len(class_names)
     preds = _predictions(logits_or_preds, len(split), num_classes)
     y, group = split.y.detach().cpu().long(), split.group.detach().cpu().long()
     _check_ids(y, num_classes, "class")
     _check_ids(group, len(group_names), "group")
     hit = preds == y  # [N] bool
-    groups = _per_id(group_names, group, hit)
+    outcomes = Outcomes(hit, y, group, len(group_names), layout)
+    n, correct = outcomes.per_group(torch.ones_like(hit)).tolist(), outcomes.per_group(hit).tolist()
+    groups = tuple(_metrics(g.name, n[i], correct[i], g.keys)
+                   for i, g in enumerate(layout.groups))
     scored = sorted((g for g in groups if g.n), key=lambda g: g.accuracy)  # stable: lowest id wins
     accs = [g.accuracy for g in scored]
     confusion = torch.bincount(y * num_classes + preds, minlength=num_classes ** 2)
@@ -48,7 +54,7 @@ def evaluate(logits_or_preds: Tensor, split: Split, class_names: Sequence[str],
         confusion=confusion.view(num_classes, num_classes).tolist(),
         reference_name=None if reference is None else reference.name,
         deltas=deltas, overall_delta=overall_delta,
-        outcomes=Outcomes(hit, y, group, len(group_names)),
+        outcomes=outcomes,
     )
 
 
@@ -77,10 +83,21 @@ def _check_ids(ids: Tensor, count: int, what: str) -> None:
                            "match the data")
 
 
-def _metrics(name: str, n: int, correct: int) -> GroupMetrics:
+def _checked_layout(layout: GroupLayout | None, group_names: Sequence[str]) -> GroupLayout:
+    if layout is None:
+        return GroupLayout.flat(group_names)
+    if layout.cell_names != tuple(str(n) for n in group_names):
+        raise InvalidInput(f"the layout's cells {list(layout.cell_names)!r:.200} are not the "
+                           f"group names {list(group_names)!r:.200}; evaluate a split with "
+                           "its dataset's group_names")
+    return layout
+
+
+def _metrics(name: str, n: int, correct: int, keys: tuple[str, ...] = ()) -> GroupMetrics:
     low, high = wilson_interval(correct, n)
     return GroupMetrics(name=name, n=n, correct=correct,
-                        accuracy=correct / n if n else None, ci_low=low, ci_high=high)
+                        accuracy=correct / n if n else None, ci_low=low, ci_high=high,
+                        keys=keys)
 
 
 def _per_id(names: Sequence[str], ids: Tensor, hit: Tensor) -> tuple[GroupMetrics, ...]:

@@ -3,7 +3,9 @@
 Empty groups (``n == 0``) stay in the report so every report of a job lists the same groups
 in the same order, but they have no accuracy: ``accuracy`` is ``None`` and the interval is
 the uninformative ``[0, 1]``. Every summary (mean, worst group, worst-k) skips them, and
-their deltas are ``None``. Nothing in a report is NaN, so it is strict JSON.
+their deltas are ``None``. Nothing in a report is NaN, so it is strict JSON. With several
+subgroup keys the summaries run over every reported group, intersections included: the
+worst group is often an intersection, and its ``keys`` say so.
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ __all__ = ["GroupMetrics", "EvalReport"]
 
 @dataclass(frozen=True)
 class GroupMetrics:
-    """Accuracy of one group (or class, or the whole split) with its 95% Wilson interval."""
+    """Accuracy of one group (or class, or the whole split) with its 95% Wilson interval.
+
+    keys: for a subgroup, the subgroup keys that define it (``["class"]`` for a key's group,
+    ``["class", "attribute"]`` for an intersection); empty for classes and the whole split,
+    and in reports written before keys existed. JSON carries ``keys`` only when non-empty.
+    """
 
     name: str
     n: int
@@ -27,24 +34,33 @@ class GroupMetrics:
     accuracy: float | None  # None when n == 0
     ci_low: float
     ci_high: float
+    keys: tuple[str, ...] = ()
+
+    @property
+    def is_intersection(self) -> bool:
+        return len(self.keys) > 1
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "n": self.n, "correct": self.correct,
-                "accuracy": self.accuracy, "ci_low": self.ci_low, "ci_high": self.ci_high}
+        out = {"name": self.name, "n": self.n, "correct": self.correct,
+               "accuracy": self.accuracy, "ci_low": self.ci_low, "ci_high": self.ci_high}
+        return {**out, "keys": list(self.keys)} if self.keys else out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GroupMetrics:
         acc = data["accuracy"]
         return cls(name=str(data["name"]), n=int(data["n"]), correct=int(data["correct"]),
                    accuracy=None if acc is None else float(acc),
-                   ci_low=float(data["ci_low"]), ci_high=float(data["ci_high"]))
+                   ci_low=float(data["ci_low"]), ci_high=float(data["ci_high"]),
+                   keys=_keys(data.get("keys", ())))
 
 
 @dataclass(frozen=True)
 class EvalReport:
     """Per-group and per-class accuracy of one model on one split.
 
-    groups: in group-id order; per_class: in class-id order.
+    groups: the reported subgroups, in layout order (in group-id order for a single key;
+        with several keys, every key's groups and then the intersections); per_class: in
+        class-id order.
     mean_group_accuracy: macro mean over groups with n > 0 (None if there are none).
     worst_group: the non-empty group with the lowest accuracy, lowest id on ties.
     worst_k_mean: mean accuracy of the ``worst_k`` worst non-empty groups (of all of them
@@ -147,6 +163,12 @@ class EvalReport:
         lines.append(f"worst-{self.worst_k} mean: {_pct(self.worst_k_mean)}")
         lines.append(f"mean group accuracy: {_pct(self.mean_group_accuracy)}")
         return "\n".join(lines)
+
+
+def _keys(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(k, str) for k in value):
+        raise ValueError(f"keys must be a list of strings, not {value!r:.60}")
+    return tuple(value)
 
 
 def _opt_float(value: Any) -> float | None:

@@ -5,7 +5,9 @@ floors with a one-sample Wilson score test; drops against the teacher, the one-h
 or (for an exported artifact) the student with a paired Tango score test on the examples
 both models answered; the best-worst gap with a two-sample Newcombe test, since two
 subgroups of one model share no examples. The harm p-values of every check of the stage
-form one family, adjusted by the policy's multiplicity method (``multiplicity``).
+form one family, adjusted by the policy's multiplicity method (``multiplicity``). With
+several subgroup keys, every key's groups and every intersection are judged, in that one
+family.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from compression.guardrails.rules import (DROP_RULES, FAIL, INSUFFICIENT_EVIDENC
 from compression.guardrails.verdict import Check, GroupResult, StageVerdict
 from compression.spec import GuardrailSpec
 
-__all__ = ["judge", "decide_family", "WHOLE_MODEL_RULES"]
+__all__ = ["judge", "decide_family", "advisory_subgroups", "WHOLE_MODEL_RULES"]
 
 WHOLE_MODEL_RULES = ("min_worst_group_accuracy", "max_group_gap")
 
@@ -58,13 +60,24 @@ def judge(report: EvalReport, policy: GuardrailSpec, stage: str, *,
     per_group = [_check(p, decided.get(id(p)), policy) for p in planned]
     groups = tuple(_group_result(m, [c for c in per_group if c.subgroup == m.name])
                    for m in report.groups)
+    advisory = advisory_subgroups(report, policy)
     checks: list[Check] = []
     for rule in dict.fromkeys(p.rule for p in planned):
         rule_checks = [c for c in per_group if c.rule == rule]
-        checks += [_decisive(rule, rule_checks)] if rule in WHOLE_MODEL_RULES else rule_checks
+        checks += ([_decisive(rule, rule_checks, advisory)] if rule in WHOLE_MODEL_RULES
+                   else rule_checks)
     return StageVerdict(stage, tuple(checks), groups, policy.block_on_insufficient_evidence,
                         confidence=policy.confidence, multiplicity=policy.multiplicity,
-                        family_size=len(tested))
+                        family_size=len(tested), advisory_subgroups=advisory)
+
+
+def advisory_subgroups(report: EvalReport, policy: GuardrailSpec) -> tuple[str, ...]:
+    """Intersections with fewer than ``min_samples`` test examples: judged like every
+    subgroup (a harm shown there FAILs), but their INSUFFICIENT_EVIDENCE does not block.
+    Such a cell cannot be shown safe, and most crossings have some; blocking on them would
+    reject every job that crosses keys, or make preflight refuse it."""
+    return tuple(g.name for g in report.groups
+                 if g.is_intersection and g.n < policy.min_samples)
 
 
 def decide_family(evidence: Sequence[Evidence],
@@ -187,10 +200,12 @@ def _measured(p: _Planned, ev: Evidence) -> str:
             f"allowed {pp(ev.margin)}")
 
 
-def _decisive(rule: str, checks: Sequence[Check]) -> Check:
-    """The check that decides a whole-model rule: most severe, then lowest accuracy."""
-    def key(c: Check) -> tuple[int, float]:
-        return severity(c.verdict), -(c.value if c.value is not None else -1.0)
+def _decisive(rule: str, checks: Sequence[Check], advisory: Sequence[str] = ()) -> Check:
+    """The check that decides a whole-model rule: most severe, then lowest accuracy; an
+    INSUFFICIENT_EVIDENCE that blocks comes before one on an advisory subgroup."""
+    def key(c: Check) -> tuple[int, bool, float]:
+        return (severity(c.verdict), c.subgroup not in advisory,
+                -(c.value if c.value is not None else -1.0))
     chosen = max(checks, key=key)
     failing = sum(c.verdict == FAIL for c in checks)
     tail = f" ({failing} of {len(checks)} subgroups fail it)" if failing > 1 else ""
@@ -202,4 +217,5 @@ def _group_result(m: GroupMetrics, checks: list[Check]) -> GroupResult:
     floors = [c.floor for c in checks if c.floor is not None]
     return GroupResult(name=m.name, n=m.n, accuracy=m.accuracy, ci=(m.ci_low, m.ci_high),
                        floor=max(floors, default=None),
-                       verdict=worst(c.verdict for c in checks) if checks else None)
+                       verdict=worst(c.verdict for c in checks) if checks else None,
+                       keys=m.keys)

@@ -20,7 +20,7 @@ and how much disagreement it tolerates, for the job log and the report.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 from compression.evaluation.stats import tango_interval, wilson_interval, z_for
 from compression.guardrails.evidence import paired_mde
@@ -34,15 +34,20 @@ _USER_DROP_RULES = ("max_drop_vs_teacher", "max_drop_vs_one_hot")  # independent
 
 
 def check_policy(spec: GuardrailSpec, group_names: Sequence[str],
-                 test_group_counts: Sequence[int]) -> list[str]:
+                 test_group_counts: Sequence[int], *,
+                 intersections: Collection[str] = ()) -> list[str]:
     """Problems that would make the guardrails meaningless or certain to block; [] if none.
 
-    group_names / test_group_counts: the subgroups and their test-split sizes, in group order.
+    group_names / test_group_counts: the reported subgroups and their test-split sizes, in
+    report order. intersections: which of them are intersections of several keys.
     Finds: overrides naming unknown subgroups; judged subgroups with no test samples;
     teacher / one-hot drop rules that can never FAIL on a subgroup (they could not detect
     any harm there); and, when insufficient evidence blocks, judged subgroups below
     ``min_samples`` or too small for their absolute floor ever to be shown. Each of those
-    would reject the job after training, or let it ship unjudged.
+    would reject the job after training, or let it ship unjudged. Intersections add to the
+    marginals' guarantees rather than carry them: one under ``min_samples`` is judged, but
+    its insufficient evidence does not block (``judge.advisory_subgroups``), and one where
+    a drop rule could never FAIL is left to ``preflight_notes`` to state.
     """
     if len(group_names) != len(test_group_counts):
         raise ValueError(f"{len(group_names)} group names but {len(test_group_counts)} counts")
@@ -51,13 +56,16 @@ def check_policy(spec: GuardrailSpec, group_names: Sequence[str],
     if unknown:
         problems.append(f"guardrails.min_accuracy_by_group names unknown subgroup(s) "
                         f"{', '.join(map(repr, unknown))}; the subgroups are: "
-                        f"{', '.join(group_names)}")
+                        f"{', '.join(group_names):.2000}")
     strictest = alpha_of(spec) / family_size(spec, group_names, test_group_counts)
+    cells = set(intersections)
     for name, n in zip(group_names, test_group_counts):
+        if name in cells and n < spec.min_samples:
+            continue
         rules = judging_rules(spec, name)
         if rules:
             problems += _group_problems(spec, name, int(n), rules)
-        if n:
+        if n and name not in cells:
             problems += [_never_fails(rule, name, int(n), getattr(spec, rule), strictest)
                          for rule in _USER_DROP_RULES if getattr(spec, rule) is not None
                          and paired_mde(int(n), getattr(spec, rule), strictest) is None]

@@ -89,6 +89,8 @@ class GroupResult:
     floor and verdict are None when no rule judges the subgroup. The verdict under the
     highest floor is the worst verdict of the subgroup's checks, so this is the row a
     reader wants: accuracy, interval, the floor that binds, and the outcome.
+    keys: the subgroup keys that define it (several for an intersection); empty when the
+    report did not say. JSON carries ``keys`` only when non-empty.
     """
 
     name: str
@@ -97,17 +99,24 @@ class GroupResult:
     ci: tuple[float, float]
     floor: float | None
     verdict: str | None
+    keys: tuple[str, ...] = ()
+
+    @property
+    def is_intersection(self) -> bool:
+        return len(self.keys) > 1
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "n": self.n, "accuracy": self.accuracy, "ci": list(self.ci),
-                "floor": self.floor, "verdict": self.verdict}
+        out = {"name": self.name, "n": self.n, "accuracy": self.accuracy, "ci": list(self.ci),
+               "floor": self.floor, "verdict": self.verdict}
+        return {**out, "keys": list(self.keys)} if self.keys else out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GroupResult:
         verdict = d["verdict"]
         return cls(name=str(d["name"]), n=int(d["n"]), accuracy=_opt(d["accuracy"]),
                    ci=(float(d["ci"][0]), float(d["ci"][1])), floor=_opt(d["floor"]),
-                   verdict=None if verdict is None else _verdict(verdict))
+                   verdict=None if verdict is None else _verdict(verdict),
+                   keys=_strings(d.get("keys", ()), "keys"))
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,8 @@ class StageVerdict:
         stage's checks is at most 1 - confidence. multiplicity: how the FAIL thresholds were
         adjusted (holm, bonferroni, none). family_size: how many checks were tested
         together (every rule on every subgroup with test samples).
+    advisory_subgroups: intersections with fewer than min_samples test examples; they are
+        judged, and a FAIL on one blocks, but their INSUFFICIENT_EVIDENCE does not.
     """
 
     stage: str
@@ -127,6 +138,7 @@ class StageVerdict:
     confidence: float = 0.95
     multiplicity: str = "holm"
     family_size: int = 0
+    advisory_subgroups: tuple[str, ...] = ()
 
     @property
     def verdict(self) -> str:
@@ -135,31 +147,39 @@ class StageVerdict:
 
     @property
     def passed(self) -> bool:
-        """No FAIL, and no INSUFFICIENT_EVIDENCE unless that is set not to block."""
-        v = self.verdict
-        return v == PASS or (v == INSUFFICIENT_EVIDENCE and not self.block_on_insufficient_evidence)
+        """No check blocks: no FAIL, and no INSUFFICIENT_EVIDENCE unless that is set not to
+        block or it is on an advisory subgroup."""
+        return not self.failing_checks
 
-    def _blocks(self, verdict: str | None) -> bool:
+    def blocks(self, check: Check) -> bool:
+        """Whether ``check`` keeps this stage from shipping."""
+        return self._blocks(check.verdict, check.subgroup)
+
+    def _blocks(self, verdict: str | None, subgroup: str | None) -> bool:
         return verdict == FAIL or (verdict == INSUFFICIENT_EVIDENCE
-                                   and self.block_on_insufficient_evidence)
+                                   and self.block_on_insufficient_evidence
+                                   and subgroup not in self.advisory_subgroups)
 
     @property
     def failing_subgroups(self) -> tuple[str, ...]:
         """Subgroups whose verdict stops this stage from passing, in group order."""
-        return tuple(g.name for g in self.groups if self._blocks(g.verdict))
+        return tuple(g.name for g in self.groups if self._blocks(g.verdict, g.name))
 
     @property
     def failing_checks(self) -> tuple[Check, ...]:
-        return tuple(c for c in self.checks if self._blocks(c.verdict))
+        return tuple(c for c in self.checks if self.blocks(c))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"stage": self.stage, "passed": self.passed, "verdict": self.verdict,
-                "block_on_insufficient_evidence": self.block_on_insufficient_evidence,
-                "confidence": self.confidence, "multiplicity": self.multiplicity,
-                "family_size": self.family_size,
-                "failing_subgroups": list(self.failing_subgroups),
-                "checks": [c.to_dict() for c in self.checks],
-                "groups": [g.to_dict() for g in self.groups]}
+        out = {"stage": self.stage, "passed": self.passed, "verdict": self.verdict,
+               "block_on_insufficient_evidence": self.block_on_insufficient_evidence,
+               "confidence": self.confidence, "multiplicity": self.multiplicity,
+               "family_size": self.family_size,
+               "failing_subgroups": list(self.failing_subgroups),
+               "checks": [c.to_dict() for c in self.checks],
+               "groups": [g.to_dict() for g in self.groups]}
+        if self.advisory_subgroups:
+            out["advisory_subgroups"] = list(self.advisory_subgroups)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StageVerdict:
@@ -171,7 +191,9 @@ class StageVerdict:
                        block_on_insufficient_evidence=bool(data["block_on_insufficient_evidence"]),
                        confidence=float(data.get("confidence", 0.95)),
                        multiplicity=str(data.get("multiplicity", "holm")),
-                       family_size=int(data.get("family_size", 0)))
+                       family_size=int(data.get("family_size", 0)),
+                       advisory_subgroups=_strings(data.get("advisory_subgroups", ()),
+                                                   "advisory_subgroups"))
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise InvalidInput(f"not a valid guardrail verdict ({type(exc).__name__}: {exc}); "
                                "use a report.json written by this service") from exc
@@ -191,7 +213,10 @@ def summarize(verdicts: Sequence[StageVerdict]) -> str:
     for v in verdicts:
         if v.verdict == PASS:
             continue
-        status = "did not pass" if not v.passed else "passed (insufficient evidence not blocking)"
+        status = ("did not pass" if not v.passed
+                  else "passed (insufficient evidence not blocking)"
+                  if not v.block_on_insufficient_evidence
+                  else "passed (insufficient evidence only on intersections under min_samples)")
         parts = []
         for level in (FAIL, INSUFFICIENT_EVIDENCE):
             rules: dict[str, list[str]] = {}
@@ -210,6 +235,12 @@ def summarize(verdicts: Sequence[StageVerdict]) -> str:
 
 def _subgroup(check: Check) -> str:
     return "no subgroup" if check.subgroup is None else repr(check.subgroup)
+
+
+def _strings(value: Any, what: str) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{what} must be a list of strings, not {value!r:.60}")
+    return tuple(value)
 
 
 def _opt(value: Any) -> float | None:

@@ -106,8 +106,10 @@ def _preflight(job: Job, dataset: Dataset) -> list[str]:
     """Every problem that would stop the job later, listed before any training starts;
     returns what each paired guardrail can detect on this test split, for the log and report."""
     spec = job.spec
-    counts = dataset.test.group.bincount(minlength=dataset.num_groups).tolist()
-    problems = check_policy(spec.guardrails, dataset.group_names, counts)
+    layout = dataset.layout  # the groups judged: every key's groups and their intersections
+    counts = dataset.group_counts(dataset.test)
+    problems = check_policy(spec.guardrails, layout.names, counts,
+                            intersections=layout.intersections)
     try:
         check_mitigation(spec.mitigation)
     except InvalidInput as exc:
@@ -117,8 +119,7 @@ def _preflight(job: Job, dataset: Dataset) -> list[str]:
                         f"{', '.join(known_archs())}")
     if problems:
         raise InvalidInput(problems, "the job cannot run")
-    notes = preflight_notes(spec.guardrails, dataset.group_names, counts,
-                            artifacts=spec.export.onnx)
+    notes = preflight_notes(spec.guardrails, layout.names, counts, artifacts=spec.export.onnx)
     for note in notes:  # the full list goes to the report; the log gets the warnings
         if "can never FAIL" in note or "agree on every example" in note:
             job.log("check_policy", note)
