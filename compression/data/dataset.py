@@ -45,7 +45,7 @@ class GroupLayout:
         twice = [name for name, k in Counter(g.name for g in self.groups).items() if k > 1]
         if twice:
             raise InvalidInput(f"subgroup names {twice!r:.200} stand for different groups; "
-                               "rename the attribute values or mapped groups that make them")
+                               "rename the classes, attribute values or mapped groups that make them")
         k = len(self.cell_names)
         if any(not 0 <= c < k for g in self.groups for c in g.cells):
             raise ValueError(f"a reported group names a cell outside [0, {k})")

@@ -79,6 +79,7 @@ def test_one_key_keeps_its_plain_names_and_a_cell_per_group():
                                    [1, 1], None)
     assert ids.tolist() == [1, 0]
     assert layout.names == layout.cell_names == ("a", "b") and layout.intersections == ()
+    assert [g.keys for g in layout.groups] == [("class",), ("class",)]
     # a key coarser than another adds its groups and no intersections
     (_,), crossed = assign_groups(SubgroupSpec(by="frequency", also_by=("class",)),
                                   [_raw("aab", ["x"] * 3)], [2, 1], None)
