@@ -2,7 +2,8 @@
 
 Trains the demo teacher when it is missing, starts a server on 127.0.0.1 (any free port, its
 state under runs/demo/), submits the example job through the client, follows its progress and
-prints the report, ending with the guardrail verdict and its reason.
+prints the report, ending with the guardrail verdict and its reason. A job the guardrails
+reject is a demo that ran: it exits 0 and says so.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Callable
 from compression.report import JobReport
 from compression.spec import load_job
 from compression.teacher_training import TeacherRecipe, train_teacher
+from service.cli import EXIT_OK, EXIT_REJECTED
 from service.client import TpetClient
 from service.commands import _follow
 from service.config import ServerConfig
@@ -46,6 +48,10 @@ def run_demo(job_path: str, should_stop: Callable[[], bool]) -> int:
             report = JobReport.from_json(finished.report_json)
             print(f"\n{format_report(report)}\n\nartifacts: {finished.output_dir}\n"
                   f"verdict: {report.status}: {verdict_reason(report)}")
+        if code == EXIT_REJECTED:  # the gate decided: the demo ran end to end
+            print(f"the guardrails rejected this student; `tpet compress --wait` would exit "
+                  f"{EXIT_REJECTED} for it", file=sys.stderr)
+            return EXIT_OK
         return code
     finally:
         server.stop()
