@@ -19,7 +19,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Range", "choice", "ranged", "parse_into", "json_schema", "shown", "camel"]
+__all__ = ["Range", "choice", "choices", "ranged", "parse_into", "json_schema", "shown", "camel"]
 
 _MAX_INT = 2**53  # any count or seed beyond it is a typo (and JSON numbers lose precision)
 
@@ -53,6 +53,11 @@ def _number(value: float) -> str:
 def choice(*values: str, default: str) -> Any:
     """A string field that takes one of ``values``."""
     return field(default=default, metadata={"choices": values})
+
+
+def choices(*values: str) -> Any:
+    """A list-of-strings field (default empty) whose every item is one of ``values``."""
+    return field(default=(), metadata={"choices": values, "each": True})
 
 
 def ranged(default: Any, lo: float | None = None, hi: float | None = None, *,
@@ -106,9 +111,11 @@ def parse_into(cls: type, data: Any, where: str, problems: list[str]) -> Any:
 
 def _field_value(f: dataclasses.Field, hint: Any, value: Any, path: str,
                  problems: list[str]) -> Any:
-    choices = f.metadata.get("choices")
-    if choices and value not in choices:
-        problems.append(f"{path}: {shown(value)} is not one of {', '.join(choices)}")
+    allowed = f.metadata.get("choices")
+    items = value if f.metadata.get("each") and isinstance(value, (list, tuple)) else [value]
+    wrong = [v for v in items if allowed and v not in allowed]
+    if wrong:
+        problems.append(f"{path}: {shown(wrong[0])} is not one of {', '.join(allowed)}")
         return None
     converted = _convert(value, hint, path, problems)
     declared = f.metadata.get("range")
@@ -235,7 +242,9 @@ def _object_schema(cls: type, defs: dict[str, Any]) -> dict[str, Any]:
 
 def _field_schema(f: dataclasses.Field, hint: Any, defs: dict[str, Any]) -> dict[str, Any]:
     schema = _type_schema(hint, defs)
-    if "choices" in f.metadata:
+    if f.metadata.get("each"):
+        schema = {"type": "array", "items": {"enum": list(f.metadata["choices"])}}
+    elif "choices" in f.metadata:
         schema = {"enum": list(f.metadata["choices"])}
     declared = f.metadata.get("range")
     if declared is not None:
