@@ -144,6 +144,22 @@ class PrometheusMetrics:
         self.last_event = Gauge("tpet_job_last_event_timestamp_seconds", "Running job: when "
                                 "its worker last reported an event (Unix time).", ["job_id"],
                                 registry=r)
+        self._define_guardrails(r)
+        self.failures = Counter("tpet_job_failures", "Failed jobs by the kind of failure.",
+                                ["kind"], registry=r)
+        for info in KINDS.values():
+            self.failures.labels(info.label)
+        self.parity_failures = Counter("tpet_export_parity_failures", "Jobs failed because "
+                                       "an exported model did not match the PyTorch one.",
+                                       registry=r)
+        self.rpc_requests = Counter("tpet_rpc_requests", "gRPC calls by method and status "
+                                    "code.", ["service", "method", "code"], registry=r)
+        self.rpc_seconds = Histogram("tpet_rpc_duration_seconds", "gRPC call latency (a "
+                                     "stream: its whole life).", ["service", "method"],
+                                     buckets=RPC_BUCKETS, registry=r)
+
+    def _define_guardrails(self, r: CollectorRegistry) -> None:
+        """The finished jobs' subgroup and verdict gauges, and the build info."""
         self.accuracy = Gauge("tpet_subgroup_accuracy_ratio", "Recent finished job: subgroup "
                               "test accuracy at its deciding stage.",
                               ["job_id", "stage", "subgroup"], registry=r)
@@ -163,18 +179,6 @@ class PrometheusMetrics:
         self.violations = Counter("tpet_guardrail_violations", "Subgroups that blocked a "
                                   "stage (below the floor, or too little evidence).",
                                   ["stage", "subgroup"], registry=r)
-        self.failures = Counter("tpet_job_failures", "Failed jobs by the kind of failure.",
-                                ["kind"], registry=r)
-        for info in KINDS.values():
-            self.failures.labels(info.label)
-        self.parity_failures = Counter("tpet_export_parity_failures", "Jobs failed because "
-                                       "an exported model did not match the PyTorch one.",
-                                       registry=r)
-        self.rpc_requests = Counter("tpet_rpc_requests", "gRPC calls by method and status "
-                                    "code.", ["service", "method", "code"], registry=r)
-        self.rpc_seconds = Histogram("tpet_rpc_duration_seconds", "gRPC call latency (a "
-                                     "stream: its whole life).", ["service", "method"],
-                                     buckets=RPC_BUCKETS, registry=r)
 
     # -- the manager's hooks ---------------------------------------------------------------
 
