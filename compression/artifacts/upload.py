@@ -24,7 +24,7 @@ from compression.artifacts.bundle import REPORT
 from compression.errors import StageFailed
 from compression.evaluation import write_json
 
-__all__ = ["MARKER", "check_target", "upload_bundle", "publish", "upload_summary"]
+__all__ = ["MARKER", "check_job", "check_target", "upload_bundle", "publish", "upload_summary"]
 
 MARKER = REPORT  # the object whose presence says the bundle is complete
 _WHAT = "output_uri"
@@ -40,6 +40,20 @@ def check_target(output_uri: str, policy: access.InputAccess | None = None,
     if probe and uri.scheme != "file":
         storage.exists(uri.join(MARKER), _WHAT)
     return uri
+
+
+def check_job(spec: Any) -> None:
+    """Every URI of the job spec ``spec`` well formed and free of credentials, and its
+    output target checked (``check_target``), before the job does any work: a URI with a
+    secret in it must not reach the report even when the job never opens it."""
+    data = spec.data
+    for field, text in (("teacher.path", spec.teacher.path), ("data.path", data.path),
+                        ("data.test_path", data.test_path),
+                        ("data.holdout_path", data.holdout_path)):
+        for part in filter(storage.is_uri, (p.strip() for p in text.split("::"))):
+            storage.parse_uri(part, field)
+    if spec.output_uri:
+        check_target(spec.output_uri)
 
 
 def upload_bundle(out_dir: str | Path, output_uri: str, names: Iterable[str],

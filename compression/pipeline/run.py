@@ -20,7 +20,7 @@ import torch
 
 from compression import distributed
 from compression.artifacts import REPORT, choose_shipped, write_bundle
-from compression.artifacts.upload import check_target, publish, upload_summary
+from compression.artifacts.upload import check_job, publish, upload_summary
 from compression.data import Dataset, describe, load_dataset
 from compression.errors import InvalidInput
 from compression.evaluation import EvalReport
@@ -62,8 +62,7 @@ def run(spec: JobSpec, on_event: EventSink = emit_nothing,
     job = Job(spec, spec.resolved_output_dir, resolve_device(spec.training.device),
               on_event, distributed.agreed_stop(should_stop))  # all ranks stop together
     job.out_dir.mkdir(parents=True, exist_ok=True)
-    if spec.output_uri:  # a bucket that is missing or refused ends the job before training
-        check_target(spec.output_uri)
+    check_job(spec)  # a URI carrying a secret, or a target that cannot be written: now
     dataset = job.stage("load_data", lambda: load_dataset(spec.data), _data_summary)
     detectable = _preflight(job, dataset)
 

@@ -10,9 +10,10 @@ import pytest
 
 from compression import access, storage
 from compression.access import AccessDenied, InputAccess
-from compression.artifacts.upload import MARKER, check_target, upload_bundle
+from compression.artifacts.upload import MARKER, check_job, check_target, upload_bundle
 from compression.data.webdataset import MAX_SHARDS, expand_shards, read_webdataset
 from compression.errors import InvalidInput, StageFailed
+from compression.spec import DataSpec, JobSpec, TeacherSpec
 from service.config import load_config
 from tests.s3server import SECRET, s3_server
 from tests.wds import bars_samples, png, shard
@@ -46,6 +47,17 @@ def test_a_uri_carrying_credentials_is_refused_without_showing_them(text):
         with pytest.raises(InvalidInput, match="carries credentials") as err:
             attempt()
         assert "hunter2" not in str(err.value) and "abc123" not in str(err.value)
+
+
+def test_a_job_refuses_credentials_in_any_uri_before_doing_any_work():
+    # one_hot never opens the teacher: the spec would still carry the secret into the report
+    spec = JobSpec(teacher=TeacherSpec(path=LEAKY),
+                   data=DataSpec(source="webdataset", path="a.tar::s3://k:hunter2@b/x.tar"))
+    for field, changed in (("teacher.path", spec),
+                           ("data.path", JobSpec(data=spec.data))):
+        with pytest.raises(InvalidInput, match=f"{field} .* carries credentials") as err:
+            check_job(changed)
+        assert "hunter2" not in str(err.value)
 
 
 @pytest.mark.parametrize("text,why", [("ftp://h/x", "uses scheme ftp://"),
