@@ -26,6 +26,7 @@ import time
 from typing import Any, Callable, TypeVar
 
 from compression.errors import InvalidInput
+from compression.storage import redact
 from compression.spec import JobSpec
 from service.errors import PermissionDenied, QueueFull, Unavailable
 from service.security import InputPolicy, job_inputs
@@ -152,7 +153,8 @@ class InputChecks:
 
 def _subject(spec: JobSpec) -> str:
     """The inputs a check reads, for its timeout message."""
-    named = [f"{field} {path!r}" for field, path in job_inputs(spec)]
+    # redacted: the check that refuses a URI with credentials in it may be the one that hangs
+    named = [f"{field} {redact(path)!r}" for field, path in job_inputs(spec)]
     return ", ".join(named) or "the job's inputs"
 
 
