@@ -3,7 +3,7 @@ reason for it, all read from the typed job report (``compression.report.JobRepor
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from compression.guardrails import INSUFFICIENT_EVIDENCE, Check, StageVerdict
 from compression.guardrails.rules import pct, pp
@@ -29,7 +29,9 @@ def format_report(report: JobReport | Mapping[str, Any]) -> str:
     parts += [f"{stage}: {export.status} ({export.reason})"
               for stage, export in report.exports.items() if export.status != "BUILT"]
     if report.stages:
-        parts.append("\n".join([f"guardrails: {report.guardrails.summary}",
+        summary = (report.guardrails.summary if any(v.checks for v in report.stages)
+                   else "no rule judged any stage")  # never "passed" for unjudged stages
+        parts.append("\n".join([f"guardrails: {summary}",
                                 *(f"  {_stage_line(v)}" for v in report.stages)]))
     shipped = report.shipped
     parts.append(f"status: {report.status}"
@@ -48,8 +50,8 @@ def verdict_reason(report: JobReport | Mapping[str, Any]) -> str:
         return "no stage was judged against the guardrails"
     if not report.deployable:
         checks = v.failing_checks
-        return (f"stage {v.stage!r} is {stage_label(v)} and cannot ship ({_family(v)}); "
-                + _blocking_note(v) + "; ".join(_check_reason(c) for c in checks))
+        return (f"stage {v.stage!r} is {stage_label(v)} and cannot ship ({_family(v)})"
+                + _blocking_note(v) + ":" + _bullets(_check_reason(c) for c in checks))
     if not v.checks:
         return (f"{report.shipped!r} ships NOT JUDGED: no guardrail rule applies to it, so "
                 "none of its subgroups was checked")
@@ -57,10 +59,10 @@ def verdict_reason(report: JobReport | Mapping[str, Any]) -> str:
     text = f"{report.shipped!r} ships: {len(v.checks) - len(lenient)} of {len(v.checks)} " \
            f"checks PASS ({_family(v)})"
     if lenient:
-        text += ("; INSUFFICIENT_EVIDENCE does not block under this policy, on: "
-                 + "; ".join(_check_reason(c) for c in lenient))
+        text += ("; INSUFFICIENT_EVIDENCE does not block under this policy, on:"
+                 + _bullets(_check_reason(c) for c in lenient))
     notes = [e.reason for e in report.exports.values() if e.reason and e.status == "BUILT"]
-    return text + "".join(f"; {n}" for n in notes)
+    return text + _bullets(notes)
 
 
 def _stage_line(v: StageVerdict) -> str:
@@ -77,8 +79,12 @@ def _family(v: StageVerdict) -> str:
 
 def _blocking_note(v: StageVerdict) -> str:
     if any(c.verdict == INSUFFICIENT_EVIDENCE for c in v.failing_checks):
-        return "insufficient evidence blocks under this policy; "
+        return "; insufficient evidence blocks under this policy"
     return ""
+
+
+def _bullets(lines: Iterable[str]) -> str:
+    return "".join(f"\n  - {line}" for line in lines)
 
 
 def _check_reason(c: Check) -> str:
