@@ -261,3 +261,21 @@ def test_an_upload_to_a_missing_bucket_fails_when_the_job_starts(s3):
         check_target("s3://nowhere/runs/j1")
     with pytest.raises(InvalidInput, match="uses scheme https://"):
         check_target("https://example.com/runs/j1")  # read only
+
+
+def test_every_shard_of_a_pattern_is_checked_at_submission(tmp_path):
+    from service.errors import PermissionDenied
+    from service.security import InputPolicy
+
+    (tmp_path / "s-0.tar").write_bytes(shard(bars_samples(2, 2, seed=0)))
+    policy = InputPolicy.of([str(tmp_path), "s3://data/wds/"], max_bytes=2**20)
+    spec = JobSpec(teacher=TeacherSpec(path="s3://data/wds/t.safetensors", arch="tiny_cnn"),
+                   data=DataSpec(source="webdataset", path=f"{tmp_path}/s-{{0..1}}.tar",
+                                 test_path="s3://data/wds/test-{0..3}.tar"))
+    policy.check(spec)  # s-1.tar is missing: the worker says so when it opens it
+    for path in (f"{tmp_path}/s-{{0,1}}.tar::/etc/passwd",
+                 "s3://data/wds/{a,b}.tar::s3://data/other/x.tar"):
+        escaping = JobSpec(teacher=spec.teacher, data=DataSpec(
+            source="webdataset", path=path, test_path=spec.data.test_path))
+        with pytest.raises(PermissionDenied, match="data.path .*(passwd|other/x.tar)"):
+            policy.check(escaping)
