@@ -54,10 +54,10 @@ class AccessDenied(InvalidInput):
 
 @dataclass(frozen=True)
 class InputAccess:
-    """roots: real directories and URI prefixes a job may read under (None: any); max_bytes: the largest file
-    a job may open, and the most bytes one split may decode (None: no file limit, and
-    ``DEFAULT_DECODED_BYTES`` decoded); allow_torchscript: whether a TorchScript teacher (code)
-    may be loaded at all."""
+    """roots: real directories and URI prefixes a job may read under (None: any);
+    max_bytes: the largest file a job may open, and the most bytes one split may decode
+    (None: no file limit, and ``DEFAULT_DECODED_BYTES`` decoded); allow_torchscript: whether
+    a TorchScript teacher (code) may be loaded at all."""
 
     roots: tuple[str, ...] | None = None
     max_bytes: int | None = None
