@@ -17,6 +17,9 @@ subgroup where the student is less accurate than the same student trained on lab
 
 A teacher that is right but unsure (high mass out, high accuracy) pulls a small student off
 a rare class without any copied error; a teacher that is wrong shows as copied errors.
+
+Subgroups are given as each example's id [N]; with ``members`` a reported subgroup pools
+several ids (the cells of intersectional subgroups), so one cell may count in several.
 """
 
 from __future__ import annotations
@@ -44,11 +47,13 @@ class TeacherFlow:
 
 
 def teacher_flow(teacher_logits: Tensor, labels: Tensor, groups: Tensor, num_groups: int,
-                 temperature: float = 1.0) -> TeacherFlow:
+                 temperature: float = 1.0, *,
+                 members: Sequence[Sequence[int]] | None = None) -> TeacherFlow:
     """teacher_logits: [N, C]; labels, groups: [N] int64 -> the teacher's per-subgroup flow.
 
     A subgroup's classes are the classes of its examples; mass in counts, for each example
     outside the subgroup, its probability on those classes except its own class.
+    members: the ids each reported subgroup pools; None: subgroup k is id k < num_groups.
     """
     _check_lengths(labels, groups)
     if teacher_logits.dim() != 2 or teacher_logits.shape[0] != labels.shape[0]:
@@ -59,8 +64,7 @@ def teacher_flow(teacher_logits: Tensor, labels: Tensor, groups: Tensor, num_gro
     own = probs.gather(1, y[:, None]).squeeze(1)  # [N]
     top, predictions = probs.max(dim=1)
     accuracy, confidence, mass_out, mass_in = [], [], [], []
-    for k in range(num_groups):
-        inside = g == k
+    for inside in _masks(g, num_groups, members):
         accuracy.append(_mean((predictions == y)[inside]))
         confidence.append(_mean(top[inside]))
         mass_out.append(_mean(1 - own[inside]))
@@ -91,30 +95,36 @@ def destinations(student: Tensor, reference: Tensor, labels: Tensor, class_names
 
 def diagnose_harm(student: Tensor, one_hot: Tensor, labels: Tensor, groups: Tensor,
                   class_names: Sequence[str], group_names: Sequence[str],
-                  teacher: TeacherFlow | None = None, top: int = 3) -> dict[str, Any]:
+                  teacher: TeacherFlow | None = None, top: int = 3, *,
+                  members: Sequence[Sequence[int]] | None = None) -> dict[str, Any]:
     """The ``harm_diagnosis`` report section.
 
     student, one_hot: [N] predicted class ids of the two students; labels, groups: [N]; all
-    on the same split in the same order. teacher: its flow on that split, or None when the
-    job has no teacher. Harmed subgroups come first by drop (student below one-hot), then id.
+    on the same split in the same order. teacher: its flow on that split for the same
+    subgroups, or None when the job has no teacher. members: as in ``teacher_flow``.
+    Harmed subgroups come first by drop (student below one-hot), then in subgroup order.
     """
     _check_lengths(labels, groups, student, one_hot,
                    None if teacher is None else teacher.predictions)
     y, g = labels.cpu().long(), groups.cpu().long()
     s, o = student.cpu().long(), one_hot.cpu().long()
-    entries = [_entry(k, s, o, y, g, class_names, group_names, teacher, top)
-               for k in range(len(group_names))]
+    masks = _masks(g, len(group_names), members)
+    if teacher is not None and len(teacher.accuracy) != len(masks):
+        raise ValueError(f"the teacher's flow has {len(teacher.accuracy)} subgroups; "
+                         f"{len(masks)} are diagnosed")
+    entries = [_entry(k, inside, s, o, y, class_names, group_names, teacher, top)
+               for k, inside in enumerate(masks)]
     harmed = sorted((e for e in entries if e is not None), key=lambda e: -e["drop"])
     return {"reference": "one_hot", "split": "test",
             "teacher_temperature": None if teacher is None else teacher.temperature,
             "subgroups": harmed}
 
 
-def _entry(k: int, s: Tensor, o: Tensor, y: Tensor, g: Tensor, class_names: Sequence[str],
-           group_names: Sequence[str], teacher: TeacherFlow | None,
+def _entry(k: int, inside: Tensor, s: Tensor, o: Tensor, y: Tensor,
+           class_names: Sequence[str], group_names: Sequence[str], teacher: TeacherFlow | None,
            top: int) -> dict[str, Any] | None:
-    """The diagnosis of subgroup k, or None when the student is not below one-hot there."""
-    inside = g == k
+    """The diagnosis of subgroup k (examples ``inside``: [N] bool), or None when the student
+    is not below one-hot there."""
     n = int(inside.sum())
     s_hit, o_hit = (s == y)[inside], (o == y)[inside]
     if n == 0 or int(s_hit.sum()) >= int(o_hit.sum()):
@@ -134,6 +144,15 @@ def _entry(k: int, s: Tensor, o: Tensor, y: Tensor, g: Tensor, class_names: Sequ
                             "mass_out": teacher.mass_out[k], "mass_in": teacher.mass_in[k],
                             "copied_errors": int(copied.sum())}
     return entry
+
+
+def _masks(groups: Tensor, count: int, members: Sequence[Sequence[int]] | None) -> list[Tensor]:
+    """[N] bool per subgroup: id k alone, or the ids ``members[k]`` pools."""
+    if members is None:
+        return [groups == k for k in range(count)]
+    if len(members) != count:
+        raise ValueError(f"{len(members)} member lists for {count} subgroups")
+    return [torch.isin(groups, torch.as_tensor(list(ids), dtype=torch.long)) for ids in members]
 
 
 def _mean(values: Tensor) -> float | None:

@@ -110,10 +110,11 @@ def harm_diagnosis(dataset: Dataset, student_predictions: Tensor, baseline: Base
     one-hot baseline, the reference that defines harm."""
     if baseline is None or baseline.test_predictions is None:
         return None
-    test = dataset.test
+    test, layout = dataset.test, dataset.layout  # the subgroups the report judges
     return diagnose_harm(student_predictions, baseline.test_predictions, test.y, test.group,
-                         dataset.class_names, dataset.group_names,
-                         teacher.test_flow if teacher else None)
+                         dataset.class_names, layout.names,
+                         teacher.test_flow if teacher else None,
+                         members=[g.cells for g in layout.groups])
 
 
 def select_mitigation(job: Job, dataset: Dataset, teacher: TeacherView | None,

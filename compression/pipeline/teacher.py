@@ -75,6 +75,8 @@ def _profile(job: Job, dataset: Dataset, teacher: Any, calibrate: bool,
         logits, test_logits = fitted.apply(logits), fitted.apply(test_logits)
     reliability = profile_teacher(logits, holdout.y, holdout.group, dataset.group_names,
                                   class_names=dataset.class_names)
-    flow = teacher_flow(test_logits, dataset.test.y, dataset.test.group, dataset.num_groups)
+    groups = dataset.layout.groups  # the reported subgroups, each pooling its cells
+    flow = teacher_flow(test_logits, dataset.test.y, dataset.test.group, len(groups),
+                        members=[g.cells for g in groups])
     return TeacherView(model, teacher.sha256, test_report, holdout_report,
                        reliability.to_dict(), calibration, flow)

@@ -86,8 +86,27 @@ def test_no_harm_and_no_teacher():
     assert [s["teacher"] for s in bare["subgroups"]] == [None, None]
 
 
+def test_reported_groups_pool_cells():
+    # the cells are the classes; reported: "a" = {0}, "bc" = {1, 2} and "all" = {0, 1, 2}
+    members, names = [(0,), (1, 2), (0, 1, 2)], ("a", "bc", "all")
+    flow = teacher_flow(PROBS.log(), Y, Y, 3, members=members)
+    # bc: the teacher gets examples 2, 3, 5, 6 of 2..6 right; examples 0 and 1 put
+    # 0.1 + 0.1 and 0.2 + 0.2 on classes 1 and 2; nothing lies outside "all"
+    assert flow.accuracy == pytest.approx((1.0, 0.8, 6 / 7))
+    assert flow.mass_in == pytest.approx((0.18, 0.3, None))
+    report = diagnose_harm(STUDENT, ONE_HOT, Y, Y, CLASSES, names, flow, members=members)
+    # drops: a 1/2; all (6 - 3) / 7; bc (4 - 2) / 5
+    assert [(g["group"], g["newly_wrong"]) for g in report["subgroups"]] == [
+        ("a", 1), ("all", 3), ("bc", 2)]
+    assert [g["drop"] for g in report["subgroups"]] == pytest.approx([0.5, 3 / 7, 0.4])
+    assert report["subgroups"][2]["teacher"]["copied_errors"] == 1
+
+
 def test_mismatched_inputs_are_refused():
     with pytest.raises(ValueError, match="same examples"):
         diagnose_harm(STUDENT[:-1], ONE_HOT, Y, Y, CLASSES, GROUPS)
     with pytest.raises(ValueError, match=r"\[N, C\]"):
         teacher_flow(PROBS[:-1].log(), Y, Y, 3)
+    with pytest.raises(ValueError, match="3 subgroups"):
+        diagnose_harm(STUDENT, ONE_HOT, Y, Y, CLASSES, ("a", "bc"), TEACHER,
+                      members=[(0,), (1, 2)])
