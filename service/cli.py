@@ -80,7 +80,7 @@ def cmd_run(args: argparse.Namespace, stop: _StopFlag) -> int:
     from compression import distributed
     from compression.events import emit_nothing
     from compression.pipeline import REJECTED, run
-    from service.report_view import format_report
+    from service.report_view import as_report, format_report, verdict_reason
 
     joined = distributed.init_from_env()  # under torchrun every rank trains, rank 0 reports
     printer = ProgressPrinter() if distributed.is_primary() else None
@@ -94,10 +94,10 @@ def cmd_run(args: argparse.Namespace, stop: _StopFlag) -> int:
     if result is None:  # a rank other than 0: its part is done
         return EXIT_OK
     text = result.report_path.read_text()
-    print(text if args.json else f"\n{format_report(json.loads(text))}\n"
-                                 f"report: {result.report_path}")
-    if result.status == REJECTED:
-        print(f"rejected: {result.summary}", file=sys.stderr)
+    report = as_report(json.loads(text))
+    print(text if args.json else f"\n{format_report(report)}\nreport: {result.report_path}")
+    if result.status == REJECTED:  # the last line a pipeline's log shows, --json or not
+        print(f"rejected: {verdict_reason(report)}", file=sys.stderr)
         return EXIT_REJECTED
     return EXIT_OK
 

@@ -28,7 +28,7 @@ from service.states import JobState
 
 __all__ = ["add_server_commands", "exit_code_of_job", "format_jobs"]
 
-_MIN_ERROR_WIDTH = 30  # a narrow terminal still gets readable reasons, below the row if need be
+_MIN_ERROR_WIDTH = 30  # narrower: reasons go below their job's row, where they have room
 
 
 def exit_code_of_job(job: Any) -> int:
@@ -104,19 +104,23 @@ def cmd_jobs(args: argparse.Namespace, stop: Any) -> int:
 
 def format_jobs(jobs: list[Any], columns: int) -> str:
     """A table of ``jobs`` fitting ``columns``; the last column, why a job failed or was
-    rejected, is given whole: wrapped under itself, each of its lines kept."""
+    rejected, is given whole: wrapped under itself, each of its lines kept (on a terminal too
+    narrow for that, under the job's row)."""
     header = ["ID", "NAME", "STATE", "STAGE", "ATTEMPTS", "CREATED", "REASON"]
     rows = [[j.id, j.name, job_state(j).value, j.stage or "-", str(j.attempts),
              datetime.fromtimestamp(j.create_time.seconds).strftime("%Y-%m-%d %H:%M:%S")]
             for j in jobs]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
-    indent = sum(widths) + 2 * len(widths)
+    beside = sum(widths) + 2 * len(widths)
+    below = columns - beside - 1 < _MIN_ERROR_WIDTH
+    indent = 4 if below else beside
     width = max(_MIN_ERROR_WIDTH, columns - indent - 1)
-    lines = [_cells(header[:-1], widths) + header[-1]]
+    lines = [_cells(header[:-1], widths) + ("" if below else header[-1])]
     for row, job in zip(rows, jobs):
-        reason = _wrapped(job.error, width) or [""]
-        lines.append((_cells(row, widths) + reason[0]).rstrip())
-        lines += [" " * indent + more for more in reason[1:]]
+        reason = _wrapped(job.error, width)
+        first = "" if below or not reason else reason.pop(0)
+        lines.append((_cells(row, widths) + first).rstrip())
+        lines += [" " * indent + more for more in reason]
     return "\n".join(lines)
 
 

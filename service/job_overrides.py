@@ -1,8 +1,8 @@
 """``--set key=value``: change a job file's settings from the command line.
 
 ``training.lr=0.01`` sets ``lr`` inside ``training``, creating the mappings on the way; the
-value is read as YAML, so ``0.01`` is a number, ``true`` a boolean, ``null`` no value,
-``[30, 60]`` a list and ``'007'`` the string. Overrides apply in order to the file's plain
+value is read as YAML, so ``0.01`` and ``1e-3`` are numbers, ``true`` a boolean, ``null``
+no value, ``[30, 60]`` a list and ``'007'`` the string. Overrides apply in order to the file's plain
 data, before validation: a setting the job does not have is reported by the same validation,
 with the known ones, as if the file had it.
 """
@@ -10,12 +10,16 @@ with the known ones, as if the file had it.
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any, Iterable
 
 from compression.errors import InvalidInput
 from compression.safe_yaml import load_yaml_text
 
 __all__ = ["apply_overrides", "parse_override"]
+
+# A number as YAML 1.2 writes it; PyYAML (YAML 1.1) reads 1e-3, without a dot, as a string.
+_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -32,6 +36,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     except InvalidInput:  # YAML's own account of a one-line value says little more
         raise InvalidInput(f"--set {text!r}: the value is not valid YAML; quote it to mean "
                            "a string") from None
+    if isinstance(value, str) and _FLOAT.fullmatch(raw.strip()):
+        value = float(raw)  # unquoted, so meant as the number
     if isinstance(value, dict):
         raise InvalidInput(f"--set {text!r}: the value is a mapping; set its keys one by one "
                            f"({key.strip()}.NAME=VALUE), or quote it to mean a string")

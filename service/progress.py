@@ -90,6 +90,7 @@ class ProgressPrinter:
             self.close()
             self._key, self._since = (event.stage, phase), now
             self._first = where.done if where else 0
+            self._last_print = -math.inf  # each phase says at once that it began
         label = event.stage if phase == "train" else f"{event.stage} ({phase.replace('_', ' ')})"
         if self.live and where is not None:
             self._update_bar(label, where, p)
@@ -113,11 +114,10 @@ class ProgressPrinter:
         if where is not None:  # the rate from what this printer saw done, resumed work aside
             counted = now - self._since
             rate = (where.done - self._first) / counted if counted > 0 else 0.0
-            eta = (tqdm.format_interval((where.total - where.done) / rate) if rate > 0
-                   else "?")
             parts += [f"{100 * where.done / where.total:3.0f}%", where.detail,
                       f"step {where.done}/{where.total}",
-                      f"elapsed {tqdm.format_interval(elapsed)}", f"ETA {eta}"]
+                      f"elapsed {tqdm.format_interval(elapsed)}",
+                      f"ETA {_eta(where.total - where.done, rate)}"]
         return "    " + "  ".join(filter(None, (*parts, *_metrics(payload))))
 
     def _print(self, line: str) -> None:
@@ -126,6 +126,12 @@ class ProgressPrinter:
         else:
             self.stream.write(line + "\n")
             self.stream.flush()
+
+
+def _eta(left: int, rate: float) -> str:
+    if not left:
+        return tqdm.format_interval(0)
+    return tqdm.format_interval(left / rate) if rate > 0 else "?"  # no rate seen yet
 
 
 def _metrics(payload: dict[str, Any]) -> list[str]:

@@ -120,8 +120,9 @@ def _json_safe(payload: dict[str, Any]) -> dict[str, Any]:
 
 def run_job(spec_message: Any, reporter: Reporter) -> tuple[str, str, str, str]:
     """Run the pipeline; return (outcome, error, error_kind, report_json). A rejected job's
-    error says why (the guardrails' summary): job lists show it without the report."""
+    error says why, as `tpet run` does: job lists show it without the report."""
     from compression.pipeline import REJECTED, run
+    from service.report_view import as_report, verdict_reason
 
     printer = ProgressPrinter()
 
@@ -131,8 +132,9 @@ def run_job(spec_message: Any, reporter: Reporter) -> tuple[str, str, str, str]:
 
     try:
         result = run(proto_to_spec(spec_message), on_event, reporter.should_stop)
-        why = result.summary if result.status == REJECTED else ""
-        return result.status, why, "", result.report_path.read_text()
+        text = result.report_path.read_text()
+        why = verdict_reason(as_report(json.loads(text))) if result.status == REJECTED else ""
+        return result.status, why, "", text
     except Exception as exc:  # its kind (service.errors.KINDS) says what the failure means
         kind = kind_of(exc).value
         if isinstance(exc, Cancelled):

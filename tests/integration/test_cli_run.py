@@ -1,6 +1,7 @@
 """`tpet train-teacher` and `tpet run` as a user runs them: real processes, real files."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -27,6 +28,10 @@ def test_train_teacher_then_distill_end_to_end(bars_job, tmp_path):
     assert ran.returncode == 0, ran.stderr
     assert "status: SUCCEEDED" in ran.stdout
     assert "==> distill" in ran.stderr
+    # not a terminal: plain lines with how far, how long, and how long still
+    assert re.search(r"\n    distill +\d+%  epoch \d/4  step \d+/\d+  elapsed \d\d:\d\d  ETA ",
+                     ran.stderr), ran.stderr
+    assert "\r" not in ran.stderr
 
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     student = report["evaluations"]["student"]
@@ -53,6 +58,10 @@ def test_unreachable_floor_rejects_with_exit_code_3(bars_job, tmp_path):
     assert ran.returncode == 3, ran.stderr
     assert "stage 'student' did not pass: FAIL on" in ran.stdout
     assert "status: REJECTED (nothing ships)" in ran.stdout
+    # the reason, whole, is the last thing said
+    last = ran.stderr[ran.stderr.rfind("\nrejected: ") + 1:]
+    assert last.startswith("rejected: stage 'student' is FAIL and cannot ship"), ran.stderr
+    assert "min_accuracy on 'a'" in last and "floor 90.0%" in last and "==>" not in last
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["status"] == "REJECTED" and not report["deployable"]
     assert report["guardrails"]["first_failing_stage"] == "student"
@@ -101,11 +110,22 @@ def test_unknown_mitigation_and_arch_name_the_known_ones(bars_job):
 
 
 def test_one_hot_needs_no_teacher(bars_job, tmp_path):
-    ran = tpet("run", bars_job(mitigation={"name": "one_hot"}), "--json")
+    # set from the command line, over the file (whose default mitigation needs a teacher)
+    ran = tpet("run", bars_job(), "--set", "mitigation.name=one_hot", "--set",
+               "training.epochs=2", "--set", "training.lr=5e-2", "--json")
     assert ran.returncode == 0, ran.stderr
     report = json.loads(ran.stdout)
     assert "teacher" not in report["evaluations"] and report["teacher"] is None
     assert report["evaluations"]["student"]["overall"]["n"] == 200
+    assert (report["spec"]["training"]["epochs"], report["spec"]["training"]["lr"]) == (2, 0.05)
+
+
+def test_version_and_a_bad_set_say_so_without_a_traceback(bars_job):
+    ran = tpet("--version")
+    assert ran.returncode == 0 and re.fullmatch(r"tpet \d+\.\d+\.\d+\S*\n", ran.stdout)
+    ran = tpet("run", bars_job(), "--set", "training.epoch=1")
+    assert ran.returncode == 2 and "training.epoch: unknown field" in ran.stderr
+    assert "Traceback" not in ran.stderr
 
 
 def test_run_under_torchrun_trains_on_two_ranks(bars_job, tmp_path):
