@@ -15,6 +15,7 @@ from compression.evaluation import EvalReport, evaluate, predict_logits
 from compression.events import Event, EventSink, StopCheck, emit_nothing, never_stop
 from compression.losses import LossContext, build_loss
 from compression.models import build_model, save_exported
+from compression.seeds import derived_seed
 from compression.spec import JobSpec, MitigationSpec, TrainingSpec
 from compression.training import resolve_device, train
 
@@ -37,7 +38,8 @@ def train_teacher(job: JobSpec, recipe: TeacherRecipe, out_path: Path,
     device = resolve_device(training.device)
     on_event(Event("stage_started", "load_data"))
     dataset = load_dataset(job.data)
-    model = build_model(recipe.arch, dataset.input_shape[0], dataset.num_classes, recipe.width)
+    model = build_model(recipe.arch, dataset.input_shape[0], dataset.num_classes, recipe.width,
+                        seed=derived_seed(training.seed, "teacher-init"))
     loss = build_loss(MitigationSpec(name="one_hot"), LossContext.from_dataset(dataset))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     train(model, dataset.train, training, loss, stage="train_teacher",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 
 from compression.errors import InvalidInput
@@ -40,12 +41,18 @@ def kaiming_init(model: nn.Module) -> nn.Module:
 
 
 def build_model(arch: str, in_channels: int, num_classes: int, width: float = 1.0, *,
-                image_size: int = DEFAULT_IMAGE_SIZE) -> nn.Module:
+                image_size: int = DEFAULT_IMAGE_SIZE, seed: int | None = None) -> nn.Module:
     """A freshly initialised ``arch`` mapping [B, in_channels, H, W] to logits [B, num_classes].
 
     ``width`` multiplies channel counts. ``image_size`` (the smaller of H and W) only picks the
     stem of the ``tv_*`` archs: full resolution below 64 px, torchvision's own stem above.
+    ``seed``: draw the initial weights from it alone, whatever the global random state is
+    (None: from the global state).
     """
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_model(arch, in_channels, num_classes, width, image_size=image_size)
     problems = []
     if arch not in known_archs():
         problems.append(f"unknown arch {arch!r}; known: {', '.join(known_archs())}")

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import torch
 from torch import Tensor, nn
 
 from compression import distributed
@@ -19,6 +17,7 @@ from compression.losses import Loss, LossContext, build_loss
 from compression.models import build_model
 from compression.pipeline.job import Job, report_summary
 from compression.pipeline.teacher import TeacherView
+from compression.seeds import derived_seed
 from compression.selection import Selection, choose_mitigation
 from compression.spec import MitigationSpec, TrainingSpec, spec_to_dict
 from compression.training import TrainResult, train
@@ -71,14 +70,8 @@ def _initial_student(job: Job, dataset: Dataset, seed: int) -> nn.Module:
     whatever ran before it in the process, so a job replays exactly and two students differ
     only by their objective.
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_derived_seed(seed, "student-init"))
-        return build_model(job.spec.student.arch, dataset.input_shape[0], dataset.num_classes,
-                           job.spec.student.width)
-
-
-def _derived_seed(seed: int, purpose: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}/{purpose}".encode()).digest()[:8], "little") >> 1
+    return build_model(job.spec.student.arch, dataset.input_shape[0], dataset.num_classes,
+                       job.spec.student.width, seed=derived_seed(seed, "student-init"))
 
 
 def one_hot_baseline(job: Job, dataset: Dataset) -> Baseline:

@@ -13,7 +13,6 @@ weights are those of one process, BatchNorm aside: its batch statistics are per 
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from compression import distributed
 from compression.data.dataset import Split
 from compression.errors import Cancelled, InvalidInput, StageFailed
 from compression.events import Event, EventSink, StopCheck, emit_nothing, never_stop
+from compression.seeds import derived_seed
 from compression.spec import TrainingSpec
 from compression.training.augment import augment_batch
 from compression.training.checkpoint import (CHECKPOINT_NAME, load_checkpoint, restore_rng,
@@ -266,8 +266,7 @@ def _attach_teacher(run: _Run, teacher: TeacherCall, cached: bool) -> float:
 def _generator(seed: int, epoch: int, purpose: str,
                device: torch.device | str = "cpu") -> torch.Generator:
     """A generator for one (seed, epoch, purpose): any epoch replays exactly on resume."""
-    key = hashlib.sha256(f"{seed}/{epoch}/{purpose}".encode()).digest()
-    return torch.Generator(device=device).manual_seed(int.from_bytes(key[:8], "little") >> 1)
+    return torch.Generator(device=device).manual_seed(derived_seed(seed, f"{epoch}/{purpose}"))
 
 
 def _run_epoch(run: _Run, epoch: int) -> tuple[float, float]:
