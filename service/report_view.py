@@ -73,8 +73,8 @@ def _stage_line(v: StageVerdict) -> str:
 
 
 def _family(v: StageVerdict) -> str:
-    return (f"{len(v.checks)} checks, {pct(v.confidence)} one-sided, {v.multiplicity} over "
-            f"{v.family_size}")
+    return (f"{len(v.checks)} checks at {pct(v.confidence)} one-sided, FAIL thresholds by "
+            f"{v.multiplicity} over {v.family_size} tests")
 
 
 def _blocking_note(v: StageVerdict) -> str:

@@ -17,7 +17,8 @@ def test_a_fail_names_the_stage_subgroup_rule_and_figures():
     report = job_report({"student": eval_report("student", a=(48, 50), b=(20, 50))}, POLICY)
     text = format_report(report.to_dict())  # report.json's data reads as the typed report
     assert "stage 'student' did not pass: FAIL on 'b' (min_accuracy)" in text
-    assert "student: FAIL (blocked; 2 checks, 95.0% one-sided, holm over 2)" in text
+    assert ("student: FAIL (blocked; 2 checks at 95.0% one-sided, FAIL thresholds by holm over "
+            "2 tests)") in text
     assert "status: REJECTED (nothing ships)" in text
     why = text.split("why: ")[1]
     assert why.startswith("stage 'student' is FAIL and cannot ship")
@@ -42,8 +43,8 @@ def test_a_blocking_insufficient_evidence_says_so_with_what_the_test_could_show(
 def test_what_ships_says_whether_it_was_judged():
     good = eval_report("student", a=(48, 50), b=(46, 50))
     report = job_report({"student": good}, POLICY, ship=("student",))
-    assert verdict_reason(report) == ("'student' ships: 2 of 2 checks PASS (2 checks, 95.0% "
-                                      "one-sided, holm over 2)")
+    assert verdict_reason(report) == ("'student' ships: 2 of 2 checks PASS (2 checks at 95.0% "
+                                      "one-sided, FAIL thresholds by holm over 2 tests)")
     lenient = dataclasses.replace(POLICY, min_samples=60, block_on_insufficient_evidence=False)
     why = verdict_reason(job_report({"student": good}, lenient, ship=("student",)))
     assert why.startswith("'student' ships: 0 of 2 checks PASS")
