@@ -78,7 +78,7 @@ def cmd_compress(args: argparse.Namespace, stop: Any) -> int:
         job = client.compress(spec, request_id=args.request_id)
         print(job.id, flush=True)
         print(f"job {job.id} ({job.name}) {job_state(job).value}", file=sys.stderr)
-        return _follow(client, job.id, report=True) if args.wait else EXIT_OK
+        return _follow(client, job.id) if args.wait else EXIT_OK
 
 
 def cmd_watch(args: argparse.Namespace, stop: Any) -> int:
@@ -167,9 +167,9 @@ def _client(args: argparse.Namespace) -> TpetClient:
     return TpetClient(args.server, token, tls=tls)
 
 
-def _follow(client: TpetClient, job_id: str, report: bool = False) -> int:
-    """Print the job's progress until it ends, then (``report``) its report, and how it ended
-    and why; the exit code says how it ended."""
+def _follow(client: TpetClient, job_id: str) -> int:
+    """Print the job's progress until it ends, then how it ended and why (on stderr: stdout
+    holds only what `compress` prints, the job's id); the exit code says how it ended."""
     printer = ProgressPrinter()
     try:
         for event in client.watch(job_id):
@@ -181,16 +181,13 @@ def _follow(client: TpetClient, job_id: str, report: bool = False) -> int:
         raise
     printer.close()
     job = client.get_job(job_id)
-    if report and job.report_json:
-        from service.report_view import format_report  # imports torch: only when there is one
-
-        print(f"{format_report(json.loads(job.report_json))}\nartifacts: {job.output_dir}")
     print(_ending(job), file=sys.stderr)
     return exit_code_of_job(job)
 
 
 def _ending(job: Any) -> str:
-    """``job <id>: STATE``, the kind of a failure, and the whole reason when there is one."""
+    """``job <id>: STATE``, the kind of a failure, and the whole reason when there is one
+    (a rejected job's too: its worker records the guardrails' verdict as its error)."""
     state = job_state(job)
     kind = f" ({job.error_kind})" if state is JobState.FAILED and job.error_kind else ""
     return f"job {job.id}: {state.value}{kind}" + (f"\n{job.error}" if job.error else "")

@@ -68,6 +68,34 @@ def test_unreachable_floor_rejects_with_exit_code_3(bars_job, tmp_path):
     assert not (tmp_path / "out" / "triton").exists()
 
 
+def test_a_rejected_job_records_the_reason_tpet_run_prints(bars_job):
+    """The worker sends it as the job's error: `tpet jobs` and `compress --wait` show it."""
+    import yaml
+
+    from service.convert import dict_to_proto
+    from service.worker import run_job
+
+    job = bars_job(mitigation={"name": "one_hot"}, export={"int8": False},
+                   training={"epochs": 1, "lr": 1e-6},
+                   guardrails={"min_accuracy": 0.9, "min_samples": 10})
+    outcome, error, kind, report = run_job(dict_to_proto(yaml.safe_load(job.read_text())),
+                                           _Sink())
+    assert (outcome, kind) == ("REJECTED", "") and json.loads(report)["status"] == "REJECTED"
+    ran = tpet("run", job)
+    assert ran.returncode == 3 and f"rejected: {error}" in ran.stderr
+    assert error.startswith("stage 'student' is FAIL and cannot ship")
+
+
+class _Sink(list):
+    """The worker's reporter without a manager: events kept, never asked to stop."""
+
+    def __call__(self, event):
+        self.append(event)
+
+    def should_stop(self):
+        return False
+
+
 def test_required_engine_without_tensorrt_fails_with_exit_code_4(bars_job):
     ran = tpet("run", bars_job(mitigation={"name": "one_hot"},
                                export={"int8": False, "tensorrt": "required"}))
