@@ -244,7 +244,7 @@ def test_server_config_selects_the_launcher_and_checks_its_block(tmp_path):
     path.write_text("launcher: kubernetes\nmax_concurrent_jobs: 3\n"
                     "kubernetes: {image: w:1, manager_target: 'tpet-api:50051'}\n")
     assert resolve_slots(load_config(path)) == ("k8s0", "k8s1", "k8s2")
-    with pytest.raises(InvalidInput, match="launcher is 'slurm'; use local or kubernetes"):
+    with pytest.raises(InvalidInput, match="launcher: 'slurm' is not one of local, kubernetes"):
         load_config(launcher="slurm")
     assert load_config().launcher == "local"
 
