@@ -115,9 +115,6 @@ def ensure_teacher(config: Config, data: DataSpec) -> tuple[Path, float]:
     if not summary.exists():
         job = JobSpec(name="digits-teacher", data=data,
                       training=training(0, config.teacher_epochs))
-        # train_teacher draws the initial weights from the global generator: seed it, or
-        # every fresh invocation distils from a different teacher
-        torch.manual_seed(config.data_seed)
         report = train_teacher(job, TeacherRecipe(arch="resnet8"), path)
         summary.write_text(json.dumps({"accuracy": report.overall.accuracy}))
     return path, json.loads(summary.read_text())["accuracy"]
