@@ -15,12 +15,13 @@ Service (``build_rendezvous_service``). Built with the official client's model o
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from kubernetes import client
 
 from compression.errors import InvalidInput
+from compression.typed import choice, parse_into, ranged
 from service.launcher import LaunchRequest
 from service.worker_contract import (ENV_DEVICES, ENV_JOB_TOKEN, ENV_SERVER, WORKER_EXIT_FAILED,
                                      WORKER_EXIT_MISCONFIGURED, WORKER_MODULE, WORKER_TLS_ENV,
@@ -57,21 +58,22 @@ class KubernetesConfig:
     manager_target: str = ""  # how worker pods reach the server, e.g. tpet-api:50051
     namespace: str = ""  # "": the server pod's own namespace
     service_account: str = ""  # "": the namespace's default
-    image_pull_policy: str = "IfNotPresent"
-    gpus_per_node: int = 1  # >1: torchrun --nproc_per_node in the pod
-    nodes: int = 1  # >1: an Indexed Job, one pod per node, torchrun rendezvous on pod 0
-    cpu: str = "4"
-    memory: str = "16Gi"
-    shm_size: str = "2Gi"  # /dev/shm for DataLoader workers and NCCL
+    image_pull_policy: str = choice("Always", "IfNotPresent", "Never", default="IfNotPresent")
+    gpus_per_node: int = ranged(1, 0, 1024)  # >1: torchrun --nproc_per_node in the pod
+    nodes: int = ranged(1, 1, 10_000)  # >1: an Indexed Job, one pod per node, rendezvous on 0
+    # Kubernetes quantities; YAML may write a bare number (cpu: 8)
+    cpu: str | int | float = "4"
+    memory: str | int | float = "16Gi"
+    shm_size: str | int | float = "2Gi"  # /dev/shm for DataLoader workers and NCCL
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)  # Kubernetes spelling
     volumes: list[dict[str, Any]] = field(default_factory=list)  # {claim, mount_path, read_only}
     env: dict[str, str] = field(default_factory=dict)  # e.g. NCCL settings
-    backoff_limit: int = 0  # pod retries inside one attempt (evictions are not counted)
-    active_deadline_s: int = 0  # 0: none
-    ttl_after_finished_s: int = 86400
-    poll_interval_s: float = 5.0
-    rendezvous_port: int = 29500
+    backoff_limit: int = ranged(0, 0, 1000)  # pod retries in one attempt (not evictions)
+    active_deadline_s: int = ranged(0, 0, 2**31 - 1)  # 0: none
+    ttl_after_finished_s: int = ranged(86400, 0, 2**31 - 1)
+    poll_interval_s: float = ranged(5.0, 0.0, 3600.0)
+    rendezvous_port: int = ranged(29500, 1, 65535)
     tls_secret: str = ""  # a Secret with ca.crt (mutual TLS: tls.crt, tls.key): pods speak TLS
     tls_server_name: str = ""  # the name the server's certificate carries, if not the target's
 
@@ -89,45 +91,28 @@ class KubernetesConfig:
         return [f"kubernetes.{p}" for p in _parse(data)[1]]
 
     def problems(self) -> list[str]:
-        return [*_text_problems(self), *_number_problems(self),
-                *_list_problems(self.tolerations, self.volumes), *_tls_problems(self)]
+        """Checks across fields and of Kubernetes syntax; types and ranges are declared."""
+        return [*_text_problems(self), *_list_problems(self.tolerations, self.volumes),
+                *_tls_problems(self)]
 
 
 def _parse(data: Any) -> tuple[KubernetesConfig | None, list[str]]:
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
+    if data is not None and not isinstance(data, Mapping):
         return None, [f"the block must be a mapping of settings, not {type(data).__name__}"]
-    known = {f.name for f in fields(KubernetesConfig)}
-    unknown = [f"{k}: unknown setting; known: {', '.join(sorted(known))}"
-               for k in data if k not in known]
-    if unknown:
-        return None, unknown
-    config = KubernetesConfig(**data)
-    return config, config.problems()
+    problems: list[str] = []
+    config = parse_into(KubernetesConfig, dict(data or {}), "", problems)
+    return config, problems
 
 
 def _text_problems(config: KubernetesConfig) -> list[str]:
     out = [f"{name}: required (e.g. {example})" for name, example in (
         ("image", "registry/teachers-pet/worker:0.1.0"), ("manager_target", "tpet-api:50051"))
         if not getattr(config, name)]
-    out += [f"{name} is {getattr(config, name)!r}; use a string" for name in (
-        "image", "manager_target", "namespace", "service_account")
-        if not isinstance(getattr(config, name), str)]
     for name in ("cpu", "memory", "shm_size"):
         if not _QUANTITY.match(str(getattr(config, name))):
             out.append(f"{name} is {getattr(config, name)!r}; use a Kubernetes quantity like "
                        "4, 500m or 16Gi")
-    if config.image_pull_policy not in ("Always", "IfNotPresent", "Never"):
-        out.append(f"image_pull_policy is {config.image_pull_policy!r}; use Always, "
-                   "IfNotPresent or Never")
-    for name in ("node_selector", "env"):
-        value = getattr(config, name)
-        if not isinstance(value, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-            out.append(f"{name} must map strings to strings (quote numbers: \"1\")")
-    reserved = [k for k in config.env if isinstance(k, str) and k.startswith(_RESERVED_ENV)] \
-        if isinstance(config.env, dict) else []
+    reserved = [k for k in config.env if k.startswith(_RESERVED_ENV)]
     if reserved:
         out.append(f"env sets {', '.join(reserved)}; the launcher sets TPET_* and "
                    "JOB_COMPLETION_INDEX itself")
@@ -147,24 +132,6 @@ def _tls_problems(config: KubernetesConfig) -> list[str]:
         out.append("tls_server_name needs tls_secret: set it to a Secret whose ca.crt signed "
                    "the server's certificate")
     return out
-
-
-def _number_problems(config: KubernetesConfig) -> list[str]:
-    out = []
-    for name in ("gpus_per_node", "backoff_limit", "active_deadline_s", "ttl_after_finished_s"):
-        if not _is_int(getattr(config, name)) or getattr(config, name) < 0:
-            out.append(f"{name} is {getattr(config, name)!r}; use an integer >= 0")
-    for name in ("nodes", "rendezvous_port"):
-        if not _is_int(getattr(config, name)) or getattr(config, name) < 1:
-            out.append(f"{name} is {getattr(config, name)!r}; use an integer >= 1")
-    if isinstance(config.poll_interval_s, bool) or not isinstance(
-            config.poll_interval_s, (int, float)) or config.poll_interval_s < 0:
-        out.append(f"poll_interval_s is {config.poll_interval_s!r}; use seconds >= 0")
-    return out
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _list_problems(tolerations: Any, volumes: Any) -> list[str]:

@@ -184,7 +184,7 @@ def test_tls_settings_are_checked():
     assert "tls_server_name is 'tpet api'; use a DNS name or IP address" in str(err.value)
     with pytest.raises(InvalidInput, match="tls_server_name needs tls_secret"):
         config(tls_server_name="tpet-api.teachers-pet.svc")
-    with pytest.raises(InvalidInput, match="tls_secret is 3; use the name"):
+    with pytest.raises(InvalidInput, match="tls_secret: expected str, got 3"):
         config(tls_secret=3)
     assert config(tls_secret="tpet-worker-tls", tls_server_name="10.0.0.5").problems() == []
 
@@ -205,8 +205,9 @@ def test_config_lists_every_problem():
     text = str(err.value)
     assert len(err.value.problems) == 10, text
     for expected in ("image: required", "manager_target: required", "nodes is 0",
-                     "gpus_per_node is -1", "memory is '16 GB'", "node_selector must map",
-                     "volumes[0]", "tolerations must be", "image_pull_policy is 'Sometimes'",
+                     "gpus_per_node is -1", "memory is '16 GB'",
+                     "node_selector.gpu: expected str, got 1", "volumes[0]",
+                     "tolerations must be", "image_pull_policy: 'Sometimes' is not one of",
                      "env sets TPET_SERVER; the launcher sets"):
         assert expected in text
     # Types the client's models would refuse only when a job starts are caught here.
@@ -224,7 +225,7 @@ def test_yaml_numbers_are_accepted_as_quantities():
 
 
 def test_config_rejects_unknown_settings_and_non_mappings():
-    with pytest.raises(InvalidInput, match="gpu: unknown setting; known: .*gpus_per_node"):
+    with pytest.raises(InvalidInput, match="gpu: unknown field; known: .*gpus_per_node"):
         KubernetesConfig.from_mapping({**BASE, "gpu": 1})
     assert KubernetesConfig.problems_in(["image"]) == [
         "kubernetes.the block must be a mapping of settings, not list"]
@@ -239,8 +240,8 @@ def test_server_config_selects_the_launcher_and_checks_its_block(tmp_path):
                     "kubernetes: {image: w:1, nodes: 0}\n")
     with pytest.raises(InvalidInput) as err:
         load_config(path)
-    assert err.value.problems == ["kubernetes.manager_target: required (e.g. tpet-api:50051)",
-                                  "kubernetes.nodes is 0; use an integer >= 1"]
+    assert err.value.problems == ["kubernetes.nodes is 0; it must be in [1, 10000]",
+                                  "kubernetes.manager_target: required (e.g. tpet-api:50051)"]
     path.write_text("launcher: kubernetes\nmax_concurrent_jobs: 3\n"
                     "kubernetes: {image: w:1, manager_target: 'tpet-api:50051'}\n")
     assert resolve_slots(load_config(path)) == ("k8s0", "k8s1", "k8s2")
