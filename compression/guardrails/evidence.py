@@ -19,6 +19,7 @@ Three kinds of evidence, by how the compared numbers were measured:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable
 
@@ -29,7 +30,7 @@ from compression.evaluation.stats import (newcombe_interval, newcombe_pvalue, no
 __all__ = ["Evidence", "OneSample", "Paired", "TwoSample"]
 
 
-class Evidence:
+class Evidence(ABC):
     """Common surface of the three kinds. ``harm_above``: harm is an estimate above the
     margin (drops, gaps) rather than below it (accuracy floors)."""
 
@@ -41,25 +42,28 @@ class Evidence:
     c: int | None
 
     @property
+    @abstractmethod
     def estimate(self) -> float:
-        raise NotImplementedError
+        """The measured drop, gap or accuracy."""
 
+    @abstractmethod
     def p_harm(self) -> float:
-        raise NotImplementedError
+        """One-sided p-value of the hypothesis that there is no harm beyond the margin."""
 
+    @abstractmethod
     def p_safe(self) -> float:
-        raise NotImplementedError
+        """One-sided p-value of the hypothesis that the margin is not shown to hold."""
 
+    @abstractmethod
     def bounds(self, alpha_safe: float, alpha_harm: float) -> tuple[float, float]:
         """(low, high) on the estimate: the bound on the safe side at one-sided
         ``alpha_safe``, the one on the harm side at ``alpha_harm``. The check PASSes when
         the safe bound clears the margin and FAILs when the harm bound does."""
-        raise NotImplementedError
 
+    @abstractmethod
     def mde(self, alpha: float) -> float | None:
         """The smallest harm (drop, gap, or shortfall below the floor) that this many test
         examples could show at one-sided level ``alpha``; None when none could."""
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import onnx
-from google.protobuf.message import DecodeError, EncodeError, Message
 
 from compression import access
 from compression.errors import InvalidInput
@@ -27,15 +26,18 @@ STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 _SHOW = 5
 
 
-def _messages(message: Message) -> Iterator[Message]:
-    """Every message nested in ``message`` (subgraphs, functions, attributes), itself first."""
+def _messages(message: onnx.ModelProto) -> Iterator[Any]:
+    """Every message nested in ``message`` (subgraphs, functions, attributes), itself first.
+
+    Messages are told apart by their ``ListFields``, so the library needs no protobuf import.
+    """
     stack = [message]
     while stack:
         current = stack.pop()
         yield current
         for field, value in current.ListFields():
             if field.type == field.TYPE_MESSAGE:
-                stack.extend([value] if isinstance(value, Message) else value)
+                stack.extend([value] if hasattr(value, "ListFields") else value)
 
 
 def _domain_problems(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> list[str]:
@@ -89,7 +91,7 @@ def vetted_onnx(data: bytes, path: Path) -> bytes:
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)
-    except (DecodeError, ValueError, RecursionError) as exc:
+    except Exception as exc:  # protobuf's DecodeError and friends: the bytes are not a model
         raise InvalidInput(f"{path} is not a loadable ONNX model: {exc}") from None
     found = list(_messages(model))
     problems = _domain_problems(model, [m for m in found if isinstance(m, onnx.NodeProto)])
@@ -105,6 +107,6 @@ def vetted_onnx(data: bytes, path: Path) -> bytes:
         _inline(tensor, folder, path, files)
     try:
         return model.SerializeToString()
-    except (EncodeError, ValueError) as exc:  # over protobuf's 2 GiB with the data inside
+    except Exception as exc:  # protobuf refuses messages over 2 GiB with the data inside
         raise InvalidInput(f"{path} is too large once its external data is included: {exc}; "
                            "use a smaller teacher") from None
