@@ -25,7 +25,7 @@ import re
 import struct
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -34,7 +34,7 @@ from compression import access
 from compression.data.raw import MAX_CLASSES, RawSplit, check_not_empty, require_exists
 from compression.errors import InvalidInput
 
-__all__ = ["IMAGE_SUFFIXES", "load_images", "read_imagefolder", "read_manifest"]
+__all__ = ["IMAGE_SUFFIXES", "decode_image", "load_images", "read_imagefolder", "read_manifest"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _FORMATS = ("PNG", "JPEG")
@@ -49,20 +49,26 @@ _INT_LABEL = re.compile(r"-?[0-9]{1,18}")  # ASCII digits only: int() takes what
 def _read_image(path: Path, size: int) -> np.ndarray:
     """One image as [H, W, C] uint8 with C 1 (gray modes) or 3."""
     with access.open_input(path, "image") as f:
-        try:
-            with Image.open(f, formats=_FORMATS) as img:
-                _check_pixels(path, *img.size)
-                img = img.convert("L" if img.mode in _GRAY_MODES else "RGB")
-                if size:
-                    img = img.resize((size, size), Image.Resampling.BILINEAR)
-                arr = np.asarray(img)
-        except _DECODE_ERRORS as exc:
-            raise InvalidInput(f"cannot read image {path}: {type(exc).__name__}: {exc}; give "
-                               "a valid PNG or JPEG file") from None
+        return decode_image(f, path, f"image {path}", size)
+
+
+def decode_image(source: BinaryIO, where: Path | str, what: str, size: int) -> np.ndarray:
+    """One PNG or JPEG from ``source`` as [H, W, C] uint8, C 1 (gray modes) or 3, resized to
+    ``size`` when set; ``where`` and ``what`` name it in errors."""
+    try:
+        with Image.open(source, formats=_FORMATS) as img:
+            _check_pixels(where, *img.size)  # before decoding: a small file can be huge
+            img = img.convert("L" if img.mode in _GRAY_MODES else "RGB")
+            if size:
+                img = img.resize((size, size), Image.Resampling.BILINEAR)
+            arr = np.asarray(img)
+    except _DECODE_ERRORS as exc:
+        raise InvalidInput(f"cannot read {what}: {type(exc).__name__}: {exc}; give a valid "
+                           "PNG or JPEG file") from None
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
-def _check_pixels(path: Path, width: int, height: int) -> None:
+def _check_pixels(path: Path | str, width: int, height: int) -> None:
     """Refuse an empty image, or one whose decoding alone would pass the memory limit."""
     if width == 0 or height == 0:
         raise InvalidInput(f"image {path} is {width}x{height} pixels; every image needs at "

@@ -24,11 +24,9 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image
 
 from compression import access
-from compression.data.images import (_DECODE_ERRORS, _FORMATS, _GRAY_MODES, IMAGE_SUFFIXES,
-                                     _check_pixels)
+from compression.data.images import IMAGE_SUFFIXES, decode_image
 from compression.data.raw import RawSplit, check_not_empty, int_label_classes
 from compression.errors import InvalidInput
 
@@ -197,7 +195,8 @@ def _add_sample(key: str | None, fields: dict[str, bytes], shard: str, size: int
                            f"{sorted(fields) or 'neither'})")
     state.labels.append(_label(fields["cls"], where))
     state.groups.append(_text(fields["group"], where, "group") if "group" in fields else None)
-    state.images.append(_decode(fields[images[0]], where, size))
+    state.images.append(decode_image(io.BytesIO(fields[images[0]]), where,
+                                       f"the image of {where}", size))
     state.where.append(where)
     state.decoded(state.images[-1].nbytes, where)
 
@@ -217,21 +216,6 @@ def _text(data: bytes, where: str, ext: str) -> str:
     if not text:
         raise InvalidInput(f"{where}: .{ext} is empty")
     return text
-
-
-def _decode(data: bytes, where: str, size: int) -> np.ndarray:
-    """One image as [H, W, C] uint8, C 1 (gray modes) or 3, with the image sources' checks."""
-    try:
-        with Image.open(io.BytesIO(data), formats=_FORMATS) as img:
-            _check_pixels(where, *img.size)  # before decoding: a small file can be huge
-            img = img.convert("L" if img.mode in _GRAY_MODES else "RGB")
-            if size:
-                img = img.resize((size, size), Image.Resampling.BILINEAR)
-            arr = np.asarray(img)
-    except _DECODE_ERRORS as exc:
-        raise InvalidInput(f"cannot read the image of {where}: {type(exc).__name__}: {exc}; "
-                           "give a valid PNG or JPEG") from None
-    return arr[:, :, None] if arr.ndim == 2 else arr
 
 
 def _stack(images: list[np.ndarray], where: list[str]) -> np.ndarray:

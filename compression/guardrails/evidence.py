@@ -27,7 +27,7 @@ from compression.evaluation.stats import (newcombe_interval, newcombe_pvalue, no
                                           tango_interval, tango_pvalue, tango_statistic,
                                           wilson_interval, wilson_pvalue, z_for)
 
-__all__ = ["Evidence", "OneSample", "Paired", "TwoSample"]
+__all__ = ["Evidence", "OneSample", "Paired", "TwoSample", "bisect_first"]
 
 
 class Evidence(ABC):
@@ -178,29 +178,25 @@ def paired_mde(n: int, margin: float, alpha: float) -> float | None:
     return None if b is None else b / n
 
 
-def _first(shows: Callable[[int], bool], n: int) -> int | None:
-    """The smallest k in [0, n] with shows(k), for a predicate false then true."""
-    if not shows(n):
-        return None
-    lo, hi = -1, n  # shows(hi) holds; shows(lo) is taken as false
+def bisect_first(ok: Callable[[int], bool], lo: int, hi: int) -> int:
+    """The smallest k in (lo, hi] with ok(k), for a predicate false then true, where ok(hi)
+    holds and ok(lo) is taken as false."""
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if shows(mid):
+        if ok(mid):
             hi = mid
         else:
             lo = mid
     return hi
 
 
+def _first(shows: Callable[[int], bool], n: int) -> int | None:
+    """The smallest k in [0, n] with shows(k), for a predicate false then true."""
+    return bisect_first(shows, -1, n) if shows(n) else None
+
+
 def _last(shows: Callable[[int], bool], n: int) -> int | None:
     """The largest k in [0, n] with shows(k), for a predicate true then false."""
     if not shows(0):
         return None
-    lo, hi = 0, n + 1  # shows(lo) holds; shows(hi) is taken as false
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if shows(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    return n if shows(n) else bisect_first(lambda k: not shows(k), 0, n) - 1

@@ -23,7 +23,7 @@ import math
 from typing import Callable, Collection, Sequence
 
 from compression.evaluation.stats import tango_interval, wilson_interval, z_for
-from compression.guardrails.evidence import paired_mde
+from compression.guardrails.evidence import bisect_first, paired_mde
 from compression.guardrails.rules import (DROP_RULES, TOLERANCE, absolute_floor,
                                           alpha_of, judging_rules, pct, pp)
 from compression.spec import GuardrailSpec
@@ -169,14 +169,7 @@ def _smallest_n(ok: Callable[[int], bool], limit: int = 10**8) -> int:
         if hi > limit:
             return limit
         hi *= 2
-    lo = hi // 2  # ok(lo) is false (or lo == 0)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if ok(mid):
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    return bisect_first(ok, hi // 2, hi)  # ok(hi // 2) is false (or it is 0)
 
 
 def describe_policy(spec: GuardrailSpec) -> list[str]:
