@@ -109,9 +109,18 @@ class DataSpec:
     image_size: int = _num(0, 0, 8192)  # imagefolder/manifest: resize to this square size; 0 keeps
     channels: int = _num(0, 0, 3)  # 0 keeps the stored channels; 1 or 3 converts
     seed: int = _num(0, **_SEED)
+    # imagefolder / manifest / webdataset: hold the decoded splits in memory, or stream them
+    # from disk through DataLoader workers; auto streams when they would pass the budget.
+    in_memory: str = _choice("auto", "always", "never", default="auto")
+    memory_budget_mib: int = _num(2048, 0, 2**20)  # decoded bytes auto keeps in memory
+    workers: int = _num(2, 0, 64)  # DataLoader worker processes of the streaming path
 
     def problems(self) -> list[str]:
         out = []
+        if self.in_memory == "never" and self.source in ("fashion-mnist", "npz"):
+            out.append(f"in_memory 'never' streams image files and shards; source "
+                       f"{self.source!r} is one array file and is always held in memory: "
+                       "use auto or always")
         if self.source != "fashion-mnist" and not self.path:
             out.append(f"path is required for source {self.source!r}")
         if self.source != "fashion-mnist" and not self.test_path:
@@ -176,6 +185,8 @@ class TrainingSpec:
     seed: int = _num(0, **_SEED)
     eval_batch_size: int = _num(512, **_BATCH)
     progress_every_steps: int = _num(20, 1, 2**31 - 1)
+    # RAM the cached teacher logits may take; a larger cache spills to a file in the job's dir
+    teacher_cache_ram_mib: int = _num(1024, 0, 2**20)
 
     def problems(self) -> list[str]:
         out = []

@@ -37,7 +37,7 @@ class SubgroupSpec(_message.Message):
     def __init__(self, by: _Optional[str] = ..., head_min_count: _Optional[int] = ..., tail_max_count: _Optional[int] = ..., mapping: _Optional[_Mapping[str, str]] = ..., also_by: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DataSpec(_message.Message):
-    __slots__ = ("source", "path", "test_path", "holdout_path", "holdout_fraction", "long_tail", "subgroups", "max_train", "max_test", "image_size", "channels", "seed")
+    __slots__ = ("source", "path", "test_path", "holdout_path", "holdout_fraction", "long_tail", "subgroups", "max_train", "max_test", "image_size", "channels", "seed", "in_memory", "memory_budget_mib", "workers")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     TEST_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,9 @@ class DataSpec(_message.Message):
     IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    IN_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BUDGET_MIB_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
     source: str
     path: str
     test_path: str
@@ -62,7 +65,10 @@ class DataSpec(_message.Message):
     image_size: int
     channels: int
     seed: int
-    def __init__(self, source: _Optional[str] = ..., path: _Optional[str] = ..., test_path: _Optional[str] = ..., holdout_path: _Optional[str] = ..., holdout_fraction: _Optional[float] = ..., long_tail: _Optional[_Union[LongTailSpec, _Mapping]] = ..., subgroups: _Optional[_Union[SubgroupSpec, _Mapping]] = ..., max_train: _Optional[int] = ..., max_test: _Optional[int] = ..., image_size: _Optional[int] = ..., channels: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+    in_memory: str
+    memory_budget_mib: int
+    workers: int
+    def __init__(self, source: _Optional[str] = ..., path: _Optional[str] = ..., test_path: _Optional[str] = ..., holdout_path: _Optional[str] = ..., holdout_fraction: _Optional[float] = ..., long_tail: _Optional[_Union[LongTailSpec, _Mapping]] = ..., subgroups: _Optional[_Union[SubgroupSpec, _Mapping]] = ..., max_train: _Optional[int] = ..., max_test: _Optional[int] = ..., image_size: _Optional[int] = ..., channels: _Optional[int] = ..., seed: _Optional[int] = ..., in_memory: _Optional[str] = ..., memory_budget_mib: _Optional[int] = ..., workers: _Optional[int] = ...) -> None: ...
 
 class TeacherSpec(_message.Message):
     __slots__ = ("path", "format", "arch", "width")
@@ -85,7 +91,7 @@ class StudentSpec(_message.Message):
     def __init__(self, arch: _Optional[str] = ..., width: _Optional[float] = ...) -> None: ...
 
 class TrainingSpec(_message.Message):
-    __slots__ = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs", "step_milestones", "step_gamma", "augment", "amp", "channels_last", "device", "teacher_cache", "seed", "eval_batch_size", "progress_every_steps")
+    __slots__ = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs", "step_milestones", "step_gamma", "augment", "amp", "channels_last", "device", "teacher_cache", "seed", "eval_batch_size", "progress_every_steps", "teacher_cache_ram_mib")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +110,7 @@ class TrainingSpec(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     EVAL_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_EVERY_STEPS_FIELD_NUMBER: _ClassVar[int]
+    TEACHER_CACHE_RAM_MIB_FIELD_NUMBER: _ClassVar[int]
     epochs: int
     batch_size: int
     optimizer: str
@@ -122,7 +129,8 @@ class TrainingSpec(_message.Message):
     seed: int
     eval_batch_size: int
     progress_every_steps: int
-    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[str] = ..., lr: _Optional[float] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., schedule: _Optional[str] = ..., warmup_epochs: _Optional[int] = ..., step_milestones: _Optional[_Iterable[int]] = ..., step_gamma: _Optional[float] = ..., augment: _Optional[str] = ..., amp: _Optional[str] = ..., channels_last: _Optional[bool] = ..., device: _Optional[str] = ..., teacher_cache: _Optional[str] = ..., seed: _Optional[int] = ..., eval_batch_size: _Optional[int] = ..., progress_every_steps: _Optional[int] = ...) -> None: ...
+    teacher_cache_ram_mib: int
+    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[str] = ..., lr: _Optional[float] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., schedule: _Optional[str] = ..., warmup_epochs: _Optional[int] = ..., step_milestones: _Optional[_Iterable[int]] = ..., step_gamma: _Optional[float] = ..., augment: _Optional[str] = ..., amp: _Optional[str] = ..., channels_last: _Optional[bool] = ..., device: _Optional[str] = ..., teacher_cache: _Optional[str] = ..., seed: _Optional[int] = ..., eval_batch_size: _Optional[int] = ..., progress_every_steps: _Optional[int] = ..., teacher_cache_ram_mib: _Optional[int] = ...) -> None: ...
 
 class MitigationSpec(_message.Message):
     __slots__ = ("name", "alpha", "temperature", "params", "calibrate_teacher", "candidates", "selection_epochs")
