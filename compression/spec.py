@@ -22,9 +22,9 @@ from compression.typed import parse_into
 from compression.typed import ranged as _num
 
 __all__ = [
-    "LongTailSpec", "SUBGROUP_KEYS", "SubgroupSpec", "DataSpec", "TeacherSpec", "StudentSpec",
-    "TrainingSpec", "MitigationSpec", "GuardrailSpec", "ExportSpec", "JobSpec", "parse_spec",
-    "read_job_file", "load_job", "spec_to_dict",
+    "LongTailSpec", "SUBGROUP_KEYS", "SubgroupSpec", "PreprocessSpec", "DataSpec", "TeacherSpec",
+    "StudentSpec", "TrainingSpec", "MitigationSpec", "GuardrailSpec", "ExportSpec", "JobSpec",
+    "parse_spec", "read_job_file", "load_job", "spec_to_dict",
 ]
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -109,6 +109,8 @@ class DataSpec:
     image_size: int = _num(0, 0, 8192)  # imagefolder/manifest: resize to this square size; 0 keeps
     channels: int = _num(0, 0, 3)  # 0 keeps the stored channels; 1 or 3 converts
     seed: int = _num(0, **_SEED)
+    # uint8 pixels -> model input (resize, crop, channel order, mean/std); see data/preprocess.py
+    preprocess: PreprocessSpec = field(default_factory=lambda: PreprocessSpec())
     # imagefolder / manifest / webdataset: hold the decoded splits in memory, or stream them
     # from disk through DataLoader workers; auto streams when they would pass the budget.
     in_memory: str = _choice("auto", "always", "never", default="auto")
@@ -129,6 +131,9 @@ class DataSpec:
             out.append(f"holdout_fraction is {self.holdout_fraction}; it must be in (0, 1)")
         if self.channels not in (0, 1, 3):
             out.append(f"channels is {self.channels}; use 0 (as stored), 1 or 3")
+        known = self.channels or (1 if self.source == "fashion-mnist" else 0)
+        if known:  # otherwise checked against the images when they are read
+            out += [f"preprocess: {p}" for p in self.preprocess.channel_problems(known)]
         return out
 
     @property
@@ -338,3 +343,8 @@ def load_job(path: str | Path) -> JobSpec:
 def spec_to_dict(spec: Any) -> dict[str, Any]:
     """The spec as plain data (for reports), tuples as lists."""
     return json.loads(json.dumps(dataclasses.asdict(spec)))
+
+
+# Last: compression.data's package imports this module (DataSpec), so the section it defines
+# can only be imported once everything above exists.
+from compression.data.preprocess import PreprocessSpec  # noqa: E402

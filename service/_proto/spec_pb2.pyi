@@ -36,8 +36,22 @@ class SubgroupSpec(_message.Message):
     also_by: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, by: _Optional[str] = ..., head_min_count: _Optional[int] = ..., tail_max_count: _Optional[int] = ..., mapping: _Optional[_Mapping[str, str]] = ..., also_by: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class PreprocessSpec(_message.Message):
+    __slots__ = ("resize", "crop", "channel_order", "mean", "std")
+    RESIZE_FIELD_NUMBER: _ClassVar[int]
+    CROP_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_ORDER_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    STD_FIELD_NUMBER: _ClassVar[int]
+    resize: int
+    crop: int
+    channel_order: str
+    mean: _containers.RepeatedScalarFieldContainer[float]
+    std: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, resize: _Optional[int] = ..., crop: _Optional[int] = ..., channel_order: _Optional[str] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ...) -> None: ...
+
 class DataSpec(_message.Message):
-    __slots__ = ("source", "path", "test_path", "holdout_path", "holdout_fraction", "long_tail", "subgroups", "max_train", "max_test", "image_size", "channels", "seed", "in_memory", "memory_budget_mib", "workers")
+    __slots__ = ("source", "path", "test_path", "holdout_path", "holdout_fraction", "long_tail", "subgroups", "max_train", "max_test", "image_size", "channels", "seed", "in_memory", "memory_budget_mib", "workers", "preprocess")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     TEST_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +67,7 @@ class DataSpec(_message.Message):
     IN_MEMORY_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BUDGET_MIB_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
+    PREPROCESS_FIELD_NUMBER: _ClassVar[int]
     source: str
     path: str
     test_path: str
@@ -68,7 +83,8 @@ class DataSpec(_message.Message):
     in_memory: str
     memory_budget_mib: int
     workers: int
-    def __init__(self, source: _Optional[str] = ..., path: _Optional[str] = ..., test_path: _Optional[str] = ..., holdout_path: _Optional[str] = ..., holdout_fraction: _Optional[float] = ..., long_tail: _Optional[_Union[LongTailSpec, _Mapping]] = ..., subgroups: _Optional[_Union[SubgroupSpec, _Mapping]] = ..., max_train: _Optional[int] = ..., max_test: _Optional[int] = ..., image_size: _Optional[int] = ..., channels: _Optional[int] = ..., seed: _Optional[int] = ..., in_memory: _Optional[str] = ..., memory_budget_mib: _Optional[int] = ..., workers: _Optional[int] = ...) -> None: ...
+    preprocess: PreprocessSpec
+    def __init__(self, source: _Optional[str] = ..., path: _Optional[str] = ..., test_path: _Optional[str] = ..., holdout_path: _Optional[str] = ..., holdout_fraction: _Optional[float] = ..., long_tail: _Optional[_Union[LongTailSpec, _Mapping]] = ..., subgroups: _Optional[_Union[SubgroupSpec, _Mapping]] = ..., max_train: _Optional[int] = ..., max_test: _Optional[int] = ..., image_size: _Optional[int] = ..., channels: _Optional[int] = ..., seed: _Optional[int] = ..., in_memory: _Optional[str] = ..., memory_budget_mib: _Optional[int] = ..., workers: _Optional[int] = ..., preprocess: _Optional[_Union[PreprocessSpec, _Mapping]] = ...) -> None: ...
 
 class TeacherSpec(_message.Message):
     __slots__ = ("path", "format", "arch", "width")
