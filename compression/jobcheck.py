@@ -14,7 +14,7 @@ from compression.data.sources import FASHION_MNIST_CLASSES
 from compression.data.subgroups import CELL_SEPARATOR, FREQUENCY_GROUPS
 from compression.errors import InvalidInput
 from compression.losses.registry import check_mitigation
-from compression.models.zoo import known_archs
+from compression.models.zoo import arch_problem
 from compression.spec import JobSpec
 
 __all__ = ["job_problems"]
@@ -27,13 +27,10 @@ def job_problems(spec: JobSpec) -> list[str]:
         check_mitigation(spec.mitigation)
     except InvalidInput as exc:
         problems += exc.problems
-    archs = known_archs()
-    if spec.student.arch not in archs:
-        problems.append(f"student.arch: unknown architecture {spec.student.arch!r:.80}; known: "
-                        f"{', '.join(archs)}")
-    if spec.teacher.arch and spec.teacher.arch not in archs:
-        problems.append(f"teacher.arch: unknown architecture {spec.teacher.arch!r:.80}; known: "
-                        f"{', '.join(archs)}")
+    for field, arch in (("student.arch", spec.student.arch), ("teacher.arch", spec.teacher.arch)):
+        problem = arch and arch_problem(arch)
+        if problem:
+            problems.append(f"{field}: {problem}")
     return problems + _subgroup_problems(spec)
 
 

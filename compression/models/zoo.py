@@ -9,9 +9,11 @@ from torch import nn
 
 from compression.errors import InvalidInput
 from compression.models.cifar import CifarResNet, TinyCNN
+from compression.models.timm_models import TIMM_PREFIX, build_timm, is_timm, timm_problem
 from compression.models.tv import TV_BUILDERS, build_tv
 
-__all__ = ["build_model", "known_archs", "count_parameters", "kaiming_init", "DEFAULT_IMAGE_SIZE"]
+__all__ = ["build_model", "known_archs", "arch_problem", "count_parameters", "kaiming_init",
+           "DEFAULT_IMAGE_SIZE"]
 
 _RESNET_DEPTHS = {f"resnet{d}": d for d in (8, 14, 20, 32, 44, 56)}
 DEFAULT_IMAGE_SIZE = 32  # only the tv_* stems depend on it (see compression.models.tv)
@@ -20,6 +22,17 @@ DEFAULT_IMAGE_SIZE = 32  # only the tv_* stems depend on it (see compression.mod
 def known_archs() -> list[str]:
     """Every name ``build_model`` accepts, smallest family first."""
     return ["tiny_cnn", *_RESNET_DEPTHS, *TV_BUILDERS]
+
+
+def arch_problem(arch: str) -> str | None:
+    """Why ``arch`` names no architecture ``build_model`` can build; None when it does.
+    Besides ``known_archs()``, any timm model as ``timm/<name>``."""
+    if is_timm(arch):
+        return timm_problem(arch)
+    if arch in known_archs():
+        return None
+    return (f"unknown architecture {arch!r:.80}; known: {', '.join(known_archs())}, or a timm "
+            f"model as {TIMM_PREFIX}<name> (e.g. {TIMM_PREFIX}mobilenetv3_small_100)")
 
 
 def kaiming_init(model: nn.Module) -> nn.Module:
@@ -45,7 +58,9 @@ def build_model(arch: str, in_channels: int, num_classes: int, width: float = 1.
     """A freshly initialised ``arch`` mapping [B, in_channels, H, W] to logits [B, num_classes].
 
     ``width`` multiplies channel counts. ``image_size`` (the smaller of H and W) only picks the
-    stem of the ``tv_*`` archs: full resolution below 64 px, torchvision's own stem above.
+    stem of the ``tv_*`` archs (full resolution below 64 px, torchvision's own stem above) and
+    sizes the timm models that take a fixed input size. ``timm/<name>`` models keep timm's
+    own initialisation.
     ``seed``: draw the initial weights from it alone, whatever the global random state is
     (None: from the global state).
     """
@@ -54,8 +69,9 @@ def build_model(arch: str, in_channels: int, num_classes: int, width: float = 1.
             torch.manual_seed(seed)
             return build_model(arch, in_channels, num_classes, width, image_size=image_size)
     problems = []
-    if arch not in known_archs():
-        problems.append(f"unknown arch {arch!r}; known: {', '.join(known_archs())}")
+    unknown = arch_problem(arch)
+    if unknown:
+        problems.append(unknown)
     if in_channels < 1 or num_classes < 1:
         problems.append(f"in_channels ({in_channels}) and num_classes ({num_classes}) "
                         "must be >= 1")
@@ -63,6 +79,11 @@ def build_model(arch: str, in_channels: int, num_classes: int, width: float = 1.
         problems.append(f"width is {width}; it must be a finite number > 0")
     if problems:
         raise InvalidInput(problems, "cannot build model")
+    if is_timm(arch):
+        try:
+            return build_timm(arch, in_channels, num_classes, width, image_size)
+        except ValueError as exc:
+            raise InvalidInput(str(exc), f"cannot build model {arch}") from exc
     if arch == "tiny_cnn":
         model: nn.Module = TinyCNN(in_channels, num_classes, width)
     elif arch in _RESNET_DEPTHS:

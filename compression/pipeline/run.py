@@ -27,7 +27,8 @@ from compression.evaluation import EvalReport
 from compression.events import EventSink, StopCheck, emit_nothing, never_stop
 from compression.guardrails import StageVerdict, check_policy, judge, preflight_notes
 from compression.losses import check_mitigation, requirements
-from compression.models import count_parameters, known_archs, save_exported, save_weights
+from compression.models import count_parameters, save_exported, save_weights
+from compression.models.zoo import arch_problem
 from compression.pipeline.exports import Artifact, export_artifacts
 from compression.pipeline.job import Job, report_summary
 from compression.pipeline.students import (Baseline, StudentRun, evaluate_on_test,
@@ -113,9 +114,9 @@ def _preflight(job: Job, dataset: Dataset) -> list[str]:
         check_mitigation(spec.mitigation)
     except InvalidInput as exc:
         problems += exc.problems
-    if spec.student.arch not in known_archs():
-        problems.append(f"student.arch: unknown architecture {spec.student.arch!r}; known: "
-                        f"{', '.join(known_archs())}")
+    unknown = arch_problem(spec.student.arch)
+    if unknown:
+        problems.append(f"student.arch: {unknown}")
     if problems:
         raise InvalidInput(problems, "the job cannot run")
     notes = preflight_notes(spec.guardrails, layout.names, counts, artifacts=spec.export.onnx)
