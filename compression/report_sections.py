@@ -107,28 +107,35 @@ class SplitSummary:
 
 @dataclass(frozen=True)
 class DataSummary:
-    """What the job's data held: names, the input shape [C, H, W] and each split's counts."""
+    """What the job's data held: names, the input shape [C, H, W] and each split's counts;
+    loading: how it was read, ``in_memory`` or ``streaming`` (None in older reports)."""
 
     class_names: tuple[str, ...]
     group_names: tuple[str, ...]
     input_shape: tuple[int, ...]
     splits: dict[str, SplitSummary]
+    loading: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"class_names": list(self.class_names), "group_names": list(self.group_names),
-                "input_shape": list(self.input_shape),
-                "splits": {k: s.to_dict() for k, s in self.splits.items()}}
+        out = {"class_names": list(self.class_names), "group_names": list(self.group_names),
+               "input_shape": list(self.input_shape),
+               "splits": {k: s.to_dict() for k, s in self.splits.items()}}
+        return out if self.loading is None else {**out, "loading": self.loading}
 
     @classmethod
     def from_dict(cls, data: Any) -> DataSummary:
-        d = fields_of(data, "data", ("class_names", "group_names", "input_shape", "splits"))
+        d = fields_of(data, "data", ("class_names", "group_names", "input_shape", "splits"),
+                      ("loading",))
+        loading = d.get("loading")
+        if loading not in (None, "in_memory", "streaming"):
+            raise ValueError(f"data.loading is {loading!r}; expected in_memory or streaming")
         names = {k: tuple(as_str(v, f"data.{k}[]") for v in _list(d[k], f"data.{k}"))
                  for k in ("class_names", "group_names")}
         return cls(names["class_names"], names["group_names"],
                    tuple(as_int(v, "data.input_shape[]")
                          for v in _list(d["input_shape"], "data.input_shape")),
                    {str(k): SplitSummary.from_dict(v, f"data.splits.{k}")
-                    for k, v in _object(d["splits"], "data.splits").items()})
+                    for k, v in _object(d["splits"], "data.splits").items()}, loading)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,10 @@ Every shard is opened through ``compression.access`` (allowed roots and URI pref
 checked before reading) and read one at a time; every member's size is checked before it is
 read, and images are decoded with the image sources' own checks as they come, so memory holds
 decoded images, never a whole split's shards.
+
+``index_webdataset`` reads the shards the same way but decodes nothing: it keeps each image's
+byte range in its shard and reads its header (format, size, mode), for the streaming path,
+which decodes a sample when a batch needs it.
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ import numpy as np
 
 from compression import access
 from compression.data.images import IMAGE_SUFFIXES, decode_image
+from compression.data.index import ImageIndex, PackedNames, image_shape, probe_image
 from compression.data.raw import RawSplit, check_not_empty, int_label_classes
 from compression.errors import InvalidInput
 
-__all__ = ["MAX_SHARDS", "expand_shards", "read_webdataset"]
+__all__ = ["MAX_SHARDS", "expand_shards", "read_webdataset", "index_webdataset"]
 
 MAX_SHARDS = 100_000  # more is a typo in a brace range, and would list a useless number of files
 _IMAGE_EXTS = tuple(s.lstrip(".") for s in IMAGE_SUFFIXES)
@@ -91,10 +96,15 @@ def _options(body: str, pattern: str, what: str) -> list[str]:
 class _Split:
     """What the shards of one split gave so far. read_left: shard bytes it may still read
     (the policy's max_bytes for the shards together, like a folder's files; None: no
-    limit); decoded_left: bytes its decoded images may still take."""
+    limit); decoded_left: bytes its decoded images may still take. indexing: keep each
+    image's place (shard, offset, length) and header shape instead of its pixels."""
 
     read_left: int | None
     decoded_left: int
+    indexing: bool = False
+    shard: int = 0  # the shard being read, as a position in the pattern's list
+    spans: list[tuple[int, int, int]] = field(default_factory=list)  # (shard, offset, length)
+    shapes: list[tuple[int, int, int]] = field(default_factory=list)  # (H, W, C) per image
     images: list[np.ndarray] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     groups: list[str | None] = field(default_factory=list)
@@ -122,10 +132,37 @@ def read_webdataset(pattern: str, size: int, classes: tuple[str, ...] | None,
     """x [N, C, H, W] uint8, class ids and subgroups of every sample of the shards
     ``pattern`` names; ``classes`` (train's names) for the other splits, None for train."""
     state = _Split(access.current().max_bytes, access.decoded_limit())
-    for shard in expand_shards(pattern, what):
+    _read_shards(pattern, size, what, state)
+    y, names, attr = _labels(state, pattern, classes)
+    return RawSplit(_stack(state.images, state.where), y, attr, names, pattern)
+
+
+def index_webdataset(pattern: str, size: int, classes: tuple[str, ...] | None,
+                     what: str = "data.path") -> RawSplit:
+    """As ``read_webdataset``, but x is an ``ImageIndex``: each image's byte range in its
+    shard and the split's decoded shape; no image is decoded."""
+    state = _Split(access.current().max_bytes, access.decoded_limit(), indexing=True)
+    shards = _read_shards(pattern, size, what, state)
+    y, names, attr = _labels(state, pattern, classes)
+    spans = np.asarray(state.spans, np.int64).reshape(-1, 3)
+    index = ImageIndex(PackedNames.of(shards), spans[:, 0].copy(), spans[:, 1].copy(),
+                       spans[:, 2].copy(), image_shape(state.shapes, state.where),  # type: ignore[arg-type]
+                       size, pattern)
+    return RawSplit(index, y, attr, names, pattern)  # type: ignore[arg-type]
+
+
+def _read_shards(pattern: str, size: int, what: str, state: _Split) -> list[str]:
+    shards = expand_shards(pattern, what)
+    for i, shard in enumerate(shards):
+        state.shard = i
         with access.open_input(shard, f"webdataset shard ({what})") as f:
             state.read(os.fstat(f.fileno()).st_size, f"shard {shard}")
             _read_shard(f, shard, size, state)
+    return shards
+
+
+def _labels(state: _Split, pattern: str, classes: tuple[str, ...] | None,
+            ) -> tuple[np.ndarray, tuple[str, ...], np.ndarray | None]:
     check_not_empty(len(state.labels), f"webdataset {pattern} (no samples with an image and "
                                        "a .cls label)")
     has_group = [g is not None for g in state.groups]
@@ -135,12 +172,12 @@ def read_webdataset(pattern: str, size: int, classes: tuple[str, ...] | None,
     y = np.asarray(state.labels, np.int64)
     names = int_label_classes(y, None, pattern, classes)
     attr = np.asarray(state.groups) if all(has_group) else None
-    return RawSplit(_stack(state.images, state.where), y, attr, names, pattern)
+    return y, names, attr
 
 
 def _read_shard(f: BinaryIO, shard: str, size: int, state: _Split) -> None:
     """Add the samples of one shard to ``state``, members in order."""
-    key, fields = None, {}
+    key, fields, spans = None, {}, {}
     try:
         with tarfile.open(fileobj=_Clamped(f), mode="r:") as tar:
             for member in tar:
@@ -153,17 +190,18 @@ def _read_shard(f: BinaryIO, shard: str, size: int, state: _Split) -> None:
                 if named is None:  # no extension: no field of any sample (as in WebDataset)
                     continue
                 if named.group(1) != key:
-                    _add_sample(key, fields, shard, size, state)
-                    key, fields = named.group(1), {}
+                    _add_sample(key, fields, spans, shard, size, state)
+                    key, fields, spans = named.group(1), {}, {}
                 ext = named.group(2).lower()
                 if ext in fields:
                     raise InvalidInput(f"shard {shard}: sample {key!r} has two .{ext} members")
                 if ext in _IMAGE_EXTS or ext in _FIELD_BYTES:
                     fields[ext] = _member_bytes(tar, member, shard, ext, state)
+                    spans[ext] = (state.shard, member.offset_data, member.size)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise InvalidInput(f"cannot read webdataset shard {shard}: {type(exc).__name__}: "
                            f"{exc}; give an uncompressed tar file") from None
-    _add_sample(key, fields, shard, size, state)
+    _add_sample(key, fields, spans, shard, size, state)
 
 
 def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo, shard: str, ext: str,
@@ -182,7 +220,8 @@ def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo, shard: str, ext
     return data
 
 
-def _add_sample(key: str | None, fields: dict[str, bytes], shard: str, size: int,
+def _add_sample(key: str | None, fields: dict[str, bytes],
+                spans: dict[str, tuple[int, int, int]], shard: str, size: int,
                 state: _Split) -> None:
     if key is None:
         return
@@ -195,9 +234,14 @@ def _add_sample(key: str | None, fields: dict[str, bytes], shard: str, size: int
                            f"{sorted(fields) or 'neither'})")
     state.labels.append(_label(fields["cls"], where))
     state.groups.append(_text(fields["group"], where, "group") if "group" in fields else None)
+    state.where.append(where)
+    if state.indexing:
+        state.shapes.append(probe_image(io.BytesIO(fields[images[0]]), where,
+                                        f"the image of {where}", size))
+        state.spans.append(spans[images[0]])
+        return
     state.images.append(decode_image(io.BytesIO(fields[images[0]]), where,
                                        f"the image of {where}", size))
-    state.where.append(where)
     state.decoded(state.images[-1].nbytes, where)
 
 

@@ -22,6 +22,7 @@ from compression import distributed
 from compression.artifacts import REPORT, choose_shipped, write_bundle
 from compression.artifacts.upload import check_job, publish, upload_summary
 from compression.data import Dataset, describe, load_dataset
+from compression.data.loader import loading
 from compression.errors import InvalidInput
 from compression.evaluation import EvalReport
 from compression.events import EventSink, StopCheck, emit_nothing, never_stop
@@ -159,7 +160,8 @@ def _finish(job: Job, dataset: Dataset, student: StudentRun, student_report: Eva
                else choose_shipped(verdicts, ["student"]))
     reports = {r.name: r for r in [*references, student_report, *(a.report for a in built)] if r}
     report = JobReport(
-        spec=job.spec, data=DataSummary.from_dict(describe(dataset)), evaluations=reports,
+        spec=job.spec, evaluations=reports,
+        data=DataSummary.from_dict({**describe(dataset), "loading": loading(dataset)}),
         guardrails=GuardrailsReport(job.spec.guardrails, tuple(verdicts)), shipped=shipped,
         environment=_environment(job.device),
         student_parameters=count_parameters(student.model), training=_training(student),
@@ -196,7 +198,8 @@ def _save_student(student: torch.nn.Module, dataset: Dataset, out_dir: Path) -> 
 
 def _data_summary(dataset: Dataset) -> dict[str, Any]:
     return {"train": len(dataset.train), "holdout": len(dataset.holdout),
-            "test": len(dataset.test), "groups": len(dataset.group_names)}
+            "test": len(dataset.test), "groups": len(dataset.group_names),
+            "loading": loading(dataset)}
 
 
 def _jsonable(state: dict[str, Any]) -> dict[str, Any]:
