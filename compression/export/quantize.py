@@ -27,7 +27,7 @@ from torch import Tensor
 
 from compression.data.dataset import Split
 from compression.errors import InvalidInput, StageFailed
-from compression.export.onnx_export import INPUT_NAME
+from compression.export.onnx_export import INPUT_NAME, preprocessing_nodes
 
 __all__ = ["TARGETS", "CalibrationReader", "Int8Export", "calibration_set", "count_ops",
            "export_int8", "quantize_int8"]
@@ -86,12 +86,15 @@ def calibration_set(split: Split, per_group: int, seed: int = 0,
 
 
 class CalibrationReader(CalibrationDataReader):
-    """Feeds uint8 images x: [M, C, H, W] to the calibrator as float32 [b, C, H, W] in [0, 1]."""
+    """Feeds uint8 images x: [M, C, H, W] to the calibrator as float32 [b, C, H, W] in [0, 1],
+    or as they are (``pixels``) to a model that takes uint8 pixels and preprocesses them."""
 
-    def __init__(self, x: Tensor, batch_size: int = 32, input_name: str = INPUT_NAME):
+    def __init__(self, x: Tensor, batch_size: int = 32, input_name: str = INPUT_NAME,
+                 pixels: bool = False):
         self.x = x
         self.batch_size = batch_size
         self.input_name = input_name
+        self.pixels = pixels
         self.start = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -99,21 +102,23 @@ class CalibrationReader(CalibrationDataReader):
             return None
         batch = self.x[self.start:self.start + self.batch_size]
         self.start += self.batch_size
-        return {self.input_name: (batch.float() / 255).numpy()}
+        return {self.input_name: batch.numpy() if self.pixels else (batch.float() / 255).numpy()}
 
     def rewind(self) -> None:
         self.start = 0
 
 
 def quantize_int8(onnx_path: str | Path, out_path: str | Path, calibration_x: Tensor, *,
-                  target: str = "cpu", per_channel: bool = True, batch_size: int = 32) -> Path:
+                  target: str = "cpu", per_channel: bool = True, batch_size: int = 32,
+                  nodes_to_exclude: Sequence[str] = ()) -> Path:
     """Write a static INT8 QDQ copy of the FP32 model ``onnx_path`` to ``out_path``.
 
     calibration_x: [M, C, H, W] uint8 (from ``calibration_set``). ``target`` picks the INT8
     scheme (see ``TARGETS``). onnxruntime's quantization pre-processing runs first (shape
     inference and graph fusions such as Conv+BatchNorm, so ranges are calibrated on the graph
-    that will run). Raises ``StageFailed("quantize", ...)`` when quantization fails or leaves
-    no QuantizeLinear node.
+    that will run). ``nodes_to_exclude``: names of nodes of that pre-processed graph to keep
+    in float (``compression.export.mixed_precision``). Raises ``StageFailed("quantize", ...)``
+    when quantization fails or leaves no QuantizeLinear node.
     """
     if target not in TARGETS:
         raise InvalidInput(f"INT8 target {target!r} is not one of {', '.join(TARGETS)}")
@@ -126,14 +131,17 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path, calibration_x: Te
         with tempfile.TemporaryDirectory(prefix="tpet-quant-") as tmp:
             prepared = Path(tmp) / "prepared.onnx"
             quant_pre_process(str(onnx_path), str(prepared))
+            in_float = preprocessing_nodes(prepared)  # a uint8 model's preprocessing
             options = {**TARGETS[target]}
             options["extra_options"] = {**options.get("extra_options", {}),
                                         "OpTypesToExcludeOutputQuantization":
                                             _output_op_types(prepared)}
             quantize_static(str(prepared), str(tmp_out),
-                            CalibrationReader(calibration_x, batch_size),
+                            CalibrationReader(calibration_x, batch_size,
+                                              pixels=bool(in_float)),
                             quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                            calibrate_method=CalibrationMethod.MinMax, **options)
+                            calibrate_method=CalibrationMethod.MinMax,
+                            nodes_to_exclude=[*nodes_to_exclude, *in_float], **options)
         onnx.checker.check_model(str(tmp_out), full_check=True)
     except Exception as exc:  # onnxruntime and onnx raise assorted types
         tmp_out.unlink(missing_ok=True)
