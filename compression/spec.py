@@ -271,6 +271,15 @@ class ExportSpec:
     min_batch: int = _num(1, **_BATCH)
     opt_batch: int = _num(32, **_BATCH)
     max_batch: int = _num(256, **_BATCH)
+    # INT8 that breaks a floor the FP32 model holds: search for the fewest nodes to keep in
+    # float (docs/guardrails.md, "Mixed precision"), bounded in models judged and in time
+    mixed_precision: bool = True
+    mixed_max_candidates: int = _num(24, 1, 10_000)
+    mixed_max_seconds: float = _num(600.0, 0.0, 86_400.0, lo_open=True)
+    # the fastest artifact that passed ships, timed at opt_batch on the worker: untimed
+    # warm-up calls, then the median of the timed ones
+    latency_warmup: int = _num(5, 0, 10_000)
+    latency_repeats: int = _num(20, 1, 100_000)
 
     def problems(self) -> list[str]:
         out = []
