@@ -77,9 +77,11 @@ class GroupLayout:
 
 @dataclass(frozen=True)
 class Split:
-    """One split held in memory.
+    """One split: its images, held in memory or streamed, and its labels and groups.
 
-    x: [N, C, H, W] uint8 images; models take ``x.float() / 255`` (values in [0, 1]).
+    x: [N, C, H, W] uint8 images; models take ``x.float() / 255`` (values in [0, 1]). A
+        tensor in memory, or a ``compression.data.stream.LazyImages`` that decodes the samples
+        it is indexed or sliced to (``is_streamed``); either answers ``shape`` and ``len``.
     y: [N] int64 class ids in [0, num_classes).
     group: [N] int64 subgroup ids in [0, num_groups): with several subgroup keys, the
         intersection cell of each sample.

@@ -57,7 +57,7 @@ class ImageIndex:
     files: image files, or WebDataset shards (``offset`` >= 0 then).
     file_of: [N] int64, the entry of ``files`` each sample reads.
     offset, length: [N] int64 byte range of the image inside its shard; -1: the whole file.
-    sample_shape: (C, H, W) of every decoded sample (the split's channels, after ``data.channels``).
+    sample_shape: (C, H, W) of every decoded sample (channels after ``data.channels``).
     resize: ``data.image_size`` (0 keeps the stored size). origin: for error messages.
     """
 
@@ -176,7 +176,8 @@ def _probe_files(paths: Sequence[Path], resize: int, workers: int) -> list[tuple
         return list(pool.map(lambda p: _probe_file(p, resize), paths, chunksize=256))
 
 
-def image_shape(shapes: Sequence[tuple[int, int, int]], where: Sequence[str]) -> tuple[int, ...]:
+def image_shape(shapes: Sequence[tuple[int, int, int]],
+                where: Sequence[str]) -> tuple[int, int, int]:
     """(C, H, W) of a split whose images are ``shapes`` ((H, W, C) each, as decoded): one
     size for all, gray promoted to RGB when the split mixes both (as ``load_images``)."""
     first = shapes[0][:2]
@@ -186,4 +187,4 @@ def image_shape(shapes: Sequence[tuple[int, int, int]], where: Sequence[str]) ->
                 f"images have different sizes: {where[0]} is {first[1]}x{first[0]} but "
                 f"{where[i]} is {w}x{h}; set data.image_size to resize them all")
     channels = max(c for _, _, c in shapes)
-    return (channels, *first)
+    return channels, first[0], first[1]

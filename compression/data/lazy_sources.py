@@ -70,7 +70,7 @@ def index_imagefolder(root: Path, size: int, classes: tuple[str, ...] | None,
         labels += [c] * len(files)
     check_not_empty(len(paths), f"image folder {root} (no .png/.jpg/.jpeg files)")
     index = ImageIndex.of_files(paths, size, str(root), workers)
-    return RawSplit(index, np.asarray(labels, np.int64), None, dirs, str(root))  # type: ignore[arg-type]
+    return RawSplit(index, np.asarray(labels, np.int64), None, dirs, str(root))
 
 
 def index_manifest(path: Path, size: int, classes: tuple[str, ...] | None,
@@ -93,4 +93,4 @@ def index_manifest(path: Path, size: int, classes: tuple[str, ...] | None,
     image_paths = [_image_path(path, r["path"], line) for line, r in rows]
     attr = np.asarray([str(r["group"]) for _, r in rows]) if all(has_group) else None
     index = ImageIndex.of_files(image_paths, size, str(path), workers)
-    return RawSplit(index, y, attr, classes, str(path))  # type: ignore[arg-type]
+    return RawSplit(index, y, attr, classes, str(path))

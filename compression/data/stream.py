@@ -48,15 +48,16 @@ class LazyImages:
     """x: [N, C, H, W] uint8 of a streamed split, decoded when indexed.
 
     ``x[i]``, ``x[a:b]``, ``x[idx]`` (int tensor or array) decode those samples, on up to
-    ``threads`` threads (image decoding releases the GIL); ``shape``, ``dtype``, ``ndim`` and
-    ``len`` answer without reading anything."""
+    ``workers`` threads (image decoding releases the GIL); ``shape``, ``dtype``, ``ndim`` and
+    ``len`` answer without reading anything. ``workers`` is also the number of DataLoader
+    worker processes that training reads the split with (``data.workers``)."""
 
     dtype = torch.uint8
     ndim = 4
 
-    def __init__(self, index: ImageIndex, threads: int = 0):
+    def __init__(self, index: ImageIndex, workers: int = 0):
         self.index = index
-        self.threads = threads
+        self.workers = workers
         self._local = threading.local()
 
     @property
@@ -83,10 +84,10 @@ class LazyImages:
     def _read(self, rows: np.ndarray) -> torch.Tensor:
         if len(rows) == 0:
             return torch.empty((0, *self.index.sample_shape), dtype=torch.uint8)
-        if self.threads < 2 or len(rows) < 2:
+        if self.workers < 2 or len(rows) < 2:
             arrays = [self._decode(int(i)) for i in rows]
         else:
-            with ThreadPoolExecutor(self.threads) as pool:
+            with ThreadPoolExecutor(self.workers) as pool:
                 arrays = list(pool.map(self._decode, (int(i) for i in rows)))
         return torch.from_numpy(np.stack(arrays))
 
@@ -97,10 +98,10 @@ class LazyImages:
         return self.index.decode(i, shards)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"index": self.index, "threads": self.threads}
+        return {"index": self.index, "workers": self.workers}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["index"], state["threads"])  # type: ignore[misc]
+        self.__init__(state["index"], state["workers"])  # type: ignore[misc]
 
 
 def augment_sample(x: np.ndarray, mode: str, rng: np.random.Generator) -> np.ndarray:

@@ -146,9 +146,9 @@ def index_webdataset(pattern: str, size: int, classes: tuple[str, ...] | None,
     y, names, attr = _labels(state, pattern, classes)
     spans = np.asarray(state.spans, np.int64).reshape(-1, 3)
     index = ImageIndex(PackedNames.of(shards), spans[:, 0].copy(), spans[:, 1].copy(),
-                       spans[:, 2].copy(), image_shape(state.shapes, state.where),  # type: ignore[arg-type]
+                       spans[:, 2].copy(), image_shape(state.shapes, state.where),
                        size, pattern)
-    return RawSplit(index, y, attr, names, pattern)  # type: ignore[arg-type]
+    return RawSplit(index, y, attr, names, pattern)
 
 
 def _read_shards(pattern: str, size: int, what: str, state: _Split) -> list[str]:

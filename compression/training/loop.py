@@ -9,6 +9,11 @@ Inside a torchrun process group (``compression.distributed``) the model trains u
 crops drawn with the whole batch's, so they do not depend on the number of ranks), the losses
 average over the global batch, and only rank 0 reads and writes checkpoints. Up to float rounding the
 weights are those of one process, BatchNorm aside: its batch statistics are per rank.
+
+A split held in memory moves to the device once and is sliced there. A streamed split
+(``compression.data.stream``) is read through a DataLoader whose sampler cuts the very same
+global batches from the same seeded order, each rank its share; its workers decode and
+augment, so memory holds the batches in flight rather than the split.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -24,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from compression import distributed
 from compression.data.dataset import Split
+from compression.data.stream import EpochBatches, SampleDataset, is_streamed, make_loader
 from compression.errors import Cancelled, InvalidInput, StageFailed
 from compression.events import Event, EventSink, StopCheck, emit_nothing, never_stop
 from compression.seeds import derived_seed
@@ -67,7 +73,8 @@ class TrainResult:
 
 @dataclass
 class _Run:
-    """Everything an epoch needs, set up once by ``train``. x/y/group: the split on device."""
+    """Everything an epoch needs, set up once by ``train``. x/y/group: the split on device
+    (x None when streamed: ``loader`` reads it)."""
 
     model: nn.Module
     forward: nn.Module  # ``model``, or its DDP wrapper inside a process group
@@ -75,7 +82,7 @@ class _Run:
     loss: "Loss"
     stage: str
     device: torch.device
-    x: torch.Tensor
+    x: torch.Tensor | None
     y: torch.Tensor
     group: torch.Tensor
     optimizer: torch.optim.Optimizer
@@ -87,6 +94,7 @@ class _Run:
     on_event: EventSink
     should_stop: StopCheck
     teacher_fn: TeacherFn | None = None
+    loader: torch.utils.data.DataLoader | None = None
 
 
 def train(model: nn.Module, data: Split, spec: TrainingSpec, loss: "Loss", *,
@@ -115,7 +123,8 @@ def train(model: nn.Module, data: Split, spec: TrainingSpec, loss: "Loss", *,
     if loss.needs_teacher and resumed < spec.epochs:
         used_cache = uses_teacher_cache(spec)
         cache_seconds = _attach_teacher(
-            run, prepare_teacher(teacher, device, run.channels_last), used_cache)
+            run, prepare_teacher(teacher, device, run.channels_last), used_cache, data,
+            checkpoint_dir)
     samples, seconds = 0, 0.0
     for epoch in range(resumed, spec.epochs):
         final_loss, epoch_seconds = _run_epoch(run, epoch)
@@ -187,14 +196,32 @@ def _setup(model: nn.Module, data: Split, spec: TrainingSpec, loss: "Loss",
     amp = amp_dtype(spec.amp, device)
     optimizer = build_optimizer(model, spec)
     steps = steps_per_epoch(len(data), spec.batch_size, _min_batch())
-    # The whole split moves to the device once: no per-step host-to-device copies.
+    streamed = is_streamed(data.x)
+    # In memory, the whole split moves to the device once: no per-step host-to-device copies.
     return _Run(
         model=model, forward=_data_parallel(model, device), spec=spec, loss=loss, stage=stage,
-        device=device, x=data.x.to(device), y=data.y.to(device), group=data.group.to(device),
+        device=device, x=None if streamed else data.x.to(device), y=data.y.to(device),
+        group=data.group.to(device), loader=_loader(data, spec, device) if streamed else None,
         optimizer=optimizer, scheduler=build_scheduler(optimizer, spec, steps),
         scaler=torch.amp.GradScaler(device.type, enabled=amp is torch.float16),
         amp=amp, channels_last=channels_last, steps=steps, on_event=on_event,
         should_stop=should_stop)
+
+
+def _loader(data: Split, spec: TrainingSpec, device: torch.device,
+            ) -> torch.utils.data.DataLoader:
+    """The streamed split's training batches: this rank's share of each global batch."""
+    n = len(data)
+    sampler = EpochBatches(n, spec.batch_size, _min_batch(),
+                           lambda epoch: _order(spec.seed, epoch, n),
+                           distributed.rank(), distributed.world_size())
+    return make_loader(SampleDataset(data.x.index, spec.augment, spec.seed), sampler,
+                       data.x.workers, pin_memory=device.type == "cuda")
+
+
+def _order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The epoch's order of the n samples: [N], on the CPU (both paths draw it here)."""
+    return torch.randperm(n, generator=_generator(seed, epoch, "shuffle"))
 
 
 def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
@@ -244,8 +271,10 @@ def _to_device(value: Any, device: torch.device) -> Any:
     return value
 
 
-def _attach_teacher(run: _Run, teacher: TeacherCall, cached: bool) -> float:
-    """Give the run its teacher logits source; return the seconds spent caching (0 online)."""
+def _attach_teacher(run: _Run, teacher: TeacherCall, cached: bool, data: Split,
+                    work_dir: Path | None) -> float:
+    """Give the run its teacher logits source; return the seconds spent caching (0 online).
+    A cache over the RAM budget spills to a file in ``work_dir``."""
     spec = run.spec
     if not cached:
         run.teacher_fn = lambda idx, x: teacher_logits(teacher, x, run.stage, run.amp)
@@ -256,9 +285,10 @@ def _attach_teacher(run: _Run, teacher: TeacherCall, cached: bool) -> float:
     # (measured: docs/benchmarks.md).
     batch = spec.eval_batch_size if run.device.type == "cuda" else spec.batch_size
     cache = TeacherCache.build(
-        teacher, run.x, batch_size=batch, device=run.device, stage=run.stage,
-        on_event=run.on_event, should_stop=run.should_stop,
-        progress_every=spec.progress_every_steps, channels_last=run.channels_last)
+        teacher, run.x if run.x is not None else data.x, batch_size=batch, device=run.device,
+        stage=run.stage, on_event=run.on_event, should_stop=run.should_stop,
+        progress_every=spec.progress_every_steps, channels_last=run.channels_last,
+        ram_bytes=spec.teacher_cache_ram_mib * 2**20, spill_dir=work_dir)
     run.teacher_fn = lambda idx, x: cache[idx]
     return cache.seconds
 
@@ -272,16 +302,15 @@ def _generator(seed: int, epoch: int, purpose: str,
 def _run_epoch(run: _Run, epoch: int) -> tuple[float, float]:
     """Train epoch ``epoch`` (0-based); return (sample-weighted mean loss, seconds)."""
     spec, n = run.spec, len(run.y)
-    order = torch.randperm(n, generator=_generator(spec.seed, epoch, "shuffle")).to(run.device)
-    augment_rng = _generator(spec.seed, epoch, "augment", run.device)
     run.model.train()
     start, window, loss_sum = time.perf_counter(), _Window(0), 0.0
+    batches = _batches(run, epoch)
     for step in range(run.steps):
         if run.should_stop():
             raise Cancelled(f"{run.stage} cancelled at epoch {epoch + 1} step {step + 1}")
         lo, hi = batch_bounds(step, n, spec.batch_size, _min_batch())
         lr = run.optimizer.param_groups[0]["lr"]  # the rate this step uses
-        window.add(_train_step(run, order[lo:hi], augment_rng), hi - lo)
+        window.add(_train_step(run, *next(batches)), hi - lo)
         last = step + 1 == run.steps
         if last or (step + 1) % spec.progress_every_steps == 0:
             payload = window.close(run.stage, epoch)
@@ -296,10 +325,25 @@ def _run_epoch(run: _Run, epoch: int) -> tuple[float, float]:
     return loss_sum / n, time.perf_counter() - start
 
 
-def _train_step(run: _Run, idx: torch.Tensor, augment_rng: torch.Generator) -> torch.Tensor:
-    """idx: [B] sample indices of the global batch -> this rank's loss (detached scalar),
-    after one optimizer step."""
-    idx, x = _local_batch(run, idx, augment_rng)  # [b], [b, C, H, W]
+def _batches(run: _Run, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's share of each step's global batch: (idx [b], float inputs [b, C, H, W])
+    on the device, from the split in memory or from the streaming loader."""
+    if run.loader is not None:
+        run.loader.batch_sampler.set_epoch(epoch)
+        for x, idx in run.loader:
+            yield idx.to(run.device), to_inputs(x.to(run.device, non_blocking=True))
+        return
+    spec, n = run.spec, len(run.y)
+    order = _order(spec.seed, epoch, n).to(run.device)
+    augment_rng = _generator(spec.seed, epoch, "augment", run.device)
+    for step in range(run.steps):
+        lo, hi = batch_bounds(step, n, spec.batch_size, _min_batch())
+        yield _local_batch(run, order[lo:hi], augment_rng)
+
+
+def _train_step(run: _Run, idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """idx: [b] sample indices, x: [b, C, H, W] inputs of this rank's share of the global
+    batch -> this rank's loss (detached scalar), after one optimizer step."""
     if run.channels_last:  # before the teacher: a module teacher is channels_last too
         x = x.contiguous(memory_format=torch.channels_last)
     teacher = run.teacher_fn(idx, x) if run.teacher_fn is not None else None  # [b, K]
