@@ -14,6 +14,7 @@ from compression.data.sources import FASHION_MNIST_CLASSES
 from compression.data.subgroups import CELL_SEPARATOR, FREQUENCY_GROUPS
 from compression.errors import InvalidInput
 from compression.losses.registry import check_mitigation
+from compression.models.init_weights import init_problem
 from compression.models.zoo import arch_problem
 from compression.spec import JobSpec
 
@@ -31,6 +32,9 @@ def job_problems(spec: JobSpec) -> list[str]:
         problem = arch and arch_problem(arch)
         if problem:
             problems.append(f"{field}: {problem}")
+    init = spec.student.init and init_problem(spec.student.init)
+    if init:
+        problems.append(f"student.init: {init}")
     return problems + _subgroup_problems(spec)
 
 

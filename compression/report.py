@@ -29,6 +29,7 @@ from compression.errors import InvalidInput
 from compression.evaluation.jsonio import load_json
 from compression.evaluation.report import EvalReport
 from compression.guardrails import StageVerdict
+from compression.models.init_weights import StudentInit
 from compression.report_sections import (NOT_JUDGED, DataSummary, ExportRecord, FileRecord,
                                          GuardrailsReport, SplitSummary, TeacherSummary,
                                          TrainingSummary, as_float, as_int, as_str, blocks,
@@ -144,6 +145,8 @@ class JobReport:
     student_parameters: int | None = section(optional(INT), None)
     training: TrainingSummary | None = section(optional(typed(TrainingSummary)), None)
     teacher: TeacherSummary | None = section(optional(typed(TeacherSummary)), None)
+    student_init: StudentInit | None = section(optional(typed(StudentInit)), None,
+                                               omit_empty=True)
     selection: dict[str, Any] | None = section(optional(JSON_OBJECT), None)
     mitigation: dict[str, Any] | None = section(optional(JSON_OBJECT), None)
     guardrail_preflight: tuple[str, ...] = section(sequence(STR), ())

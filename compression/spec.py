@@ -163,8 +163,13 @@ class TeacherSpec:
 
 @dataclass(frozen=True)
 class StudentSpec:
+    """The student: a zoo arch or timm/<name>; ``init``: weights to start from (safetensors
+    or a weights-only state dict, local path or URI), the head replaced when the class count
+    differs."""
+
     arch: str = "tiny_cnn"
     width: float = _num(1.0, 0.0, 16.0, lo_open=True)
+    init: str = ""
 
     def problems(self) -> list[str]:
         return [] if self.arch.strip() else ["arch is empty; name a student architecture"]

@@ -191,7 +191,8 @@ def job_inputs(spec: JobSpec) -> list[tuple[str, str]]:
     else:
         paths = [("data.path", data.path), ("data.test_path", data.test_path),
                  ("data.holdout_path", data.holdout_path)]
-    return [(f, p) for f, p in [*paths, ("teacher.path", spec.teacher.path)] if p]
+    return [(f, p) for f, p in [*paths, ("teacher.path", spec.teacher.path),
+                                ("student.init", spec.student.init)] if p]
 
 
 def _json_path(line: str) -> object:

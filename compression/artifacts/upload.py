@@ -49,7 +49,8 @@ def check_job(spec: Any) -> None:
     data = spec.data
     for field, text in (("teacher.path", spec.teacher.path), ("data.path", data.path),
                         ("data.test_path", data.test_path),
-                        ("data.holdout_path", data.holdout_path)):
+                        ("data.holdout_path", data.holdout_path),
+                        ("student.init", spec.student.init)):
         for part in filter(storage.is_uri, (p.strip() for p in text.split("::"))):
             storage.parse_uri(part, field)
     if spec.output_uri:

@@ -13,6 +13,7 @@ from compression.data import Dataset, Split
 from compression.errors import Cancelled
 from compression.evaluation import EvalReport, evaluate, predict_logits
 from compression.events import Event, EventSink, StopCheck
+from compression.models.init_weights import InitWeights
 from compression.spec import JobSpec
 
 __all__ = ["Job", "report_summary"]
@@ -28,6 +29,7 @@ class Job:
     on_event: EventSink
     should_stop: StopCheck
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    student_init: InitWeights | None = None  # student.init, read once for every student
 
     def stage(self, name: str, work: Callable[[], T],
               summarize: Callable[[T], dict[str, Any]] = lambda _: {}) -> T:

@@ -33,7 +33,7 @@ from compression.models.zoo import arch_problem
 from compression.pipeline.exports import Artifact, export_artifacts
 from compression.pipeline.job import Job, report_summary
 from compression.pipeline.students import (Baseline, StudentRun, evaluate_on_test,
-                                           harm_diagnosis, one_hot_baseline,
+                                           harm_diagnosis, load_student_init, one_hot_baseline,
                                            select_mitigation, train_student)
 from compression.pipeline.teacher import TeacherView, prepare_teacher
 from compression.report import (REJECTED, SUCCEEDED, DataSummary, ExportRecord,
@@ -69,6 +69,7 @@ def run(spec: JobSpec, on_event: EventSink = emit_nothing,
     detectable = _preflight(job, dataset)
 
     needs = requirements(spec.mitigation)
+    student_init = load_student_init(job, dataset)  # a file that does not fit: before training
     teacher = (prepare_teacher(job, dataset, needs.calibrate_teacher)
                if needs.needs_teacher or spec.guardrails.max_drop_vs_teacher is not None
                else None)
@@ -95,7 +96,8 @@ def run(spec: JobSpec, on_event: EventSink = emit_nothing,
                                   _judge(spec, teacher, baseline, student_report))
                  if student_verdict.passed else [])
     # JobReport sections known here, by their field names (compression.report)
-    sections = {"teacher": teacher and TeacherSummary.from_dict(teacher.to_dict()),
+    sections = {"student_init": student_init,
+                "teacher": teacher and TeacherSummary.from_dict(teacher.to_dict()),
                 "selection": selection.to_dict() if selection else None,
                 "mitigation": spec_to_dict(mitigation), "guardrail_preflight": tuple(detectable),
                 "harm_diagnosis": harm_diagnosis(dataset, student_predictions, baseline, teacher)}

@@ -19,11 +19,13 @@ from compression.pipeline.job import Job, report_summary
 from compression.pipeline.teacher import TeacherView
 from compression.seeds import derived_seed
 from compression.selection import Selection, choose_mitigation
+from compression.models.init_weights import StudentInit, apply_init, read_init
+from compression.models.timm_models import is_timm
 from compression.spec import MitigationSpec, TrainingSpec, spec_to_dict
 from compression.training import TrainResult, train
 
 __all__ = ["Baseline", "StudentRun", "train_student", "one_hot_baseline", "select_mitigation",
-           "evaluate_on_test", "harm_diagnosis"]
+           "evaluate_on_test", "harm_diagnosis", "load_student_init"]
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,8 @@ def train_student(job: Job, dataset: Dataset, mitigation: MitigationSpec,
     model = _initial_student(job, dataset, training.seed)
     run_key = {"mitigation": spec_to_dict(mitigation),
                "teacher_sha256": teacher.sha256 if teacher else None,
-               "teacher_calibrated": bool(teacher and teacher.calibration)}
+               "teacher_calibrated": bool(teacher and teacher.calibration),
+               **({"student_init_sha256": job.student_init.sha256} if job.student_init else {})}
     result = job.stage(stage, lambda: train(
         model, dataset.train, training, loss, teacher=teacher.model if teacher else None,
         checkpoint_dir=job.out_dir / "checkpoints" / workdir, on_event=job.on_event,
@@ -64,14 +67,41 @@ def train_student(job: Job, dataset: Dataset, mitigation: MitigationSpec,
 
 
 def _initial_student(job: Job, dataset: Dataset, seed: int) -> nn.Module:
-    """The student architecture with weights drawn from ``seed`` alone.
+    """The student architecture with weights drawn from ``seed`` alone, then ``student.init``
+    loaded over them (a replaced head keeps the seeded draw).
 
     Every model a job trains (baseline, candidates, student) starts from these same weights,
     whatever ran before it in the process, so a job replays exactly and two students differ
     only by their objective.
     """
-    return build_model(job.spec.student.arch, dataset.input_shape[0], dataset.num_classes,
-                       job.spec.student.width, seed=derived_seed(seed, "student-init"))
+    model = _student_arch(job, dataset, seed)
+    if job.student_init is not None:
+        apply_init(model, job.student_init, dataset.num_classes, job.spec.student.arch)
+    return model
+
+
+def _student_arch(job: Job, dataset: Dataset, seed: int) -> nn.Module:
+    student = job.spec.student
+    c, h, w = dataset.input_shape
+    # timm models with a fixed input size (ViTs) are built for the data's own size
+    size = {"image_size": min(h, w)} if is_timm(student.arch) else {}
+    return build_model(student.arch, c, dataset.num_classes, student.width,
+                       seed=derived_seed(seed, "student-init"), **size)
+
+
+def load_student_init(job: Job, dataset: Dataset) -> StudentInit | None:
+    """Read ``student.init`` once and check it fits the student built for this data, before
+    anything trains; the report's record of it (None without one)."""
+    if not job.spec.student.init:
+        return None
+
+    def load() -> StudentInit:
+        job.student_init = read_init(job.spec.student.init)
+        model = _student_arch(job, dataset, job.spec.training.seed)
+        return apply_init(model, job.student_init, dataset.num_classes, job.spec.student.arch)
+    return job.stage("load_student_init", load,
+                     lambda r: {"sha256": r.sha256, "loaded": r.loaded,
+                                "replaced": len(r.replaced)})
 
 
 def one_hot_baseline(job: Job, dataset: Dataset) -> Baseline:

@@ -99,12 +99,14 @@ class TeacherSpec(_message.Message):
     def __init__(self, path: _Optional[str] = ..., format: _Optional[str] = ..., arch: _Optional[str] = ..., width: _Optional[float] = ...) -> None: ...
 
 class StudentSpec(_message.Message):
-    __slots__ = ("arch", "width")
+    __slots__ = ("arch", "width", "init")
     ARCH_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
+    INIT_FIELD_NUMBER: _ClassVar[int]
     arch: str
     width: float
-    def __init__(self, arch: _Optional[str] = ..., width: _Optional[float] = ...) -> None: ...
+    init: str
+    def __init__(self, arch: _Optional[str] = ..., width: _Optional[float] = ..., init: _Optional[str] = ...) -> None: ...
 
 class TrainingSpec(_message.Message):
     __slots__ = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs", "step_milestones", "step_gamma", "augment", "amp", "channels_last", "device", "teacher_cache", "seed", "eval_batch_size", "progress_every_steps", "teacher_cache_ram_mib")
