@@ -32,7 +32,8 @@ from compression.errors import InvalidInput
 from compression.typed import choice, ranged
 
 __all__ = ["PreprocessSpec", "preprocess_batch", "preprocess_scaled", "SamplePreprocess",
-           "output_hw", "Preprocessed"]
+           "output_hw", "model_input_shape", "PreprocessOps", "Preprocessed", "with_preprocess",
+           "unwrap", "to_pixels", "takes_pixels", "input_contract"]
 
 _MAX_SIDE = 8192
 _MEAN_RANGE = (0.0, 1.0)  # closed
@@ -111,6 +112,23 @@ def output_hw(spec: PreprocessSpec, height: int, width: int) -> tuple[int, int]:
     return h, w
 
 
+def model_input_shape(spec: PreprocessSpec,
+                      input_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(C, h, w) a model sees for images of ``input_shape`` (C, H, W); ``InvalidInput``
+    listing what does not fit (the crop, the number of mean and std values)."""
+    c, height, width = input_shape
+    problems = [f"data.preprocess: {p}" for p in spec.channel_problems(c)]
+    try:
+        h, w = output_hw(spec, height, width)
+    except InvalidInput as exc:
+        problems += exc.problems
+        h, w = height, width
+    if problems:
+        raise InvalidInput(problems, f"data.preprocess does not fit the {c}x{height}x{width} "
+                                     "(CxHxW) images")
+    return c, h, w
+
+
 def _resized_hw(spec: PreprocessSpec, height: int, width: int) -> tuple[int, int]:
     if not spec.resize:
         return height, width
@@ -121,17 +139,31 @@ def _resized_hw(spec: PreprocessSpec, height: int, width: int) -> tuple[int, int
 
 def preprocess_batch(x: Tensor, spec: PreprocessSpec) -> Tensor:
     """x: [B, C, H, W] uint8 -> [B, C, h, w] float32, the model's input (module docstring)."""
-    if x.dtype != torch.uint8 or x.dim() != 4:
-        raise InvalidInput(f"preprocessing takes a uint8 batch [B, C, H, W]; got "
-                           f"{str(x.dtype).removeprefix('torch.')} {list(x.shape)}")
+    _check_pixels(x)
     return preprocess_scaled(x.float().div(255), spec)
 
 
-def preprocess_scaled(x: Tensor, spec: PreprocessSpec) -> Tensor:
-    """Steps 2-5 on x: [B, C, H, W] float in [0, 1] (uint8 / 255) -> [B, C, h, w].
+def _check_pixels(x: Tensor) -> None:
+    if x.dtype != torch.uint8 or x.dim() != 4:
+        raise InvalidInput(f"preprocessing takes a uint8 batch [B, C, H, W]; got "
+                           f"{str(x.dtype).removeprefix('torch.')} {list(x.shape)}")
 
-    Sizes are Python ints from the input's shape, so a traced graph holds them as constants:
-    an exported model takes exactly the declared image size."""
+
+def preprocess_scaled(x: Tensor, spec: PreprocessSpec) -> Tensor:
+    """Steps 2-5 on x: [B, C, H, W] float in [0, 1] (uint8 / 255) -> [B, C, h, w]."""
+    return _scaled(x, spec, *_mean_std(spec, x.dtype, x.device))
+
+
+def _mean_std(spec: PreprocessSpec, dtype: torch.dtype = torch.float32,
+              device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """mean, std: [1, C, 1, 1] each ([1, 0, 1, 1] without normalisation)."""
+    return (torch.tensor(spec.mean, dtype=dtype, device=device).view(1, -1, 1, 1),
+            torch.tensor(spec.std, dtype=dtype, device=device).view(1, -1, 1, 1))
+
+
+def _scaled(x: Tensor, spec: PreprocessSpec, mean: Tensor, std: Tensor) -> Tensor:
+    """Sizes are Python ints from the input's shape, so a traced graph holds them as
+    constants: an exported model takes exactly the declared image size."""
     height, width = int(x.shape[-2]), int(x.shape[-1])
     h, w = output_hw(spec, height, width)
     if spec.resize and _resized_hw(spec, height, width) != (height, width):
@@ -143,13 +175,11 @@ def preprocess_scaled(x: Tensor, spec: PreprocessSpec) -> Tensor:
         x = x[..., top:top + h, left:left + w]
     channels = int(x.shape[1])
     if spec.channel_order == "bgr" and channels == 3:
-        x = x[:, [2, 1, 0]]
+        x = x.flip(1)
     if spec.mean:
         if len(spec.mean) != channels:
             raise InvalidInput(spec.channel_problems(channels)[0])
-        mean = torch.tensor(spec.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(spec.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        x = (x - mean) / std
+        x = (x - mean.to(x.device, x.dtype)) / std.to(x.device, x.dtype)
     return x.contiguous()
 
 
@@ -171,17 +201,86 @@ class SamplePreprocess:
         return f"SamplePreprocess({self.spec!r})"
 
 
-class Preprocessed(nn.Module):
-    """``model`` behind steps 2-5: forward takes what the training loop and evaluation give
-    every model, x: [B, C, H, W] float in [0, 1], and returns ``model``'s logits [B, K].
+class PreprocessOps(nn.Module):
+    """The transform as a module without weights: ``from_uint8`` takes [B, C, H, W] uint8
+    (the whole transform), otherwise float in [0, 1] (steps 2-5). In an exported graph its
+    operators are the ones before the model's first layer."""
 
-    The pipeline wraps the student (and the teacher's call) in it when a transform is declared,
-    so training, evaluation and export share one implementation of the transform."""
-
-    def __init__(self, model: nn.Module, spec: PreprocessSpec):
+    def __init__(self, spec: PreprocessSpec, from_uint8: bool = False):
         super().__init__()
-        self.model = model
         self.spec = spec
+        self.from_uint8 = from_uint8
+        mean, std = _mean_std(spec)  # buffers: they follow the module's device; not weights
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.model(preprocess_scaled(x, self.spec))
+        if self.from_uint8:
+            _check_pixels(x)
+            x = x.float().div(255)
+        return _scaled(x, self.spec, self.mean, self.std)
+
+    def extra_repr(self) -> str:
+        return f"{self.spec!r}, from_uint8={self.from_uint8}"
+
+
+class Preprocessed(nn.Module):
+    """``model`` behind the transform: forward takes x: [B, C, H, W] float in [0, 1] (what
+    the training loop and evaluation give every model) or, with ``from_uint8``, the stored
+    uint8 pixels (what an exported artifact takes), and returns ``model``'s logits [B, K].
+
+    The pipeline wraps the student (and the teacher's call) in it when a transform is
+    declared, so training, evaluation and export share one implementation of the transform.
+    """
+
+    def __init__(self, model: nn.Module, spec: PreprocessSpec, from_uint8: bool = False):
+        super().__init__()
+        self.preprocess = PreprocessOps(spec, from_uint8)
+        self.model = model
+
+    @property
+    def spec(self) -> PreprocessSpec:
+        return self.preprocess.spec
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(self.preprocess(x))
+
+
+def with_preprocess(model: nn.Module, spec: PreprocessSpec) -> nn.Module:
+    """``model`` behind the transform; the model itself when there is none beyond / 255."""
+    return model if spec.is_identity else Preprocessed(model, spec)
+
+
+def unwrap(model: nn.Module) -> tuple[nn.Module, PreprocessSpec]:
+    """(the model behind any ``Preprocessed`` wrapper, the transform in front of it)."""
+    if isinstance(model, Preprocessed):
+        return model.model, model.spec
+    return model, PreprocessSpec()
+
+
+def to_pixels(x: Tensor) -> Tensor:
+    """x: [B, C, H, W] float, stored pixels / 255 (what evaluation gives every model) ->
+    the uint8 pixels, exactly: float32 holds p / 255 to 2**-24 relative, far inside the
+    rounding margin of 0.5 / 255."""
+    return x.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def takes_pixels(spec: PreprocessSpec) -> bool:
+    """Whether exported artifacts take the stored uint8 pixels: when a transform is declared,
+    so a client sends images as they are and the graph runs all of it; without one they take
+    float32 pixels / 255, as every artifact did before preprocessing was declared."""
+    return not spec.is_identity
+
+
+def input_contract(spec: PreprocessSpec, input_shape: tuple[int, int, int],
+                   pixels: bool | None = None) -> dict[str, Any]:
+    """What a client sends an exported artifact for images of ``input_shape`` (C, H, W), as
+    JSON; ``pixels``: uint8 input (default: ``takes_pixels(spec)``)."""
+    c, h, w = input_shape
+    pixels = takes_pixels(spec) if pixels is None else pixels
+    return {"dtype": "uint8" if pixels else "float32", "shape": ["batch", c, h, w],
+            "layout": "NCHW",
+            "channel_order": "gray" if c == 1 else "rgb",
+            "value_range": [0, 255] if pixels else [0.0, 1.0],
+            "model_input_shape": ["batch", c, *output_hw(spec, h, w)],
+            "preprocess": spec.describe()}

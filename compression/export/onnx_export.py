@@ -1,43 +1,55 @@
 """ONNX export of a trained classifier, checked by onnx and onnxruntime, and its parity check.
 
-The exported graph takes ``input`` [B, C, H, W] float32 in [0, 1] and returns ``logits``
-[B, K]; B is dynamic. Opset 18 and newer go through the torch.export-based exporter (torch's
-default); it cannot emit older opsets (its ReduceMean has no opset-17 form), so those go
-through the TorchScript exporter, which some deployment runtimes still need.
+The exported graph takes ``input`` [B, C, H, W] and returns ``logits`` [B, K]; B is dynamic.
+The input is float32 in [0, 1] (pixels / 255) by default; with ``pixels=True`` it is the stored
+uint8 pixels and the whole ``data.preprocess`` transform (cast, / 255, resize, crop, channel
+order, mean/std) runs inside the graph, so a client sends images as they are. The input
+contract is written into the model's metadata (``input_contract``, JSON).
+
+Opset 18 and newer go through the torch.export-based exporter (torch's default); it cannot
+emit older opsets (its ReduceMean has no opset-17 form), so those go through the TorchScript
+exporter, which some deployment runtimes still need.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
 from compression.data.dataset import Split
+from compression.data.preprocess import Preprocessed, input_contract, to_pixels, unwrap
 from compression.errors import InvalidInput, ParityFailed, StageFailed
 from compression.evaluation import predict_logits
 from compression.models.onnx_runner import OnnxRunner
 from compression.spec import ExportSpec
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "OnnxModel", "Parity", "check_parity", "export_onnx",
-           "onnx_input_shape", "parity"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "CONTRACT_KEY", "OnnxModel", "Parity", "check_parity",
+           "export_onnx", "onnx_input_shape", "parity", "preprocessing_nodes", "read_contract"]
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+CONTRACT_KEY = "input_contract"  # metadata_props key of the input contract (JSON)
 STAGE = "export_onnx"
 _DYNAMO_MIN_OPSET = 18
 
 
 def export_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str | Path,
-                opset: int = 17, min_batch: int = 1, max_batch: int = 256) -> Path:
+                opset: int = 17, min_batch: int = 1, max_batch: int = 256,
+                pixels: bool = False) -> Path:
     """Write ``model`` as ONNX mapping ``input`` [B, *input_shape] to ``logits`` [B, K].
 
+    model: takes [B, *input_shape] float in [0, 1]; a ``Preprocessed`` model carries its
+        transform into the graph. pixels: the graph takes uint8 pixels (module docstring).
     A CPU, eval-mode copy is exported, so the caller's model keeps its device and mode. The
     file is checked with ``onnx.checker`` (full check) and run by onnxruntime at ``min_batch``
     and ``max_batch``, the ends of the batch range it will be served at, before it replaces
@@ -47,8 +59,10 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str |
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")
-    cpu_model = copy.deepcopy(model).cpu().eval()
-    example = torch.zeros(2, *input_shape)  # batch 2: exporters specialise sizes 0 and 1
+    inner, transform = unwrap(copy.deepcopy(model).cpu().eval())
+    cpu_model = Preprocessed(inner, transform, from_uint8=pixels).eval()
+    # batch 2: exporters specialise sizes 0 and 1
+    example = torch.zeros(2, *input_shape, dtype=torch.uint8 if pixels else torch.float32)
     try:
         if opset >= _DYNAMO_MIN_OPSET:
             _export_dynamo(cpu_model, example, tmp, opset)
@@ -59,6 +73,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str |
         raise StageFailed(STAGE, f"ONNX export (opset {opset}) of {type(model).__name__} on "
                                  f"[B, {', '.join(map(str, input_shape))}] failed: {exc}") from exc
     try:
+        _write_contract(tmp, input_contract(transform, tuple(input_shape), pixels))
         _check_graph(tmp, opset)
         _check_runs(tmp, input_shape, (min_batch, max_batch))
     except StageFailed:
@@ -94,9 +109,54 @@ def _export_dynamo(model: nn.Module, example: Tensor, path: Path, opset: int) ->
 def _export_torchscript(model: nn.Module, example: Tensor, path: Path, opset: int) -> None:
     with warnings.catch_warnings():  # the old opset was asked for; its deprecation is noise
         warnings.simplefilter("ignore", DeprecationWarning)
+        # Tracing bakes image sizes in as constants, which is the contract (only the batch
+        # is dynamic); a baked batch size would fail the runs at min and max batch that follow.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset,
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+
+
+def _write_contract(path: Path, contract: dict[str, Any]) -> None:
+    """Record what the graph takes in its metadata, for servers and clients to read."""
+    graph_model = onnx.load(str(path), load_external_data=False)
+    kept = [p for p in graph_model.metadata_props if p.key != CONTRACT_KEY]
+    del graph_model.metadata_props[:]
+    graph_model.metadata_props.extend(kept)
+    graph_model.metadata_props.add(key=CONTRACT_KEY, value=json.dumps(contract, sort_keys=True))
+    onnx.save(graph_model, str(path))
+
+
+def read_contract(path: str | Path) -> dict[str, Any] | None:
+    """The input contract recorded in an ONNX model's metadata; None when it has none."""
+    graph_model = onnx.load(str(path), load_external_data=False)
+    for prop in graph_model.metadata_props:
+        if prop.key == CONTRACT_KEY:
+            return json.loads(prop.value)
+    return None
+
+
+def preprocessing_nodes(path: str | Path) -> list[str]:
+    """Names of the nodes that preprocess a uint8 input: from the Cast on the graph's input
+    through the element-wise, resize, slice and gather nodes that follow it, up to the
+    model's first layer. Empty for a float input. INT8 quantization keeps these in float:
+    8-bit steps there would add error before the model sees a single pixel."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    if not graph.input or graph.input[0].type.tensor_type.elem_type != onnx.TensorProto.UINT8:
+        return []
+    known = {graph.input[0].name} | {i.name for i in graph.initializer}
+    names: list[str] = []
+    for node in graph.node:  # topologically sorted, as the ONNX standard requires
+        if node.op_type not in _PREPROCESS_OPS or not all(i in known for i in node.input if i):
+            continue
+        known.update(node.output)
+        if node.op_type != "Constant":
+            names.append(node.name)
+    return names
+
+
+_PREPROCESS_OPS = {"Cast", "Div", "Mul", "Sub", "Add", "Resize", "Slice", "Gather", "Constant",
+                   "Identity", "Shape", "Concat", "Unsqueeze", "Reshape", "Expand", "Transpose"}
 
 
 def _check_graph(path: Path, opset: int) -> None:
@@ -155,8 +215,10 @@ def onnx_input_shape(path: str | Path) -> tuple[int, int, int]:
 class OnnxModel(OnnxRunner):
     """Callable ``x: [B, C, H, W] float -> logits [B, K]`` float32 CPU tensor (onnxruntime).
 
-    ``threads`` > 0 pins onnxruntime's intra-op thread count (benchmarks compare runtimes at
-    one thread count); 0 keeps onnxruntime's default.
+    A graph that takes uint8 pixels (``export_onnx(pixels=True)``) is given them: uint8 input
+    as it is, float input (pixels / 255, what evaluation gives every model) turned back into
+    the exact pixels. ``threads`` > 0 pins onnxruntime's intra-op thread count (benchmarks
+    compare runtimes at one thread count); 0 keeps onnxruntime's default.
     """
 
     def __init__(self, path: str | Path, device: torch.device | str = "cpu", threads: int = 0):
@@ -168,6 +230,16 @@ class OnnxModel(OnnxRunner):
             options.inter_op_num_threads = 1
             self.session = ort.InferenceSession(str(self.path), options,
                                                 providers=self.session.get_providers())
+
+    def _check(self, path: Path, inputs: list, input_shape: tuple[int, int, int]) -> int | None:
+        if inputs and inputs[0].type == "tensor(uint8)":
+            self.dtype = np.uint8
+        return super()._check(path, inputs, input_shape)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.dtype is np.uint8 and x.dtype != torch.uint8:
+            x = to_pixels(x)
+        return super().__call__(x)
 
 
 @dataclass(frozen=True)
