@@ -35,6 +35,7 @@ from compression.report_sections import (NOT_JUDGED, DataSummary, ExportRecord, 
                                          TrainingSummary, as_float, as_int, as_str, blocks,
                                          group_label, stage_label)
 from compression.spec import JobSpec, parse_spec, spec_to_dict
+from compression.report_sections import ArtifactChoice, MixedPrecisionSummary
 
 __all__ = ["JobReport", "SCHEMA_VERSION", "SUCCEEDED", "REJECTED", "NOT_JUDGED", "Codec",
            "section", "stage_label", "group_label", "blocks", "DataSummary", "TrainingSummary",
@@ -152,6 +153,10 @@ class JobReport:
     guardrail_preflight: tuple[str, ...] = section(sequence(STR), ())
     exports: dict[str, ExportRecord] = section(mapping(typed(ExportRecord)), {})
     stage_seconds: dict[str, float] = section(mapping(FLOAT), {})
+    artifact_choice: ArtifactChoice | None = section(optional(typed(ArtifactChoice)), None,
+                                                     omit_empty=True)
+    mixed_precision: MixedPrecisionSummary | None = section(
+        optional(typed(MixedPrecisionSummary)), None, omit_empty=True)
     files: dict[str, FileRecord] = section(mapping(typed(FileRecord)), {})
     presentation_errors: dict[str, str] = section(mapping(STR), {}, omit_empty=True)
     harm_diagnosis: dict[str, Any] | None = section(optional(JSON_OBJECT), None,

@@ -16,7 +16,8 @@ from compression.spec import GuardrailSpec, spec_to_dict
 
 __all__ = ["DataSummary", "SplitSummary", "TrainingSummary", "TeacherSummary", "ExportRecord",
            "FileRecord", "GuardrailsReport", "NOT_JUDGED", "stage_label", "group_label",
-           "blocks", "fields_of", "as_int", "as_float", "as_str", "opt"]
+           "blocks", "fields_of", "as_int", "as_float", "as_str", "opt", "ArtifactTiming",
+           "ArtifactChoice", "MixedPrecisionSummary"]
 
 NOT_JUDGED = "NOT JUDGED"  # shown where no rule judges a stage or subgroup: never a PASS
 
@@ -228,6 +229,106 @@ class FileRecord:
     def from_dict(cls, data: Any) -> FileRecord:
         d = fields_of(data, "file", ("sha256", "bytes"))
         return cls(as_str(d["sha256"], "file.sha256"), as_int(d["bytes"], "file.bytes"))
+
+
+@dataclass(frozen=True)
+class ArtifactTiming:
+    """One artifact's file size and latency (None when it was not timed) and whether it
+    passed its guardrails."""
+
+    bytes: int
+    median_ms: float | None
+    max_ms: float | None
+    passed: bool | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bytes": self.bytes, "median_ms": self.median_ms, "max_ms": self.max_ms,
+                "passed": self.passed}
+
+    @classmethod
+    def from_dict(cls, data: Any, what: str = "artifact") -> ArtifactTiming:
+        d = fields_of(data, what, ("bytes", "median_ms", "max_ms", "passed"))
+        if d["passed"] is not None and not isinstance(d["passed"], bool):
+            raise ValueError(f"{what}.passed must be true, false or null")
+        return cls(as_int(d["bytes"], f"{what}.bytes"),
+                   opt(as_float, d["median_ms"], f"{what}.median_ms"),
+                   opt(as_float, d["max_ms"], f"{what}.max_ms"), d["passed"])
+
+
+@dataclass(frozen=True)
+class ArtifactChoice:
+    """How the shipped artifact was chosen: the fastest that passed, every artifact timed
+    on ``device`` at ``batch`` images per call (``warmup`` untimed calls, then the median
+    of ``repeats``)."""
+
+    batch: int
+    warmup: int
+    repeats: int
+    device: str
+    artifacts: dict[str, ArtifactTiming]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"batch": self.batch, "warmup": self.warmup, "repeats": self.repeats,
+                "device": self.device,
+                "artifacts": {k: v.to_dict() for k, v in self.artifacts.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ArtifactChoice:
+        d = fields_of(data, "artifact_choice", ("batch", "warmup", "repeats", "device",
+                                                "artifacts"))
+        return cls(*(as_int(d[k], f"artifact_choice.{k}") for k in ("batch", "warmup",
+                                                                      "repeats")),
+                   as_str(d["device"], "artifact_choice.device"),
+                   {str(k): ArtifactTiming.from_dict(v, f"artifact_choice.artifacts.{k}")
+                    for k, v in _object(d["artifacts"], "artifact_choice.artifacts").items()})
+
+
+_SENSITIVITY = ("node", "op_type", "flip_rate", "logit_error")
+_CANDIDATE = ("float_nodes", "passed", "verdicts", "failing_subgroups", "latency_ms")
+
+
+@dataclass(frozen=True)
+class MixedPrecisionSummary:
+    """The search for the fewest nodes to keep in float when INT8 broke a floor
+    (``compression.export.mixed_precision``): status found, stopped or gave_up, why, the
+    per-node sensitivity, every candidate judged (float nodes, latency, verdict per
+    subgroup) and the nodes of the chosen one."""
+
+    status: str
+    reason: str
+    failing_subgroups: tuple[str, ...]
+    probe_images: int
+    float_nodes: tuple[str, ...]
+    sensitivity: tuple[dict[str, Any], ...]
+    candidates: tuple[dict[str, Any], ...]
+    seconds: float
+    max_candidates: int
+    max_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "reason": self.reason,
+                "failing_subgroups": list(self.failing_subgroups),
+                "probe_images": self.probe_images, "float_nodes": list(self.float_nodes),
+                "sensitivity": [dict(s) for s in self.sensitivity],
+                "candidates": [dict(c) for c in self.candidates], "seconds": self.seconds,
+                "max_candidates": self.max_candidates, "max_seconds": self.max_seconds}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> MixedPrecisionSummary:
+        w = "mixed_precision"
+        d = fields_of(data, w, ("status", "reason", "failing_subgroups", "probe_images",
+                                "float_nodes", "sensitivity", "candidates", "seconds",
+                                "max_candidates", "max_seconds"))
+        rows = {k: tuple(dict(fields_of(r, f"{w}.{k}[]", keys)) for r in _list(d[k], f"{w}.{k}"))
+                for k, keys in (("sensitivity", _SENSITIVITY), ("candidates", _CANDIDATE))}
+        names = {k: tuple(as_str(v, f"{w}.{k}[]") for v in _list(d[k], f"{w}.{k}"))
+                 for k in ("failing_subgroups", "float_nodes")}
+        return cls(as_str(d["status"], f"{w}.status"), as_str(d["reason"], f"{w}.reason"),
+                   names["failing_subgroups"], as_int(d["probe_images"], f"{w}.probe_images"),
+                   names["float_nodes"], rows["sensitivity"], rows["candidates"],
+                   as_float(d["seconds"], f"{w}.seconds"),
+                   as_int(d["max_candidates"], f"{w}.max_candidates"),
+                   as_float(d["max_seconds"], f"{w}.max_seconds"))
 
 
 @dataclass(frozen=True)

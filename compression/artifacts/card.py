@@ -29,6 +29,8 @@ def render_model_card(report: JobReport, *, shipped_file: str | None, triton_dir
         "## Per-subgroup results\n\n" + _stage_sections(report),
         "## Intended use and limits\n\n" + "\n".join(f"- {line}" for line in _limits(report)),
     ]
+    if report.artifact_choice is not None or report.mixed_precision is not None:
+        sections.insert(4, "## Artifacts: size and latency\n\n" + _artifacts(report))
     return "\n\n".join(sections) + "\n"
 
 
@@ -134,6 +136,39 @@ def _overall_table(report: JobReport) -> str:
                   else f"{stage_label(v)} ({'passed' if v.passed else 'blocked'})")
         rows.append(f"| {_cell(name)} | {acc} | {ci} | {status} |")
     return "\n".join(rows)
+
+
+def _artifacts(report: JobReport) -> str:
+    """Every artifact's size and measured latency, then the mixed-precision search."""
+    parts = []
+    choice = report.artifact_choice
+    if choice is not None:
+        rows = ["| artifact | size KiB | median ms | slowest ms | guardrails |",
+                "|---|---:|---:|---:|---|"]
+        rows += [f"| {_cell(name)}{' (shipped)' if name == report.shipped else ''} | "
+                 f"{t.bytes / 1024:.1f} | {_ms(t.median_ms)} | {_ms(t.max_ms)} | "
+                 f"{'-' if t.passed is None else 'passed' if t.passed else 'blocked'} |"
+                 for name, t in choice.artifacts.items()]
+        parts.append(f"Timed on {choice.device} at batch {choice.batch}: {choice.warmup} "
+                     f"warm-up calls, then the median of {choice.repeats}. The fastest "
+                     "artifact that passed its guardrails ships.\n\n" + "\n".join(rows))
+    mixed = report.mixed_precision
+    if mixed is not None:
+        kept = ", ".join(f"`{n}`" for n in mixed.float_nodes) or "none"
+        rows = ["| float nodes | median ms | verdict | failing subgroups |", "|---|---:|---|---|"]
+        rows += [f"| {len(c['float_nodes'])}: {_cell(', '.join(c['float_nodes']))} | "
+                 f"{_ms(c['latency_ms'])} | {'passed' if c['passed'] else 'blocked'} | "
+                 f"{_cell(', '.join(c['failing_subgroups']) or '-')} |" for c in mixed.candidates]
+        parts.append(f"### Mixed precision\n\nINT8 did not pass on "
+                     f"{', '.join(mixed.failing_subgroups)}. The search for the fewest nodes "
+                     f"to keep in float {mixed.status.replace('_', ' ')}: {mixed.reason}. "
+                     f"Kept in float: {kept}. Candidates, judged in order:\n\n"
+                     + "\n".join(rows))
+    return "\n\n".join(parts)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _stage_sections(report: JobReport) -> str:

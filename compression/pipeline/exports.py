@@ -20,6 +20,7 @@ from typing import Any, Callable
 from torch import nn
 
 from compression.data import Dataset
+from compression.data.preprocess import takes_pixels, to_pixels
 from compression.errors import StageFailed
 from compression.evaluation import EvalReport
 from compression.export import (OnnxModel, TrtEngine, build_engine, calibration_set,
@@ -87,7 +88,8 @@ def export_artifacts(job: Job, student: nn.Module, dataset: Dataset,
 def _onnx(job: Job, student: nn.Module, dataset: Dataset, judge: Judge) -> Artifact:
     spec = job.spec.export
     path = export_onnx(student, dataset.input_shape, job.out_dir / "model.onnx", spec.opset,
-                       spec.min_batch, spec.max_batch)
+                       spec.min_batch, spec.max_batch,
+                       pixels=takes_pixels(job.spec.data.preprocess))
     runner = OnnxModel(path)
     agreement = parity(student, runner, dataset.test)
     check_parity(agreement, spec)
@@ -133,8 +135,10 @@ def _tensorrt(job: Job, dataset: Dataset, onnx: Artifact, int8: Artifact | None,
         if spec.tensorrt == "required":
             raise
         return Artifact("tensorrt", FAILED, reason=exc.reason)
-    artifact = _validated(job, dataset, judge, "tensorrt", TrtEngine(info.path, job.device),
-                          Path(info.path), {"engine": info.to_dict()})
+    engine = TrtEngine(info.path, job.device)
+    runner = (lambda x: engine(to_pixels(x))) if takes_pixels(job.spec.data.preprocess) else engine
+    artifact = _validated(job, dataset, judge, "tensorrt", runner, Path(info.path),
+                          {"engine": info.to_dict()})
     artifact.reason = note
     return artifact
 

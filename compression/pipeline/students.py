@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from compression import distributed
 from compression.data import Dataset
+from compression.data.preprocess import with_preprocess
 from compression.diagnosis import diagnose_harm
 from compression.evaluation import EvalReport, evaluate, predict_logits
 from compression.guardrails import StageVerdict
@@ -53,7 +54,7 @@ def train_student(job: Job, dataset: Dataset, mitigation: MitigationSpec,
     training = training or spec.training
     reliability = teacher.reliability if teacher else None
     loss = build_loss(mitigation, LossContext.from_dataset(dataset, reliability))
-    model = _initial_student(job, dataset, training.seed)
+    model = with_preprocess(_initial_student(job, dataset, training.seed), spec.data.preprocess)
     run_key = {"mitigation": spec_to_dict(mitigation),
                "teacher_sha256": teacher.sha256 if teacher else None,
                "teacher_calibrated": bool(teacher and teacher.calibration),
