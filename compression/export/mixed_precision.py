@@ -245,7 +245,7 @@ def probe_images(x: Tensor, group: Tensor, group_ids: Sequence[int],
     """Up to ``limit`` images of ``x`` [N, C, H, W] whose group is in ``group_ids``, spread
     evenly; all of ``x`` (spread likewise) when none is."""
     mask = torch.isin(group, torch.tensor(list(group_ids), dtype=group.dtype))
-    chosen = x[mask] if bool(mask.any()) else x
-    if len(chosen) > limit:
-        chosen = chosen[torch.arange(limit) * len(chosen) // limit]
-    return chosen
+    idx = torch.nonzero(mask).flatten() if bool(mask.any()) else torch.arange(len(group))
+    if len(idx) > limit:
+        idx = idx[torch.arange(limit) * len(idx) // limit]
+    return x[idx]  # indexing, not a mask: a streamed split decodes only these images

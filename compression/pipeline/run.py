@@ -30,7 +30,8 @@ from compression.guardrails import StageVerdict, check_policy, judge, preflight_
 from compression.losses import check_mitigation, requirements
 from compression.models import count_parameters, save_exported, save_weights
 from compression.models.zoo import arch_problem
-from compression.pipeline.exports import Artifact, export_artifacts
+from compression.pipeline.exports import (Artifact, export_artifacts, fastest_passed,
+                                          shipping_sections)
 from compression.pipeline.job import Job, report_summary
 from compression.pipeline.students import (Baseline, StudentRun, evaluate_on_test,
                                            harm_diagnosis, load_student_init, one_hot_baseline,
@@ -42,8 +43,6 @@ from compression.spec import JobSpec, spec_to_dict
 from compression.training import resolve_device
 
 __all__ = ["RunResult", "run", "SUCCEEDED", "REJECTED"]
-
-SHIP_PREFERENCE = ("tensorrt", "int8", "onnx")  # the fastest artifact that passed ships
 
 
 @dataclass(frozen=True)
@@ -158,8 +157,8 @@ def _finish(job: Job, dataset: Dataset, student: StudentRun, student_report: Eva
     built = [a for a in artifacts if a.verdict is not None]
     verdicts = [student_verdict, *(a.verdict for a in built)]
     files.update({a.stage: a.path for a in built})
-    shipped = (choose_shipped(verdicts[1:], SHIP_PREFERENCE) if built
-               else choose_shipped(verdicts, ["student"]))
+    # the fastest artifact that passed, timed on this worker; the student when none was built
+    shipped = fastest_passed(built) if built else choose_shipped(verdicts, ["student"])
     reports = {r.name: r for r in [*references, student_report, *(a.report for a in built)] if r}
     report = JobReport(
         spec=job.spec, evaluations=reports,
@@ -168,7 +167,7 @@ def _finish(job: Job, dataset: Dataset, student: StudentRun, student_report: Eva
         environment=_environment(job.device),
         student_parameters=count_parameters(student.model), training=_training(student),
         exports={a.stage: ExportRecord.from_dict(a.to_dict()) for a in artifacts},
-        stage_seconds=dict(job.stage_seconds), **sections)
+        stage_seconds=dict(job.stage_seconds), **shipping_sections(job, artifacts), **sections)
     written = write_bundle(job.out_dir, report, files, reason=_ship_reason(artifacts, shipped))
     if job.spec.output_uri:  # every file, then report.json (naming each by URI) last
         written = job.stage("upload", lambda: publish(job.out_dir, job.spec.output_uri, written),
