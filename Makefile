@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 DEBIAN_PACKAGES := dataset-fashion-mnist prometheus yamllint
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all install system-packages bench clean
+.PHONY: demo test test-all install system-packages bench study clean
 
 install: $(INSTALLED)
 
@@ -37,6 +37,12 @@ bench: install system-packages
 	$(BIN)/python bench/distill_throughput.py --epochs 5 --threads 1 --repeats 2
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/service_bench.py
+
+# The reproduction study (docs/results.md). scikit-learn (its 8x8 digits) is a study-only
+# dependency: it never enters pyproject.toml.
+study: install system-packages
+	$(BIN)/pip install --quiet scikit-learn==1.9.1
+	nice -n 10 $(BIN)/python bench/study.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

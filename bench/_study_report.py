@@ -1,7 +1,11 @@
-"""The study's numbers: per-run rows, mean/std over seeds, the target check, CSV/JSON, plots.
+"""The study's numbers: per-run rows with paired tests, per-method summaries over seeds, the
+target check per seed, CSV/JSON, plots.
 
-Accuracies are fractions in the data files and points (x100) in the plots and docs. Deltas
-are paired by seed: a run minus the one_hot run of the same dataset and training seed.
+Accuracies are fractions in the data files and points (x100) in the plots and docs. Every
+delta is paired by seed: a run minus the one_hot run of the same case and training seed.
+Subgroups are what each case's job reports (classes, or the attribute for fmnist_attr).
+Overall accuracy of an attribute case is taken at the training mix of its subgroups (the test
+split oversamples the minority); the test split's own figure is kept as ``overall_test``.
 """
 
 from __future__ import annotations
@@ -13,18 +17,17 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from bench._study_data import population_shares
 from bench._study_doc import write_doc
-from bench._study_runs import METHODS, STRONG_ALPHA, StudyConfig
+from bench._study_runs import REFERENCE, Case, StudyConfig, methods, run_dir
+from bench._study_stats import harmed, paired_groups, target_check
 
-__all__ = ["FOCUS_K", "TARGET_WORST_GAIN", "TARGET_MAX_ACC_LOSS", "focus_classes", "run_rows",
-           "aggregate", "target_check", "write_outputs"]
+__all__ = ["case_rows", "summarize", "case_target", "write_outputs"]
 
-FOCUS_K = 3  # "a third" of 10 classes
-TARGET_WORST_GAIN = 0.03  # best mitigation's worst-class accuracy over kd's
-TARGET_MAX_ACC_LOSS = 0.005  # largest overall-accuracy loss against kd allowed
-REFERENCE = f"kd a={STRONG_ALPHA:g}"
 BASELINE = "one_hot"
-_METRICS = ("accuracy", "worst", "focus", "d_accuracy", "d_worst", "d_focus")
+AUTO = "auto"
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -33,100 +36,111 @@ def _stats(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
 
 
-def focus_classes(runs: list[dict[str, Any]]) -> tuple[list[int], str]:
-    """The FOCUS_K classes a dataset's table averages over, and how they were chosen.
-
-    Long-tailed data: the rarest by training count. Balanced data (equal counts): the
-    hardest for the one_hot student, by its accuracy averaged over seeds."""
-    counts = runs[0]["train_counts"]
-    classes = range(len(counts))
-    if max(counts) > 1.5 * min(counts):
-        chosen = sorted(classes, key=lambda c: (counts[c], c))[:FOCUS_K]
-        return sorted(chosen), "rarest third (the 3 classes with the fewest training images)"
-    base = [r["per_class"] for r in runs if r["method"] == BASELINE]
-    mean = [statistics.fmean(pc[c] for pc in base) for c in classes]
-    chosen = sorted(classes, key=lambda c: (mean[c], c))[:FOCUS_K]
-    return sorted(chosen), "hardest third (the 3 classes with the lowest one_hot accuracy)"
+def _overall(run: dict[str, Any]) -> float:
+    shares = population_shares(run["dataset"])
+    if shares is None:
+        return run["accuracy"]
+    acc = {g["name"]: g["accuracy"] for g in run["groups"]}
+    return sum(share * acc[name] for name, share in shares.items())
 
 
-def run_rows(runs: list[dict[str, Any]], focus: list[int]) -> list[dict[str, Any]]:
-    """One row per run with worst-class, focus-third and deltas against one_hot (same seed)."""
-    base = {r["seed"]: r["per_class"] for r in runs if r["method"] == BASELINE}
+def _outcomes(case: Case, label: str, seed: int, config: StudyConfig) -> dict[str, np.ndarray]:
+    method = next(m for m in methods() if m.label == label)
+    with np.load(run_dir(case, method, seed, config) / "outcomes.npz") as f:
+        return {k: f[k] for k in f.files}
+
+
+def case_rows(case: Case, runs: list[dict[str, Any]], config: StudyConfig) -> list[dict]:
+    """One row per run of ``case`` whose seed has a one_hot run, with paired tests against
+    that one_hot run."""
+    mine = [r for r in runs if r["dataset"] == case.dataset and
+            (r["case"] == case.name or _teacher_free(r["method"]))]
+    base = {r["seed"]: r for r in mine if r["method"] == BASELINE}
     rows = []
-    for r in runs:
-        pc, ref = r["per_class"], base.get(r["seed"])
+    for r in mine:
+        ref = base.get(r["seed"])
         if ref is None:
             continue  # no baseline for this seed yet (a study stopped early)
-        worst = min(range(len(pc)), key=lambda c: (pc[c], c))
-        row = {"dataset": r["dataset"], "method": r["method"], "seed": r["seed"],
-               "alpha": r["mitigation"]["alpha"], "accuracy": r["accuracy"],
-               "worst": pc[worst], "worst_class": r["class_names"][worst],
-               "focus": statistics.fmean(pc[c] for c in focus)}
-        row["d_accuracy"] = r["accuracy"] - _overall(runs, r["seed"])
-        row["d_worst"] = row["worst"] - min(ref)
-        row["d_focus"] = row["focus"] - statistics.fmean(ref[c] for c in focus)
-        row["per_class"] = list(pc)
-        row["per_class_delta"] = [a - b for a, b in zip(pc, ref)]
-        row["seconds"] = r["seconds"]
-        rows.append(row)
-    return rows
+        rows.append(_row(case, r, ref, config))
+    order = {m.label: i for i, m in enumerate(methods())}
+    return sorted(rows, key=lambda r: (order.get(r["method"], 99), r["seed"]))
 
 
-def _overall(runs: list[dict[str, Any]], seed: int) -> float:
-    return next(r["accuracy"] for r in runs if r["method"] == BASELINE and r["seed"] == seed)
+def _teacher_free(label: str) -> bool:
+    return any(m.label == label and m.teacher_free for m in methods())
 
 
-def aggregate(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per method (study order): mean/std over seeds of each metric and of each class."""
+def _row(case: Case, r: dict[str, Any], ref: dict[str, Any], config: StudyConfig) -> dict:
+    names = [g["name"] for g in r["groups"]]
+    acc = [g["accuracy"] for g in r["groups"]]
+    ref_acc = [g["accuracy"] for g in ref["groups"]]
+    worst = min(range(len(acc)), key=lambda i: (acc[i] if acc[i] is not None else 2, i))
+    paired = paired_groups(_outcomes(case, r["method"], r["seed"], config),
+                           _outcomes(case, BASELINE, r["seed"], config), names)
+    return {"case": case.name, "dataset": case.dataset, "method": r["method"],
+            "seed": r["seed"], "alpha": r["mitigation"]["alpha"], "overall": _overall(r),
+            "overall_test": r["accuracy"], "worst": acc[worst], "worst_group": names[worst],
+            "d_overall": _overall(r) - _overall(ref), "d_worst": acc[worst] - min(ref_acc),
+            "group_names": names, "groups": acc,
+            "group_delta": [a - b for a, b in zip(acc, ref_acc)],
+            "group_n": [g["n"] for g in r["groups"]],
+            "paired_vs_one_hot": paired, "harmed_vs_one_hot": harmed(paired),
+            "chosen": (r.get("selection") or {}).get("chosen"), "seconds": r["seconds"]}
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per method (study order): mean/std over seeds, per-seed values, per-group means."""
     out = {}
-    for method in (m.label for m in METHODS):
+    for method in (m.label for m in methods()):
         mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["seed"])
         if not mine:
             continue
-        agg: dict[str, Any] = {k: _stats([r[k] for r in mine]) for k in _METRICS}
-        agg["alpha"] = mine[0]["alpha"]
-        agg["seeds"] = [r["seed"] for r in mine]
-        columns = list(zip(*(r["per_class"] for r in mine)))
-        deltas = list(zip(*(r["per_class_delta"] for r in mine)))
-        agg["per_class"] = [_stats(list(c)) for c in columns]
-        agg["per_class_delta"] = [_stats(list(c)) for c in deltas]
+        agg: dict[str, Any] = {k: _stats([r[k] for r in mine])
+                               for k in ("overall", "worst", "d_overall", "d_worst")}
+        agg.update(alpha=mine[0]["alpha"], seeds=[r["seed"] for r in mine],
+                   per_seed={k: [r[k] for r in mine] for k in ("d_overall", "d_worst")},
+                   harmed={r["seed"]: r["harmed_vs_one_hot"] for r in mine},
+                   chosen=[r["chosen"] for r in mine if r["chosen"]],
+                   groups=[_stats(list(c)) for c in zip(*(r["groups"] for r in mine))],
+                   group_delta=[_stats(list(c)) for c in zip(*(r["group_delta"] for r in mine))])
         out[method] = agg
     return out
 
 
-def target_check(rows: list[dict[str, Any]], agg: dict[str, Any]) -> dict[str, Any]:
-    """Each mitigation against kd at the same alpha: worst-class gain and overall-accuracy
-    change (means over seeds, and the paired per-seed differences); met or not."""
-    if REFERENCE not in agg:
-        return {"reference": REFERENCE, "met": False, "candidates": {}, "best": None}
-    ref = {r["seed"]: r for r in rows if r["method"] == REFERENCE}
-    candidates = {}
-    for method in (m.label for m in METHODS[4:]):
-        mine = [r for r in rows if r["method"] == method and r["seed"] in ref]
-        if not mine:
+def case_target(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per seed: does kd (alpha 0.9) harm a subgroup, and does auto meet the target there.
+    The same check is run for every mitigation, to show which would have met it."""
+    by = {(r["method"], r["seed"]): r for r in rows}
+    rebalanced = [m.label for m in methods() if m.teacher_free and m.label != BASELINE]
+    per_seed, per_method = {}, {}
+    for seed in sorted({r["seed"] for r in rows}):
+        kd = by.get((REFERENCE, seed))
+        if kd is None:
             continue
-        gain = agg[method]["worst"]["mean"] - agg[REFERENCE]["worst"]["mean"]
-        change = agg[method]["accuracy"]["mean"] - agg[REFERENCE]["accuracy"]["mean"]
-        candidates[method] = {
-            "worst_gain": gain, "accuracy_change": change,
-            "paired_worst_gain": _stats([r["worst"] - ref[r["seed"]]["worst"] for r in mine]),
-            "paired_accuracy_change": _stats([r["accuracy"] - ref[r["seed"]]["accuracy"]
-                                              for r in mine]),
-            "met": gain >= TARGET_WORST_GAIN and change >= -TARGET_MAX_ACC_LOSS}
-    met = [m for m, c in candidates.items() if c["met"]]
-    pool = met or list(candidates)
-    best = max(pool, key=lambda m: candidates[m]["worst_gain"]) if pool else None
-    return {"reference": REFERENCE, "worst_gain_needed": TARGET_WORST_GAIN,
-            "accuracy_loss_allowed": TARGET_MAX_ACC_LOSS, "met": bool(met),
-            "best": best, "candidates": candidates}
+        rebal = [by[m, seed] for m in rebalanced if (m, seed) in by]
+        checks = {m.label: target_check(by[m.label, seed], kd, rebal) for m in methods()
+                  if not m.teacher_free and not m.label.startswith("kd ")
+                  and (m.label, seed) in by}
+        per_seed[seed] = {"kd_harmed": kd["harmed_vs_one_hot"], "auto": checks.get(AUTO),
+                          "auto_chose": by[AUTO, seed]["chosen"] if (AUTO, seed) in by
+                          else None}
+        for label, check in checks.items():
+            per_method.setdefault(label, {})[seed] = check
+    harmed_seeds = [s for s, v in per_seed.items() if v["kd_harmed"]]
+    auto_met = [s for s in harmed_seeds if per_seed[s]["auto"] and per_seed[s]["auto"]["met"]]
+    return {"reference": REFERENCE, "per_seed": per_seed, "per_method": per_method,
+            "kd_harms_in_seeds": harmed_seeds, "auto_met_in_seeds": auto_met,
+            "met": bool(harmed_seeds) and len(auto_met) == len(harmed_seeds)}
 
 
-def _csv_rows(rows: list[dict[str, Any]], class_names: list[str]) -> list[dict[str, Any]]:
+def _csv_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     flat = []
     for r in rows:
-        f = {k: v for k, v in r.items() if k not in ("per_class", "per_class_delta")}
-        f.update({f"acc[{n}]": a for n, a in zip(class_names, r["per_class"])})
-        f.update({f"delta[{n}]": d for n, d in zip(class_names, r["per_class_delta"])})
+        f = {k: v for k, v in r.items() if k not in (
+            "groups", "group_delta", "group_names", "group_n", "paired_vs_one_hot")}
+        f["harmed_vs_one_hot"] = ";".join(r["harmed_vs_one_hot"])
+        f.update({f"acc[{n}]": a for n, a in zip(r["group_names"], r["groups"])})
+        f.update({f"delta[{n}]": d for n, d in zip(r["group_names"], r["group_delta"])})
         flat.append(f)
     return flat
 
@@ -139,61 +153,65 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def _plot(path: Path, dataset: str, agg: dict[str, Any], class_names: list[str],
-          counts: list[int]) -> None:
-    """Heatmap of mean per-class delta vs one_hot (points): methods x classes."""
+def _plot(path: Path, case: str, agg: dict[str, Any], names: list[str], n: list[int]) -> None:
+    """Heatmap of mean per-subgroup delta vs one_hot (points): methods x subgroups."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    methods = [m for m in agg if m != BASELINE]
-    grid = [[100 * d["mean"] for d in agg[m]["per_class_delta"]] for m in methods]
+    rows = [m for m in agg if m != BASELINE]
+    grid = [[100 * d["mean"] for d in agg[m]["group_delta"]] for m in rows]
     limit = max(1.0, max(abs(v) for row in grid for v in row))
-    fig, ax = plt.subplots(figsize=(12, 0.5 * len(methods) + 2.2))
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names) + 3), 0.45 * len(rows) + 2.2))
     image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
     for i, row in enumerate(grid):
         for j, v in enumerate(row):
             ax.text(j, i, f"{v:+.1f}", ha="center", va="center", fontsize=8,
                     color="white" if abs(v) > 0.6 * limit else "black")
-    ax.set_xticks(range(len(class_names)),
-                  [f"{n}\n(n={c})" for n, c in zip(class_names, counts)], fontsize=8)
-    ax.set_yticks(range(len(methods)), methods, fontsize=9)
-    seeds = len(agg[methods[0]]["seeds"]) if methods else 0
-    ax.set_title(f"{dataset}: per-class test accuracy minus one_hot (points, mean of {seeds} "
+    ax.set_xticks(range(len(names)), [f"{a}\n(test n={b})" for a, b in zip(names, n)],
+                  fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=9)
+    ax.set_title(f"{case}: per-subgroup test accuracy minus one_hot (points, mean over "
                  "seeds, paired by seed)", fontsize=10)
     fig.colorbar(image, ax=ax, label="points")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def write_outputs(runs: list[dict[str, Any]], teachers: dict[str, Any], config: StudyConfig,
-                  results_dir: Path, doc: Path, invocation: dict[str, Any]) -> list[Path]:
-    """Write study.csv, study.json, one plot per dataset and the results page."""
+def write_outputs(runs: list[dict[str, Any]], teachers: dict[str, Any], cases: list[Case],
+                  config: StudyConfig, results_dir: Path, doc: Path,
+                  invocation: dict[str, Any]) -> list[Path]:
+    """Write study.csv, study.json, one plot per case and the results page."""
     results_dir.mkdir(parents=True, exist_ok=True)
     study: dict[str, Any] = {"config": {**dataclasses.asdict(config), "tag": config.tag(),
                                         "out_dir": str(config.out_dir)},
-                             "datasets": {}, "teachers": teachers}
+                             "cases": {}, "teachers": teachers}
     all_rows, written = [], []
-    for dataset in dict.fromkeys(r["dataset"] for r in runs):
-        mine = [r for r in runs if r["dataset"] == dataset]
-        focus, focus_rule = focus_classes(mine)
-        rows = run_rows(mine, focus)
-        agg = aggregate(rows)
-        names, counts = mine[0]["class_names"], mine[0]["train_counts"]
-        study["datasets"][dataset] = {
-            "class_names": names, "train_counts": counts, "focus_classes": focus,
-            "focus_rule": focus_rule, "aggregates": agg, "target": target_check(rows, agg),
-            "student_parameters": mine[0].get("student_parameters")}
-        all_rows += _csv_rows(rows, names)
-        plot = results_dir / f"per_class_delta_{dataset}.png"
-        _plot(plot, dataset, agg, names, counts)
+    for case in cases:
+        rows = case_rows(case, runs, config)
+        if not rows:
+            continue
+        agg = summarize(rows)
+        first = rows[0]
+        study["cases"][case.name] = {
+            "dataset": case.dataset, "regime": case.regime,
+            "teacher_saw_minority": case.teacher_saw_minority,
+            "group_names": first["group_names"], "group_n": first["group_n"],
+            "train_counts": next(r["train_counts"] for r in runs
+                                 if r["dataset"] == case.dataset),
+            "class_names": next(r["class_names"] for r in runs if r["dataset"] == case.dataset),
+            "student_parameters": next(r["student_parameters"] for r in runs),
+            "aggregates": agg, "target": case_target(rows)}
+        all_rows += rows
+        plot = results_dir / f"delta_{case.name.replace('/', '__')}.png"
+        _plot(plot, case.name, agg, first["group_names"], first["group_n"])
         written.append(plot)
-    run_seconds = sum(r["seconds"] for r in runs)
     study["wall"] = {"study_command": invocation, "runs": len(runs),
-                     "sum_of_run_seconds": run_seconds,
-                     "teacher_seconds": {d: t["seconds"] for d, t in teachers.items()}}
+                     "sum_of_run_seconds": sum(r["seconds"] for r in runs),
+                     "teacher_seconds": {c: t["seconds"] for c, t in teachers.items()}}
     study["runs"] = runs
-    _write_csv(results_dir / "study.csv", all_rows)
+    study["rows"] = all_rows
+    _write_csv(results_dir / "study.csv", _csv_rows(all_rows))
     (results_dir / "study.json").write_text(json.dumps(study, indent=1))
     write_doc(doc, study, results_dir)
     return [results_dir / "study.csv", results_dir / "study.json", *written, doc]

@@ -1,17 +1,21 @@
-"""The "Teacher's pet" reproduction study on Fashion-MNIST, with every mitigation we ship.
+"""The "Teacher's pet" reproduction study: does distillation harm a subgroup, and does the
+recommended configuration (``auto``) remove the harm and keep distillation's gain?
 
-One command trains a ResNet teacher per dataset (or reuses it), runs the pipeline for
-one_hot, kd at alpha 0.5 / 0.9 / 1.0 and every registered mitigation at alpha 0.9 over
-several training seeds, on long-tailed (exp, imbalance 100) and balanced Fashion-MNIST, and
-writes docs/results/study.{csv,json}, per-class delta plots and docs/results.md.
+One command builds the data sets, trains every teacher, runs the pipeline for every (case,
+method, seed) cell and writes docs/results/study.{csv,json}, per-subgroup delta plots and
+docs/results.md. Cases (bench/_study_runs.py): Fashion-MNIST-LT in the present regime (weak
+teacher) and the paper's regime (a teacher clearly better than the student), balanced
+Fashion-MNIST, long-tailed 8x8 digits, and Fashion-MNIST with a defocused minority, once with a
+teacher that saw it and once with one that never did. Methods: one_hot, the teacher-free
+rebalanced baselines, kd at alpha 0.5 / 0.9 / 1.0, every registered mitigation and auto.
 
     .venv/bin/python bench/study.py                  # everything (resumes finished runs)
     .venv/bin/python bench/study.py --report-only    # rebuild tables, plots and docs only
 
-Runs are resumable: a run whose result.json exists under runs/study/<settings hash>/ is read
-back, not trained again. Two worker processes of one torch thread each by default: on a
-shared 2-core machine a one-thread process is several times faster than a two-thread one
-whose threads wait on each other for cores, and two of them keep both cores busy.
+Runs are resumable (a finished run is read back). Worker processes of one torch thread each:
+on a shared 2-core machine a one-thread process is several times faster than a two-thread one
+whose threads wait on each other. A teacher's cells start as soon as it is trained; the
+teacher-free cells start at once.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import json
 import multiprocessing
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,29 +35,24 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 import torch  # noqa: E402
 
 from bench._study_report import write_outputs  # noqa: E402
-from bench._study_runs import (METHODS, StudyConfig, ensure_teacher, log,  # noqa: E402
-                               run_cell, run_dir, teacher_summary)
+from bench._study_runs import (CASES, Case, Method, StudyConfig,  # noqa: E402
+                               case_teacher_summary, ensure_case_teacher, methods, run_cell,
+                               run_dir, weights_only_students)
+from bench._study_teachers import log, memoize_teachers  # noqa: E402
 
 __all__ = ["main"]
 
-DATASETS = ("fmnist_lt", "fmnist_bal")
+Cell = tuple[Case, Method, int]
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     d = StudyConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    p.add_argument("--cases", nargs="+", default=[c.name for c in CASES],
+                   choices=[c.name for c in CASES])
     p.add_argument("--seeds", nargs="+", type=int, default=list(d.seeds),
                    help="training seeds (the data split is fixed per dataset)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="student epochs")
-    p.add_argument("--student-arch", default=d.student_arch)
-    p.add_argument("--student-width", type=float, default=d.student_width)
-    p.add_argument("--teacher-arch", default=d.teacher_arch)
-    p.add_argument("--teacher-width", type=float, default=d.teacher_width)
-    p.add_argument("--teacher-epochs", type=int, default=d.teacher_epochs)
-    p.add_argument("--teacher-augment", default=d.teacher_augment,
-                   choices=("none", "crop", "crop_flip"))
-    p.add_argument("--balanced-max-train", type=int, default=d.balanced_max_train)
+    p.add_argument("--epochs", type=int, default=d.epochs, help="student epochs (Fashion-MNIST)")
     p.add_argument("--jobs", type=int, default=2, help="runs trained at once (processes)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--out", type=Path, default=ROOT / d.out_dir, help="run folders")
@@ -65,17 +64,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _config(args: argparse.Namespace) -> StudyConfig:
-    return StudyConfig(
-        seeds=tuple(args.seeds), epochs=args.epochs, student_arch=args.student_arch,
-        student_width=args.student_width, teacher_arch=args.teacher_arch,
-        teacher_width=args.teacher_width, teacher_epochs=args.teacher_epochs,
-        teacher_augment=args.teacher_augment, balanced_max_train=args.balanced_max_train,
-        out_dir=args.out)
-
-
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
+    memoize_teachers()
+    weights_only_students()
 
 
 def _pool(jobs: int, threads: int) -> ProcessPoolExecutor:
@@ -84,34 +76,70 @@ def _pool(jobs: int, threads: int) -> ProcessPoolExecutor:
                                initializer=_init_worker, initargs=(threads,))
 
 
-def _teachers(config: StudyConfig, datasets: list[str], pool: ProcessPoolExecutor) -> dict:
-    futures = {d: pool.submit(ensure_teacher, d, config) for d in datasets}
-    return {d: f.result() for d, f in futures.items()}
+def _cells(cases: list[Case], config: StudyConfig) -> tuple[list[Cell], dict[Case, list[Cell]]]:
+    """Teacher-free cells (one case per dataset stands for all: they ignore the teacher) and,
+    per case, the cells that need its teacher; seed-major."""
+    rows = methods()
+    first = {}
+    for case in cases:
+        first.setdefault(case.dataset, case)
+    free = [(first[d], m, s) for s in config.seeds for d, _ in first.items()
+            for m in rows if m.teacher_free]
+    taught = {c: [(c, m, s) for s in config.seeds for m in rows if not m.teacher_free]
+              for c in cases}
+    return free, taught
 
 
-def _run_all(config: StudyConfig, datasets: list[str],
-             pool: ProcessPoolExecutor | None) -> tuple[list[dict], int]:
-    """Every (seed, dataset, method) cell, seed-major so a cut-short study has whole seeds;
-    returns the run summaries and how many were trained (not reused).
+def _schedule(pool: ProcessPoolExecutor, cases: list[Case], config: StudyConfig,
+              teachers_only: bool, jobs: int) -> tuple[dict[str, dict], list[dict], int]:
+    """Train teachers first, then run cells whose teacher is ready, lowest seed first, at
+    most ``jobs`` at a time (so a study cut short has whole seeds); returns (teacher
+    summaries by case, run summaries, runs trained)."""
+    free, taught = _cells(cases, config)
+    queue: list[tuple] = [] if teachers_only else list(free)
+    pending: dict[Future, tuple[str, object]] = {
+        pool.submit(ensure_case_teacher, c, config): ("teacher", c) for c in cases}
+    rank = {c: i for i, c in enumerate(cases)}
+    total = len(free) + sum(map(len, taught.values()))
+    teachers, results, trained, start = {}, [], 0, time.perf_counter()
+    while pending or queue:
+        while queue and len(pending) < jobs + 1:  # one queued ahead keeps the workers busy
+            cell = min(queue, key=lambda c: (c[2], rank[c[0]], c[1].label))
+            queue.remove(cell)
+            pending[pool.submit(run_cell, *cell, config)] = ("cell", cell)
+        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for future in done:
+            kind, item = pending.pop(future)
+            if kind == "teacher":
+                teachers[item.name] = future.result()
+                if not teachers_only:
+                    queue += taught[item]
+                continue
+            summary, reused = future.result()
+            results.append(summary)
+            trained += not reused
+            _progress(item, summary, reused, len(results), total, trained, start)
+    return teachers, results, trained
 
-    Without a pool only finished cells are read back (``--report-only``)."""
-    cells = [(s, d, m) for s in config.seeds for d in datasets for m in METHODS]
-    if pool is None:
-        return [run_cell(d, m, s, config)[0] for s, d, m in cells
-                if (run_dir(d, m, s, config) / "result.json").exists()], 0
-    futures = {pool.submit(run_cell, d, m, s, config): (s, d, m) for s, d, m in cells}
-    results, start, trained = [], time.perf_counter(), 0
-    for i, future in enumerate(as_completed(futures), 1):
-        seed, dataset, method = futures[future]
-        summary, reused = future.result()
-        results.append(summary)
-        trained += not reused
-        eta = (time.perf_counter() - start) / trained * (len(cells) - i) if trained else 0.0
-        note = "(reused)" if reused else f"{summary['seconds']:.0f} s, eta {eta / 60:.1f} min"
-        log(f"[{i}/{len(cells)}] {dataset} {method.label:<27} seed {seed}: "
-            f"acc {summary['accuracy']:.4f} worst {min(summary['per_class']):.4f} {note}")
-    order = {(s, d, m.label): k for k, (s, d, m) in enumerate(cells)}
-    return sorted(results, key=lambda r: order[(r["seed"], r["dataset"], r["method"])]), trained
+
+def _progress(cell: Cell, summary: dict, reused: bool, i: int, total: int, trained: int,
+              start: float) -> None:
+    case, method, seed = cell
+    eta = (time.perf_counter() - start) / trained * (total - i) if trained else 0.0
+    note = "(reused)" if reused else f"{summary['seconds']:.0f} s, eta {eta / 60:.1f} min"
+    worst = min(g["accuracy"] for g in summary["groups"] if g["accuracy"] is not None)
+    log(f"[{i}/{total}] {case.name} {method.label:<27} seed {seed}: "
+        f"acc {summary['accuracy']:.4f} worst {worst:.4f} {note}")
+
+
+def _finished(cases: list[Case], config: StudyConfig) -> tuple[dict[str, dict], list[dict]]:
+    """``--report-only``: the teachers and runs already on disk."""
+    free, taught = _cells(cases, config)
+    cells = free + [cell for c in cases for cell in taught[c]]
+    teachers = {c.name: t for c in cases if (t := case_teacher_summary(c, config))}
+    results = [run_cell(*cell, config)[0] for cell in cells
+               if (run_dir(*cell, config) / "result.json").exists()]
+    return teachers, results
 
 
 def _invocation(config: StudyConfig, args: argparse.Namespace, seconds: float,
@@ -120,29 +148,39 @@ def _invocation(config: StudyConfig, args: argparse.Namespace, seconds: float,
     path = config.out_dir / config.tag() / "invocation.json"
     if trained:
         record = {"seconds": seconds, "trained_runs": trained, "jobs": args.jobs,
-                  "threads": args.threads, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+                  "threads": args.threads, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                  "load_average_at_end": list(_loadavg())}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=1))
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _loadavg() -> tuple[float, ...]:
+    try:
+        import os
+        return os.getloadavg()
+    except OSError:
+        return ()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    config = _config(args)
+    config = StudyConfig(seeds=tuple(args.seeds), epochs=args.epochs, out_dir=args.out)
+    cases = [c for c in CASES if c.name in args.cases]
     start = time.perf_counter()
     log(f"study settings {config.tag()}: {config}; {args.jobs} worker(s) x "
-        f"{args.threads} thread(s)")
+        f"{args.threads} thread(s); methods: {', '.join(m.label for m in methods())}")
     if args.report_only:
-        teachers = {d: t for d in args.datasets if (t := teacher_summary(d, config))}
-        results, trained = _run_all(config, args.datasets, None)
+        teachers, results = _finished(cases, config)
+        trained = 0
     else:
         with _pool(args.jobs, args.threads) as pool:
-            teachers = _teachers(config, args.datasets, pool)
-            if args.teachers_only:
-                return 0
-            results, trained = _run_all(config, args.datasets, pool)
+            teachers, results, trained = _schedule(pool, cases, config, args.teachers_only,
+                                                     args.jobs)
+        if args.teachers_only:
+            return 0
     invocation = _invocation(config, args, time.perf_counter() - start, trained)
-    paths = write_outputs(results, teachers, config, args.results, args.doc, invocation)
+    paths = write_outputs(results, teachers, cases, config, args.results, args.doc, invocation)
     log("wrote " + ", ".join(str(p) for p in paths))
     return 0
 

@@ -1,0 +1,66 @@
+"""The study's data set builders: the defocus transform, the minority draw, the digits split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench._study_data import (MINORITY_SHARE, gaussian_blur, minority_mask,
+                               population_shares, teacher_data_spec)
+from compression.spec import DataSpec
+
+
+def test_blur_keeps_mass_and_range_and_removes_edges() -> None:
+    x = np.zeros((2, 28, 28), dtype=np.uint8)
+    x[0, 10:18, 10:18] = 255  # a bright square well inside the frame
+    x[1, ::2] = 200  # stripes: fine texture
+    out = gaussian_blur(x, sigma=2.0)
+    assert out.shape == x.shape and out.dtype == np.uint8
+    # light is redistributed, not created or lost, away from the border
+    assert abs(int(out[0].sum()) - int(x[0].sum())) < 0.01 * int(x[0].sum())
+    # the square's hard edge becomes a ramp
+    assert out[0, 14, 9] > 0 and out[0, 14, 10] < 255
+    # stripes two pixels apart are wiped out by a 2-pixel blur
+    assert out[1, 4:24].std() < 0.05 * x[1, 4:24].std()
+
+
+def test_blur_of_a_flat_image_is_the_image() -> None:
+    x = np.full((1, 8, 8), 90, dtype=np.uint8)
+    assert np.array_equal(gaussian_blur(x, sigma=2.0), x)  # border rows renormalised
+
+
+def test_minority_is_the_share_of_every_class_and_seeded() -> None:
+    y = np.repeat(np.arange(10), 540)
+    mask = minority_mask(y, MINORITY_SHARE, np.random.default_rng(0))
+    assert np.bincount(y[mask], minlength=10).tolist() == [27] * 10
+    again = minority_mask(y, MINORITY_SHARE, np.random.default_rng(0))
+    other = minority_mask(y, MINORITY_SHARE, np.random.default_rng(1))
+    assert np.array_equal(mask, again) and not np.array_equal(mask, other)
+
+
+def test_teacher_that_never_saw_the_minority_reads_the_clean_train_file_only() -> None:
+    student = DataSpec(source="npz", path="/d/fmnist_attr/train.npz",
+                       holdout_path="/d/fmnist_attr/holdout.npz",
+                       test_path="/d/fmnist_attr/test.npz")
+    teacher = teacher_data_spec(student, saw_minority=False)
+    assert teacher.path == "/d/fmnist_attr/train_clean.npz"
+    assert (teacher.holdout_path, teacher.test_path) == (student.holdout_path,
+                                                         student.test_path)
+    assert teacher_data_spec(student, saw_minority=True) is student
+
+
+def test_population_shares_only_for_the_attribute_set() -> None:
+    assert population_shares("fmnist_attr") == pytest.approx({"clean": 0.95, "blur": 0.05})
+    assert population_shares("fmnist_lt") is None
+
+
+def test_digits_split_is_stratified_and_disjoint() -> None:
+    pytest.importorskip("sklearn")
+    from bench._study_data import digits_arrays
+    arrays = digits_arrays(0)
+    train, test = arrays["train"], arrays["test"]
+    assert len(train["y"]) + len(test["y"]) == 1797
+    share = np.bincount(test["y"]) / (np.bincount(test["y"]) + np.bincount(train["y"]))
+    assert np.all(np.abs(share - 0.4) < 0.01)
+    assert train["x"].dtype == np.uint8 and train["x"].shape[1:] == (8, 8)
+    assert train["x"].max() == 255
