@@ -16,9 +16,9 @@ __all__ = ["write_doc", "READING_START", "READING_END"]
 READING_START, READING_END = "<!-- reading:start -->", "<!-- reading:end -->"
 _PLACEHOLDER = "(Not written yet: read the tables below, then write what they show here.)"
 _DATA = {
-    "fmnist_lt": "Fashion-MNIST long-tailed: a stratified 30,000 of the training images, then "
+    "fmnist_lt": "Fashion-MNIST long-tailed: a stratified 20,000 of the training images, then "
                  "exp profile, imbalance 100",
-    "fmnist_bal": "Fashion-MNIST balanced: a stratified 6,000 of the training images",
+    "fmnist_bal": "Fashion-MNIST balanced: a stratified 4,000 of the training images",
     "digits_lt": "scikit-learn's 8x8 digits, 40% of each class held out as test, the rest "
                  "long-tailed (exp, imbalance 20)",
     "fmnist_attr": "fmnist_bal's images with a defocused minority (Gaussian blur, sigma 2 px): "
@@ -104,7 +104,11 @@ def _wall(study: dict[str, Any]) -> list[str]:
     lines += [f"Teacher training: " + ", ".join(f"{c} {s / 60:.1f} min" for c, s in
                                                  w["teacher_seconds"].items()) +
               f". Sum of the runs' own wall times: {w['sum_of_run_seconds'] / 60:.1f} min over "
-              f"{w['runs']} runs. A second invocation reuses every finished run; "
+              f"{w['runs']} runs. CPU time of runs and teachers together: "
+              f"{(w['sum_of_run_cpu_seconds'] + w['teacher_cpu_seconds']) / 60:.1f} min, so "
+              f"about {(w['sum_of_run_cpu_seconds'] + w['teacher_cpu_seconds']) / 120:.0f} min "
+              "of wall time on the two cores of an otherwise idle machine (an estimate: two "
+              "workers busy throughout). A second invocation reuses every finished run; "
               "`--report-only` rebuilds this page. Raw data: `docs/results/study.csv` (one row "
               "per run), `docs/results/study.json`.", ""]
     return lines

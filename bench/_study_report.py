@@ -208,7 +208,10 @@ def write_outputs(runs: list[dict[str, Any]], teachers: dict[str, Any], cases: l
         written.append(plot)
     study["wall"] = {"study_command": invocation, "runs": len(runs),
                      "sum_of_run_seconds": sum(r["seconds"] for r in runs),
-                     "teacher_seconds": {c: t["seconds"] for c, t in teachers.items()}}
+                     "sum_of_run_cpu_seconds": sum(r.get("cpu_seconds", 0.0) for r in runs),
+                     "teacher_seconds": {c: t["seconds"] for c, t in teachers.items()},
+                     "teacher_cpu_seconds": sum(t.get("cpu_seconds", 0.0)
+                                                for t in teachers.values())}
     study["runs"] = runs
     study["rows"] = all_rows
     _write_csv(results_dir / "study.csv", _csv_rows(all_rows))

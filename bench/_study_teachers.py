@@ -62,13 +62,14 @@ def ensure_teacher(label: str, path: Path, data: DataSpec, training: TrainingSpe
     job = JobSpec(name=f"study-teacher-{label}", data=data, training=training)
     log(f"training teacher {label}: {recipe.arch} w{recipe.width:g}, {recipe.epochs} epochs, "
         f"augment {recipe.augment}")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     train_teacher(job, recipe, path, on_event=_epoch_printer(label))
     seconds = time.perf_counter() - start
     report, parity = _export_and_evaluate(path, eval_data)
     summary = {"label": label, "path": str(path), "onnx_path": str(onnx_path(path)),
                "recipe": dataclasses.asdict(recipe), "training": spec_to_dict(training),
-               "data": spec_to_dict(data), "seconds": seconds, "report": report,
+               "data": spec_to_dict(data), "seconds": seconds,
+               "cpu_seconds": time.process_time() - cpu, "report": report,
                "onnx_parity": parity}
     path.with_suffix(".json").write_text(json.dumps(summary, indent=1))
     log(f"teacher {label}: test accuracy {report['overall']['accuracy']:.4f} in {seconds:.0f} s")
