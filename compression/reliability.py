@@ -17,13 +17,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+import math
+
 import torch
 from torch import Tensor
 
 from compression.errors import InvalidInput
 
 __all__ = ["ECE_BINS", "GroupReliability", "TeacherReliability", "profile_teacher",
-           "expected_calibration_error", "reliability_values"]
+           "expected_calibration_error", "reliability_values", "beta_cdf",
+           "empirical_bayes_strength"]
 
 ECE_BINS = 15
 
@@ -139,6 +142,64 @@ def reliability_values(reliability: Mapping[str, Any] | None, level: str, measur
         raise InvalidInput(f"teacher_reliability.{level} lacks {missing}; it has "
                            f"{sorted(table)}: profile the teacher on this job's data")
     return [table[n] for n in names]
+
+
+def beta_cdf(x: float, a: float, b: float) -> float:
+    """P(X <= x) for X ~ Beta(a, b), a, b > 0: the regularised incomplete beta function,
+    by its continued fraction (modified Lentz), on the side where it converges fast."""
+    if not (a > 0 and b > 0):
+        raise ValueError(f"Beta({a}, {b}): both parameters must be > 0")
+    if x <= 0:
+        return 0.0
+    if x >= 1:
+        return 1.0
+    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                 + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1) / (a + b + 2):
+        return math.exp(log_front) * _beta_fraction(x, a, b) / a
+    return 1.0 - math.exp(log_front) * _beta_fraction(1 - x, b, a) / b
+
+
+def _beta_fraction(x: float, a: float, b: float, steps: int = 300) -> float:
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    out = d
+    for m in range(1, steps + 1):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            out *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return out
+
+
+def empirical_bayes_strength(successes: Sequence[float], trials: Sequence[float],
+                             lo: float = 1.0, hi: float = 1000.0) -> float:
+    """Prior strength m of a Beta prior on per-group rates, by the method of moments.
+
+    With group rates p_g = s_g / t_g (groups with t_g > 0), their mean mu and variance V,
+    and the binomial noise E = mean_g mu (1 - mu) / t_g, the spread of the true rates is
+    tau^2 = V - E; a Beta prior with that mean and variance has m = mu (1 - mu) / tau^2 - 1.
+    No spread beyond noise (tau^2 <= 0) or fewer than two groups pool fully: ``hi``. The
+    result is clamped to [lo, hi].
+    """
+    rates = [(s / t, t) for s, t in zip(successes, trials) if t > 0]
+    if len(rates) < 2:
+        return hi
+    mu = sum(p for p, _ in rates) / len(rates)
+    if mu <= 0 or mu >= 1:
+        return hi
+    var = sum((p - mu) ** 2 for p, _ in rates) / (len(rates) - 1)
+    noise = sum(mu * (1 - mu) / t for _, t in rates) / len(rates)
+    spread = var - noise
+    if spread <= 0:
+        return hi
+    return min(hi, max(lo, mu * (1 - mu) / spread - 1))
 
 
 @dataclass(frozen=True)

@@ -1,26 +1,41 @@
-"""``mitigation.name: auto``: train each candidate briefly and keep the best that passes.
+"""``mitigation.name: auto``: train each candidate briefly and keep the best that does no harm.
 
 The caller supplies how to train and score a candidate (the pipeline trains for
 ``selection_epochs`` and evaluates on HOLDOUT, never on test, so the choice does not leak the
-test split) and how to judge a report against the guardrails (the pipeline uses the same
-paired tests as on test, against the teacher's and the one-hot baseline's holdout answers).
-Rule: the most accurate candidate (overall holdout accuracy) among those that pass; when none
-passes, the one with the best worst-group accuracy, marked ``met_floors=False``. Ties go to
-the earlier candidate. Each candidate records its verdict and the checks that decided it.
+test split) and two judges of a holdout report, each with the project's paired tests and
+their multiplicity control:
+
+- ``harm``: is the candidate shown to be below the one-hot student on some subgroup (a paired
+  test with margin 0 against the one-hot baseline's holdout answers)? A FAIL is established
+  harm, the paper's notion of it.
+- ``gate``: the job's own guardrail policy on holdout.
+
+Rule: the most accurate candidate (overall holdout accuracy) among those with no established
+harm that pass the policy; when there is none, the best worst-group accuracy among those with
+no established harm, or among all when every candidate harms (``met_floors=False``). Ties
+go to the earlier candidate. Without a ``harm`` judge every candidate counts as harmless. Every
+candidate records its verdicts and the checks that decided them; the selection records
+why it chose, and what the choice cost (runs trained, epochs, wall seconds).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from compression.errors import InvalidInput
 from compression.evaluation import EvalReport
-from compression.guardrails import Check, StageVerdict
+from compression.guardrails import FAIL, Check, StageVerdict
 from compression.losses.registry import AUTO, check_mitigation
 from compression.spec import MitigationSpec, spec_to_dict
 
-__all__ = ["CandidateScore", "Selection", "choose_mitigation"]
+__all__ = ["CandidateScore", "Selection", "choose_mitigation", "RULE"]
+
+Judge = Callable[[EvalReport], StageVerdict]
+RULE = ("most accurate on holdout among candidates with no harm shown against the one-hot "
+        "student that pass the policy; else the best worst group among those with no harm "
+        "shown, or among all")
 
 
 @dataclass(frozen=True)
@@ -30,6 +45,8 @@ class CandidateScore:
     deciding: the checks that decided the verdict: those that kept it from passing, or,
         when it passed, the one closest to failing (the largest harm p-value relative to
         its threshold is the farthest from FAIL, so the smallest is the closest).
+    harmed: the subgroups where harm against the one-hot student is shown (FAIL).
+    seconds: wall time of training and scoring it.
     """
 
     spec: MitigationSpec
@@ -39,60 +56,103 @@ class CandidateScore:
     passed: bool
     verdict: str = "PASS"
     deciding: tuple[Check, ...] = ()
+    harmed: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+    @property
+    def harmless(self) -> bool:
+        return not self.harmed
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.spec.name, "spec": spec_to_dict(self.spec),
                 "accuracy": self.accuracy, "worst_group": self.worst_group,
                 "worst_group_accuracy": self.worst_group_accuracy, "passed": self.passed,
-                "verdict": self.verdict,
+                "verdict": self.verdict, "harm_shown_on": list(self.harmed),
+                "seconds": round(self.seconds, 3),
                 "deciding_checks": [_brief(c) for c in self.deciding]}
 
 
 @dataclass(frozen=True)
 class Selection:
-    """chosen: the spec to train in full; index: its position among ``candidates``."""
+    """chosen: the spec to train in full; index: its position among ``candidates``.
+
+    met_floors: the chosen candidate shows no harm and passes the policy on holdout.
+    reason: why it was chosen, in words. epochs: per candidate (None: not told).
+    """
 
     chosen: MitigationSpec
     index: int
     met_floors: bool
     candidates: tuple[CandidateScore, ...]
+    reason: str = ""
+    epochs: int | None = None
+    recommended: bool = False
 
     def to_dict(self) -> dict[str, Any]:
+        seconds = sum(c.seconds for c in self.candidates)
         return {"chosen": self.chosen.name, "chosen_index": self.index,
-                "met_floors": self.met_floors, "split": "holdout",
-                "rule": "most accurate passing candidate; if none passes, best worst-group",
+                "met_floors": self.met_floors, "split": "holdout", "rule": RULE,
+                "reason": self.reason, "recommended_candidates": self.recommended,
+                "cost": {"candidates_trained": len(self.candidates),
+                         "epochs_each": self.epochs,
+                         "epochs_total": None if self.epochs is None
+                         else self.epochs * len(self.candidates),
+                         "seconds": round(seconds, 3)},
                 "candidates": [c.to_dict() for c in self.candidates]}
 
 
 def choose_mitigation(candidates: Sequence[MitigationSpec],
                       train_candidate: Callable[[MitigationSpec], EvalReport],
-                      gate: Callable[[EvalReport], StageVerdict]) -> Selection:
-    """Train every candidate with ``train_candidate``, judge it with ``gate`` and pick one
-    (see the module docstring).
+                      gate: Judge, harm: Judge | None = None, *, epochs: int | None = None,
+                      recommended: bool = False) -> Selection:
+    """Train every candidate with ``train_candidate``, judge it with ``harm`` and ``gate``
+    and pick one (see the module docstring).
 
     Every candidate's name and params are checked before any training starts.
     """
     _check(candidates)
-    scores = tuple(_score(spec, train_candidate(spec), gate) for spec in candidates)
-    passing = [i for i, s in enumerate(scores) if s.passed]
+    scores = tuple(_score(spec, train_candidate, gate, harm) for spec in candidates)
+    index, reason = _pick(scores)
+    chosen = scores[index]
+    return Selection(chosen=candidates[index], index=index,
+                     met_floors=chosen.harmless and chosen.passed, candidates=scores,
+                     reason=reason, epochs=epochs, recommended=recommended)
+
+
+def _pick(scores: Sequence[CandidateScore]) -> tuple[int, str]:
+    harmless = [i for i, s in enumerate(scores) if s.harmless]
+    passing = [i for i in harmless if scores[i].passed]
+    shown = len(scores) - len(harmless)
     if passing:
-        index = max(passing, key=lambda i: (_value(scores[i].accuracy), -i))
-    else:
-        index = max(range(len(scores)), key=lambda i: (
-            _value(scores[i].worst_group_accuracy), _value(scores[i].accuracy), -i))
-    return Selection(chosen=candidates[index], index=index, met_floors=bool(passing),
-                     candidates=scores)
+        i = max(passing, key=lambda i: (_value(scores[i].accuracy), -i))
+        return i, (f"{_label(scores[i], i)} is the most accurate on holdout "
+                   f"({_pct(scores[i].accuracy)}) of the {len(passing)} candidates with no harm "
+                   f"shown against the one-hot student that pass the policy"
+                   + (f"; {shown} showed harm" if shown else ""))
+    pool = harmless or list(range(len(scores)))
+    i = max(pool, key=lambda i: (
+        _value(scores[i].worst_group_accuracy), _value(scores[i].accuracy), -i))
+    why = ("no candidate with no harm shown passes the policy on holdout" if harmless else
+           "every candidate shows harm against the one-hot student on holdout")
+    return i, (f"{why}; {_label(scores[i], i)} has the best worst group of "
+               f"{'those with no harm shown' if harmless else 'all'} "
+               f"({scores[i].worst_group} {_pct(scores[i].worst_group_accuracy)})")
 
 
-def _score(spec: MitigationSpec, report: EvalReport,
-           gate: Callable[[EvalReport], StageVerdict]) -> CandidateScore:
+def _score(spec: MitigationSpec, train_candidate: Callable[[MitigationSpec], EvalReport],
+           gate: Judge, harm: Judge | None) -> CandidateScore:
+    start = time.perf_counter()
+    report = train_candidate(spec)
+    seconds = time.perf_counter() - start
     worst = report.worst_group
     verdict = gate(report)
+    harmed = () if harm is None else tuple(dict.fromkeys(
+        c.subgroup for c in harm(report).checks if c.verdict == FAIL))
     return CandidateScore(spec=spec, accuracy=report.overall.accuracy,
                           worst_group=worst.name if worst else None,
                           worst_group_accuracy=worst.accuracy if worst else None,
                           passed=verdict.passed, verdict=verdict.verdict,
-                          deciding=_deciding(verdict))
+                          deciding=_deciding(verdict), harmed=harmed, seconds=seconds)
 
 
 def _deciding(verdict: StageVerdict) -> tuple[Check, ...]:
@@ -108,6 +168,14 @@ def _brief(check: Check) -> dict[str, Any]:
     return {"rule": check.rule, "subgroup": check.subgroup, "verdict": check.verdict,
             "estimate": check.estimate, "margin": check.margin, "p_value": check.p_value,
             "threshold": check.threshold, "message": check.message}
+
+
+def _label(score: CandidateScore, index: int) -> str:
+    return f"candidate {index} ({score.spec.name}, alpha {score.spec.alpha:g})"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
 
 
 def _value(score: float | None) -> float:

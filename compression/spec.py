@@ -215,7 +215,7 @@ class TrainingSpec:
 class MitigationSpec:
     """The distillation objective. ``one_hot`` ignores the teacher; ``kd`` is standard KD."""
 
-    name: str = "kd"  # or "auto": train `candidates` briefly and keep the best that passes
+    name: str = "kd"  # or "auto": train `candidates` (none: the recommended set), keep one
     alpha: float = _num(0.5, 0.0, 1.0)  # weight of the distillation term
     temperature: float = _num(4.0, 0.0, 100.0, lo_open=True)
     params: dict[str, Any] = field(default_factory=dict)  # mitigation-specific parameters
@@ -225,8 +225,6 @@ class MitigationSpec:
 
     def problems(self) -> list[str]:
         out = []
-        if self.name == "auto" and not self.candidates:
-            out.append("name 'auto' needs candidates, e.g. [{name: kd}, {name: adaptive_alpha}]")
         if self.name != "auto" and self.candidates:
             out.append(f"candidates are only used with name 'auto' (name is {self.name!r})")
         if any(c.name == "auto" for c in self.candidates):

@@ -46,6 +46,11 @@ class LossContext:
     otherwise (attribute subgroups). LTKD groups its classes by it.
     holdout: the holdout split, for objectives that update from the student's holdout error
     (group-DRO); not part of equality.
+    harm_evidence: the harm probe's paired counts per subgroup
+    (``compression.losses.harm_probe.HarmEvidence.to_dict()``), for objectives that weight
+    the teacher by measured harm; None when not probed.
+    teacher_holdout_logits: [N_holdout, C] logits of the teacher the student distills from,
+    for objectives that refit the teacher on holdout; not part of equality.
     """
 
     num_classes: int
@@ -55,6 +60,8 @@ class LossContext:
     teacher_reliability: dict[str, Any] | None = None
     class_groups: tuple[int, ...] | None = None
     holdout: Split | None = field(default=None, compare=False, repr=False)
+    harm_evidence: dict[str, Any] | None = None
+    teacher_holdout_logits: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # Callers pass lists or tuples; store tuples/lists as annotated so contexts compare equal.
@@ -73,14 +80,16 @@ class LossContext:
                              f"{self.num_classes} classes")
 
     @classmethod
-    def from_dataset(cls, data: Dataset,
-                     teacher_reliability: dict[str, Any] | None = None) -> LossContext:
+    def from_dataset(cls, data: Dataset, teacher_reliability: dict[str, Any] | None = None,
+                     *, harm_evidence: dict[str, Any] | None = None,
+                     teacher_holdout_logits: torch.Tensor | None = None) -> LossContext:
         return cls(num_classes=data.num_classes, num_groups=data.num_groups,
                    group_names=tuple(data.group_names),
                    train_class_counts=data.train_class_counts(),
                    teacher_reliability=teacher_reliability,
                    class_groups=class_groups_of(data.train, data.num_classes),
-                   holdout=data.holdout)
+                   holdout=data.holdout, harm_evidence=harm_evidence,
+                   teacher_holdout_logits=teacher_holdout_logits)
 
 
 def class_groups_of(split: Split, num_classes: int) -> tuple[int, ...] | None:
@@ -98,10 +107,14 @@ def class_groups_of(split: Split, num_classes: int) -> tuple[int, ...] | None:
 class StatelessLoss:
     """A ``Loss`` around a pure function; its state dict is empty."""
 
-    def __init__(self, name: str, fn: LossFn, *, needs_teacher: bool):
+    def __init__(self, name: str, fn: LossFn, *, needs_teacher: bool,
+                 facts: dict[str, Any] | None = None):
         self.name = name
         self.fn = fn
         self.needs_teacher = needs_teacher
+        # What the objective was built from (fitted on holdout, say): reported and
+        # checkpointed as its state, never updated by training.
+        self.facts = dict(facts or {})
 
     def __call__(self, student_logits: Tensor, labels: Tensor, teacher_logits: Tensor | None,
                  groups: Tensor) -> Tensor:
@@ -110,14 +123,15 @@ class StatelessLoss:
         return self.fn(student_logits, labels, teacher_logits, groups)
 
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        return dict(self.facts)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        # A non-empty state means the checkpoint was trained with a different objective.
-        if state:
-            raise InvalidInput(f"the checkpoint holds loss state {sorted(state)} but mitigation "
-                               f"{self.name!r} has none; resume with the mitigation it was "
-                               "trained with")
+        # Another state means the checkpoint was trained with a different objective; the
+        # facts themselves are rebuilt from the same data, so the keys are what must match.
+        if set(state or {}) != set(self.facts):
+            raise InvalidInput(f"the checkpoint holds loss state {sorted(state or {})} but "
+                               f"mitigation {self.name!r} has {sorted(self.facts) or 'none'}; "
+                               "resume with the mitigation it was trained with")
 
     def __repr__(self) -> str:
         return f"StatelessLoss({self.name!r}, needs_teacher={self.needs_teacher})"

@@ -14,13 +14,15 @@ from typing import Any, Callable, Mapping
 
 from compression.errors import InvalidInput
 from compression.losses import adaptive_alpha, adaptive_margin, group_dro, ltkd, rebalance
-from compression.losses import teacher_calibration
+from compression.losses import balanced_teacher, paired_alpha, teacher_calibration
+from compression.losses.harm_probe import ProbePlan, probe_plan
 from compression.losses.base import Loss, LossContext
 from compression.losses.core import build_kd, build_one_hot
 from compression.spec import MitigationSpec
 
 __all__ = ["AUTO", "BASELINES", "REBALANCING", "Objective", "Requirements", "build_loss",
-           "known_losses", "accepted_params", "requirements", "check_mitigation"]
+           "known_losses", "accepted_params", "requirements", "check_mitigation",
+           "harm_probe_plan", "RECOMMENDED_CANDIDATES", "candidates_of"]
 
 Builder = Callable[[MitigationSpec, LossContext, dict[str, Any]], Loss]
 ParamCheck = Callable[[dict[str, Any]], list[str]]
@@ -37,6 +39,9 @@ class Objective:
     uses_teacher: the loss reads teacher logits. needs_reliability: the builder reads
     ``LossContext.teacher_reliability`` (profile the teacher on holdout first).
     calibrates_teacher: the pipeline must calibrate the teacher on holdout before training.
+    harm_probe: the builder reads ``LossContext.harm_evidence``; the pipeline runs the probe
+    this gives (``compression.losses.harm_probe``) first. holdout_logits: the builder reads
+    ``LossContext.teacher_holdout_logits``.
     """
 
     build: Builder
@@ -45,6 +50,8 @@ class Objective:
     needs_reliability: bool = False
     calibrates_teacher: bool = False
     check: ParamCheck = lambda params: []  # problems with param values, found without data
+    harm_probe: Callable[[MitigationSpec, dict[str, Any]], ProbePlan] | None = None
+    holdout_logits: bool = False
 
 
 _OBJECTIVES: dict[str, Objective] = {
@@ -64,7 +71,31 @@ _OBJECTIVES: dict[str, Objective] = {
     "group_dro": Objective(group_dro.build, group_dro.PARAMS, check=group_dro.param_problems),
     "ltkd": Objective(ltkd.build, ltkd.PARAMS, check=ltkd.param_problems),
     "teacher_calibration": Objective(teacher_calibration.build, calibrates_teacher=True),
+    "paired_alpha": Objective(paired_alpha.build, paired_alpha.PARAMS,
+                              check=paired_alpha.param_problems, harm_probe=probe_plan),
+    "paired_dro": Objective(paired_alpha.build_dro, paired_alpha.DRO_PROBE_PARAMS,
+                            check=paired_alpha.dro_param_problems, harm_probe=probe_plan),
+    "balanced_teacher": Objective(balanced_teacher.build, balanced_teacher.PARAMS,
+                                  check=balanced_teacher.param_problems, holdout_logits=True),
 }
+
+
+# ``auto`` without candidates: the configuration to start from (docs/mitigations.md, README).
+# Plain kd first, then the harm-driven objectives, then group DRO, then a teacher-free
+# rebalanced student: the most accurate of them with no harm shown against one-hot wins.
+RECOMMENDED_CANDIDATES: tuple[MitigationSpec, ...] = (
+    MitigationSpec(name="kd", alpha=0.9),
+    MitigationSpec(name="paired_alpha", alpha=0.9, params={"label_loss": "logit_adjusted"}),
+    MitigationSpec(name="balanced_teacher", alpha=0.9,
+                   params={"label_loss": "logit_adjusted"}),
+    MitigationSpec(name="group_dro", alpha=0.9),
+    MitigationSpec(name="logit_adjusted", alpha=0.0),
+)
+
+
+def candidates_of(spec: MitigationSpec) -> tuple[MitigationSpec, ...]:
+    """The candidates ``auto`` trains: the spec's own, or the recommended set when none."""
+    return spec.candidates or RECOMMENDED_CANDIDATES
 
 
 @dataclass(frozen=True)
@@ -78,6 +109,8 @@ class Requirements:
     needs_teacher: bool
     needs_reliability: bool
     calibrate_teacher: bool
+    harm_probe: bool = False
+    teacher_holdout_logits: bool = False
 
 
 def known_losses() -> list[str]:
@@ -92,20 +125,32 @@ def accepted_params(name: str) -> dict[str, Any]:
 
 def requirements(spec: MitigationSpec) -> Requirements:
     """What ``spec`` (or, for ``auto``, any of its candidates) needs before training."""
-    specs = spec.candidates if spec.name == AUTO else (spec,)
+    specs = candidates_of(spec) if spec.name == AUTO else (spec,)
     objectives = [(s, _objective(s.name)) for s in specs]
     return Requirements(
         needs_teacher=any(o.uses_teacher for _, o in objectives),
         needs_reliability=any(o.needs_reliability for _, o in objectives),
         calibrate_teacher=spec.calibrate_teacher or any(
-            s.calibrate_teacher or o.calibrates_teacher for s, o in objectives))
+            s.calibrate_teacher or o.calibrates_teacher for s, o in objectives),
+        harm_probe=any(o.harm_probe is not None for _, o in objectives),
+        teacher_holdout_logits=any(o.holdout_logits for _, o in objectives))
+
+
+def harm_probe_plan(spec: MitigationSpec) -> ProbePlan | None:
+    """What the pipeline must train and compare before building ``spec`` (None: nothing)."""
+    if spec.name == AUTO:
+        return None
+    objective = _objective(spec.name)
+    if objective.harm_probe is None:
+        return None
+    return objective.harm_probe(spec, _resolve_params(spec, objective.params))
 
 
 def check_mitigation(spec: MitigationSpec) -> None:
     """Check names and param keys/types of ``spec`` and its candidates without building;
     raise one ``InvalidInput`` listing every problem."""
     problems: list[str] = []
-    named = [(f"candidates[{i}]", c) for i, c in enumerate(spec.candidates)] \
+    named = [(f"candidates[{i}]", c) for i, c in enumerate(candidates_of(spec))] \
         if spec.name == AUTO else [("", spec)]
     for where, s in named:
         try:

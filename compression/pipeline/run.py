@@ -39,7 +39,7 @@ from compression.pipeline.students import (Baseline, StudentRun, evaluate_on_tes
 from compression.pipeline.teacher import TeacherView, prepare_teacher
 from compression.report import (REJECTED, SUCCEEDED, DataSummary, ExportRecord,
                                 GuardrailsReport, JobReport, TeacherSummary, TrainingSummary)
-from compression.spec import JobSpec, spec_to_dict
+from compression.spec import GuardrailSpec, JobSpec, spec_to_dict
 from compression.training import resolve_device
 
 __all__ = ["RunResult", "run", "SUCCEEDED", "REJECTED"]
@@ -72,12 +72,15 @@ def run(spec: JobSpec, on_event: EventSink = emit_nothing,
     teacher = (prepare_teacher(job, dataset, needs.calibrate_teacher)
                if needs.needs_teacher or spec.guardrails.max_drop_vs_teacher is not None
                else None)
+    # auto needs the one-hot student too: no harm shown against it is what it selects for
     baseline = (one_hot_baseline(job, dataset)
-                if spec.guardrails.max_drop_vs_one_hot is not None else None)
+                if spec.guardrails.max_drop_vs_one_hot is not None
+                or spec.mitigation.name == "auto" else None)
     selection = None
     mitigation = spec.mitigation
     if mitigation.name == "auto":
-        selection = select_mitigation(job, dataset, teacher, _holdout_gate(spec, teacher, baseline))
+        selection = select_mitigation(job, dataset, teacher, _holdout_gate(spec, teacher, baseline),
+                                      _harm_gate(spec, baseline))
         mitigation = selection.chosen
 
     student = train_student(job, dataset, mitigation, teacher, stage="distill", workdir="student")
@@ -148,6 +151,20 @@ def _holdout_gate(spec: JobSpec, teacher: TeacherView | None, baseline: Baseline
         return judge(report, policy, "selection", teacher=teacher and teacher.holdout_report,
                      one_hot=baseline and baseline.holdout_report)
     return gate
+
+
+def _harm_gate(spec: JobSpec, baseline: Baseline):
+    """Is harm against the one-hot student shown on holdout? The paired test with margin 0,
+    at the job's confidence and multiplicity method; a FAIL is established harm."""
+    policy = GuardrailSpec(max_drop_vs_one_hot=0.0, max_drop_vs_student=None,
+                           confidence=spec.guardrails.confidence,
+                           multiplicity=spec.guardrails.multiplicity,
+                           min_samples=spec.guardrails.min_samples,
+                           block_on_insufficient_evidence=False)
+
+    def harm(report: EvalReport) -> StageVerdict:
+        return judge(report, policy, "selection_harm", one_hot=baseline.holdout_report)
+    return harm
 
 
 def _finish(job: Job, dataset: Dataset, student: StudentRun, student_report: EvalReport,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -15,6 +16,8 @@ from compression.diagnosis import diagnose_harm
 from compression.evaluation import EvalReport, evaluate, predict_logits
 from compression.guardrails import StageVerdict
 from compression.losses import Loss, LossContext, build_loss
+from compression.losses.harm_probe import ProbePlan, cross_fit
+from compression.losses.registry import candidates_of, harm_probe_plan
 from compression.models import build_model
 from compression.pipeline.job import Job, report_summary
 from compression.pipeline.teacher import TeacherView
@@ -52,8 +55,7 @@ def train_student(job: Job, dataset: Dataset, mitigation: MitigationSpec,
     """Build a fresh student and train it with ``mitigation`` (resuming from ``workdir``)."""
     spec = job.spec
     training = training or spec.training
-    reliability = teacher.reliability if teacher else None
-    loss = build_loss(mitigation, LossContext.from_dataset(dataset, reliability))
+    loss = build_loss(mitigation, _loss_context(job, dataset, mitigation, teacher, training))
     model = with_preprocess(_initial_student(job, dataset, training.seed), spec.data.preprocess)
     run_key = {"mitigation": spec_to_dict(mitigation),
                "teacher_sha256": teacher.sha256 if teacher else None,
@@ -65,6 +67,41 @@ def train_student(job: Job, dataset: Dataset, mitigation: MitigationSpec,
         should_stop=job.should_stop, stage=stage, run_key=run_key),
         lambda r: {"epochs_run": r.epochs_run, "samples_per_s": round(r.samples_per_s, 1)})
     return StudentRun(model, loss, result)
+
+
+def _loss_context(job: Job, dataset: Dataset, mitigation: MitigationSpec,
+                  teacher: TeacherView | None, training: TrainingSpec) -> LossContext:
+    """What the objective may know; runs its harm probe first when it asks for one."""
+    plan = harm_probe_plan(mitigation)
+    evidence = harm_probe(job, dataset, plan, teacher, training) if plan else None
+    return LossContext.from_dataset(
+        dataset, teacher.reliability if teacher else None, harm_evidence=evidence,
+        teacher_holdout_logits=teacher.holdout_logits if teacher else None)
+
+
+def harm_probe(job: Job, dataset: Dataset, plan: ProbePlan, teacher: TeacherView | None,
+               training: TrainingSpec) -> dict[str, Any]:
+    """Train the probe's pairs per fold (``compression.losses.harm_probe``); finished runs
+    are resumed, so candidates of ``auto`` with the same probe share it."""
+    probe_training = (training if plan.epochs == 0 else
+                      dataclasses.replace(training, epochs=plan.epochs, warmup_epochs=min(
+                          training.warmup_epochs, plan.epochs - 1)))
+    key = "probe_" + hashlib.sha256(repr((spec_to_dict(plan.distilled), spec_to_dict(
+        plan.reference), plan.folds, probe_training.epochs)).encode()).hexdigest()[:12]
+
+    def fit(role: str, spec: MitigationSpec, split: Any, fold: int) -> nn.Module:
+        part = dataclasses.replace(dataset, train=split)
+        return train_student(job, part, spec, teacher if role == "distilled" else None,
+                             training=probe_training, stage=f"harm_probe_{fold}_{role}",
+                             workdir=f"{key}/fold{fold}_{role}").model
+
+    def predict(model: nn.Module, split: Any) -> Tensor:
+        return predict_logits(model, split, training.eval_batch_size, job.device).argmax(dim=1)
+
+    seed = derived_seed(training.seed, "harm-probe-folds")
+    return job.stage("harm_probe", lambda: cross_fit(
+        plan, dataset.train, dataset.holdout, dataset.num_groups, dataset.group_names, seed,
+        fit, predict).to_dict(), lambda e: {"runs": e["runs_trained"], "folds": e["folds"]})
 
 
 def _initial_student(job: Job, dataset: Dataset, seed: int) -> nn.Module:
@@ -142,11 +179,13 @@ def harm_diagnosis(dataset: Dataset, student_predictions: Tensor, baseline: Base
 
 
 def select_mitigation(job: Job, dataset: Dataset, teacher: TeacherView | None,
-                      gate: Callable[[EvalReport], StageVerdict]) -> Selection:
-    """``auto``: train each candidate briefly, judge it on holdout with ``gate``, keep the best
-    that passes."""
+                      gate: Callable[[EvalReport], StageVerdict],
+                      harm: Callable[[EvalReport], StageVerdict] | None = None) -> Selection:
+    """``auto``: train each candidate briefly, judge it on holdout with ``harm`` (against the
+    one-hot student) and ``gate`` (the policy), keep the most accurate that does no harm.
+    No candidates in the spec: the recommended set."""
     training = _selection_training(job.spec.training, job.spec.mitigation.selection_epochs)
-    candidates = job.spec.mitigation.candidates
+    candidates = candidates_of(job.spec.mitigation)
 
     def train_candidate(candidate: MitigationSpec) -> EvalReport:
         index = candidates.index(candidate)  # equal candidates share (and resume) one run
@@ -157,7 +196,8 @@ def select_mitigation(job: Job, dataset: Dataset, teacher: TeacherView | None,
 
     # Every rank trains every candidate; rank 0's choice holds, so all go on with one student.
     return job.stage("select_mitigation", lambda: distributed.from_primary(choose_mitigation(
-        candidates, train_candidate, gate)), _selection_summary)
+        candidates, train_candidate, gate, harm, epochs=training.epochs,
+        recommended=not job.spec.mitigation.candidates)), _selection_summary)
 
 
 def _selection_training(training: TrainingSpec, selection_epochs: int) -> TrainingSpec:

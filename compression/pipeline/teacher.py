@@ -39,6 +39,7 @@ class TeacherView:
     test_report / holdout_report: of the teacher as given (the guardrails' reference).
     reliability: per-subgroup holdout profile, of ``model``; calibration: None when off.
     test_flow: ``model``'s predictions and soft-label mass on test, for the harm diagnosis.
+    holdout_logits: [N, C] of ``model`` on holdout, for objectives that refit the teacher.
     """
 
     model: Callable[[Tensor], Tensor]
@@ -48,6 +49,7 @@ class TeacherView:
     reliability: dict[str, Any]
     calibration: dict[str, Any] | None
     test_flow: TeacherFlow | None = None
+    holdout_logits: Tensor | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"sha256": self.sha256, "reliability": self.reliability,
@@ -166,4 +168,4 @@ def _profile(job: Job, dataset: Dataset, teacher: Any, calibrate: bool,
     flow = teacher_flow(test_logits, dataset.test.y, dataset.test.group, len(groups),
                         members=[g.cells for g in groups])
     return TeacherView(model, teacher.sha256, test_report, holdout_report,
-                       reliability.to_dict(), calibration, flow)
+                       reliability.to_dict(), calibration, flow, logits)

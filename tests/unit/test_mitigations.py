@@ -18,7 +18,8 @@ from compression.losses.adaptive_alpha import group_alphas, teacher_margin
 from compression.losses.adaptive_margin import class_margins
 from compression.spec import MitigationSpec
 
-MITIGATIONS = ["adaptive_alpha", "adaptive_margin", "group_dro", "ltkd", "teacher_calibration"]
+MITIGATIONS = ["adaptive_alpha", "adaptive_margin", "balanced_teacher", "group_dro", "ltkd",
+               "paired_alpha", "paired_dro", "teacher_calibration"]
 REBALANCING = ["balanced_softmax", "class_balanced", "group_dro_one_hot", "logit_adjusted"]
 
 
@@ -239,7 +240,10 @@ def test_adaptive_margin_pushes_up_the_logit_of_an_unreliable_class():
 
 
 def test_every_mitigation_gives_a_finite_differentiable_loss():
-    ctx = context({"a": 0.9, "b": 0.4}, classes=(0.9, 0.5, 0.2))
+    probe = {"groups": [{"name": "a", "n": 3, "b": 1, "c": 0},
+                        {"name": "b", "n": 3, "b": 0, "c": 2}]}
+    ctx = context({"a": 0.9, "b": 0.4}, classes=(0.9, 0.5, 0.2), harm_evidence=probe,
+                  teacher_holdout_logits=torch.randn(8, 3))
     for name in MITIGATIONS:
         s = S.clone().requires_grad_(True)
         out = build_loss(MitigationSpec(name=name), ctx)(s, Y, T, G)

@@ -1,0 +1,128 @@
+"""auto chooses for no harm: constructed holdout results, the real paired harm test."""
+
+import pytest
+import torch
+
+from compression.data.dataset import Split
+from compression.evaluation import EvalReport, evaluate
+from compression.guardrails import PASS, Check, StageVerdict, judge
+from compression.losses.registry import (RECOMMENDED_CANDIDATES, candidates_of,
+                                         check_mitigation, requirements)
+from compression.selection import choose_mitigation
+from compression.spec import GuardrailSpec, MitigationSpec
+
+KD = MitigationSpec(name="kd", alpha=0.9)
+PAIRED = MitigationSpec(name="paired_alpha", alpha=0.9)
+LA = MitigationSpec(name="logit_adjusted", alpha=0.0)
+CLASSES, GROUPS = ("head", "tail"), ("head", "tail")
+Y = torch.tensor([0] * 300 + [1] * 60)  # a long-tailed holdout
+
+
+HOLDOUT = Split(torch.zeros(360, 1, 1, 1, dtype=torch.uint8), Y, Y)  # group = class
+
+
+def holdout_report(name: str, wrong_head: int, wrong_tail: int) -> EvalReport:
+    """A model wrong on the first ``wrong_*`` examples of each class, on the same examples
+    as every other report, so the paired test sees them."""
+    pred = Y.clone()
+    pred[:wrong_head] = 1
+    pred[300:300 + wrong_tail] = 0
+    return evaluate(pred, HOLDOUT, CLASSES, GROUPS, name=name)
+
+
+ONE_HOT = holdout_report("one_hot", 30, 12)
+HARM_POLICY = GuardrailSpec(max_drop_vs_one_hot=0.0, max_drop_vs_student=None,
+                            block_on_insufficient_evidence=False)
+
+
+def harm(report: EvalReport) -> StageVerdict:
+    return judge(report, HARM_POLICY, "selection_harm", one_hot=ONE_HOT)
+
+
+def passes(report: EvalReport) -> StageVerdict:
+    return StageVerdict("selection", (), ())
+
+
+class Trainer:
+    def __init__(self, reports):
+        self.reports, self.calls = reports, []
+
+    def __call__(self, spec):
+        self.calls.append(spec.name)
+        return self.reports[spec.name]
+
+
+def test_the_most_accurate_harmless_candidate_wins_over_a_more_accurate_harmful_one():
+    # kd: best overall (head all right) but the tail falls from 80% to 50%: harm shown
+    trainer = Trainer({"kd": holdout_report("kd", 0, 30),
+                       "paired_alpha": holdout_report("paired_alpha", 20, 12),
+                       "logit_adjusted": holdout_report("logit_adjusted", 30, 10)})
+    sel = choose_mitigation([KD, PAIRED, LA], trainer, passes, harm, epochs=10)
+    assert sel.candidates[0].accuracy > sel.candidates[1].accuracy
+    assert sel.candidates[0].harmed == ("tail",) and sel.candidates[1].harmless
+    assert sel.chosen is PAIRED and sel.met_floors
+    d = sel.to_dict()
+    assert "most accurate" in d["reason"] and "1 showed harm" in d["reason"]
+    assert d["cost"]["candidates_trained"] == 3 and d["cost"]["epochs_total"] == 30
+    assert d["candidates"][0]["harm_shown_on"] == ["tail"]
+
+
+def test_the_policy_decides_among_harmless_candidates():
+    trainer = Trainer({"kd": holdout_report("kd", 10, 12),
+                       "paired_alpha": holdout_report("paired_alpha", 20, 12)})
+
+    def policy(report):  # a floor only the second meets
+        ok = report.name == "paired_alpha"
+        check = Check("min_accuracy", "tail", 0.8, 0.8, (0.0, 1.0), 100,
+                      PASS if ok else "FAIL", "floor", p_value=0.5, threshold=0.05)
+        return StageVerdict("selection", (check,), ())
+    sel = choose_mitigation([KD, PAIRED], trainer, policy, harm)
+    assert sel.chosen is PAIRED and sel.met_floors
+
+
+def test_with_no_harmless_policy_passer_the_best_harmless_worst_group_is_kept_and_flagged():
+    trainer = Trainer({"kd": holdout_report("kd", 0, 30),
+                       "paired_alpha": holdout_report("paired_alpha", 5, 12),
+                       "logit_adjusted": holdout_report("logit_adjusted", 30, 10)})
+
+    def blocks(report):
+        check = Check("min_accuracy", "tail", 0.1, 0.99, (0.0, 1.0), 100, "FAIL", "floor",
+                      p_value=0.001, threshold=0.05)
+        return StageVerdict("selection", (check,), ())
+    sel = choose_mitigation([KD, PAIRED, LA], trainer, blocks, harm)
+    assert sel.candidates[1].accuracy > sel.candidates[2].accuracy  # tail decides, not overall
+    assert sel.chosen is LA and not sel.met_floors
+    assert "no candidate with no harm shown passes" in sel.reason
+
+
+def test_when_every_candidate_harms_the_best_worst_group_is_kept():
+    trainer = Trainer({"kd": holdout_report("kd", 0, 40),
+                       "paired_alpha": holdout_report("paired_alpha", 0, 30)})
+    sel = choose_mitigation([KD, PAIRED], trainer, passes, harm)
+    assert sel.chosen is PAIRED and not sel.met_floors
+    assert "every candidate shows harm" in sel.reason and "best worst group" in sel.reason
+
+
+def test_without_a_harm_judge_every_candidate_counts_as_harmless():
+    trainer = Trainer({"kd": holdout_report("kd", 0, 30), "paired_alpha": ONE_HOT})
+    assert choose_mitigation([KD, PAIRED], trainer, passes).chosen is KD
+
+
+def test_auto_without_candidates_uses_the_recommended_set():
+    auto = MitigationSpec(name="auto")
+    assert auto.problems() == []
+    assert candidates_of(auto) == RECOMMENDED_CANDIDATES
+    check_mitigation(auto)  # every recommended candidate is valid
+    needs = requirements(auto)
+    assert needs.needs_teacher and needs.harm_probe and needs.teacher_holdout_logits
+    names = [c.name for c in RECOMMENDED_CANDIDATES]
+    assert names[0] == "kd" and "logit_adjusted" in names  # the teacher-free reference
+    own = MitigationSpec(name="auto", candidates=(LA,))
+    assert candidates_of(own) == (LA,) and not requirements(own).needs_teacher
+
+
+@pytest.mark.parametrize("wrong_tail,harmed", [(12, False), (15, False), (30, True)])
+def test_harm_is_the_paired_test_with_its_multiplicity_control(wrong_tail, harmed):
+    # 3 more tail errors than one-hot (b=3, c=0) is not shown at 95% with Holm; 18 is
+    verdict = harm(holdout_report("x", 30, wrong_tail))
+    assert any(c.verdict == "FAIL" for c in verdict.checks) is harmed
