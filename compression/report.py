@@ -150,6 +150,9 @@ class JobReport:
                                                omit_empty=True)
     selection: dict[str, Any] | None = section(optional(JSON_OBJECT), None)
     mitigation: dict[str, Any] | None = section(optional(JSON_OBJECT), None)
+    # what a client sends the artifacts and the preprocessing they run (data.preprocess)
+    input_contract: dict[str, Any] | None = section(optional(JSON_OBJECT), None,
+                                                    omit_empty=True)
     guardrail_preflight: tuple[str, ...] = section(sequence(STR), ())
     exports: dict[str, ExportRecord] = section(mapping(typed(ExportRecord)), {})
     stage_seconds: dict[str, float] = section(mapping(FLOAT), {})
@@ -302,4 +305,3 @@ def _why(exc: BaseException) -> str:
     if isinstance(exc, KeyError):
         return f"missing {exc.args[0]!r}"
     return str(exc)
-

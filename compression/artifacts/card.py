@@ -111,9 +111,7 @@ def _model_lines(report: JobReport) -> list[str]:
     name = mitigation.get("name", spec.mitigation.name)
     lines.append(f"- Objective: `{name}` (alpha {mitigation.get('alpha', spec.mitigation.alpha)}"
                  f", temperature {mitigation.get('temperature', spec.mitigation.temperature)})")
-    shape = data.input_shape
-    lines.append(f"- Input: float32 [batch, {', '.join(map(str, shape))}], pixel values "
-                 "scaled to [0, 1] (uint8 / 255); any normalisation is inside the model")
+    lines.append(_input_line(report))
     if data.class_names:
         lines.append(f"- Output: logits [batch, {len(data.class_names)}] over "
                      f"{', '.join(data.class_names)}")
@@ -121,6 +119,22 @@ def _model_lines(report: JobReport) -> list[str]:
     lines.append(f"- Data: {spec.data.source}; test split of "
                  f"{test.size if test else '?'} samples in {len(data.group_names)} subgroups")
     return lines
+
+
+def _input_line(report: JobReport) -> str:
+    """What a client sends the served artifact (``input_contract``, data.preprocess)."""
+    contract = report.input_contract
+    shape = ", ".join(map(str, report.data.input_shape))
+    if not contract or contract.get("dtype") != "uint8":
+        return (f"- Input: float32 [batch, {shape}] (NCHW), pixel values scaled to [0, 1] "
+                "(uint8 / 255); any normalisation is inside the model")
+    order = contract.get("channel_order")
+    steps = "; ".join(contract.get("preprocess", {}).get("steps", [])[2:])
+    pp = contract.get("preprocess", {})
+    norm = (f" with mean {pp['mean']} and std {pp['std']}" if pp.get("mean") else "")
+    return (f"- Input: uint8 [batch, {shape}] (NCHW, {order} channels, values 0-255), the "
+            f"images as stored; the model casts them to float, divides by 255 and runs the "
+            f"declared preprocessing inside its graph ({steps}){norm}")
 
 
 def _overall_table(report: JobReport) -> str:

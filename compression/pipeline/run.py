@@ -22,6 +22,7 @@ from compression import distributed
 from compression.artifacts import REPORT, choose_shipped, write_bundle
 from compression.artifacts.upload import check_job, publish, upload_summary
 from compression.data import Dataset, describe, load_dataset
+from compression.data.preprocess import input_contract, model_input_shape, unwrap
 from compression.data.loader import loading
 from compression.errors import InvalidInput
 from compression.evaluation import EvalReport
@@ -102,6 +103,7 @@ def run(spec: JobSpec, on_event: EventSink = emit_nothing,
                 "teacher": teacher and TeacherSummary.from_dict(teacher.to_dict()),
                 "selection": selection.to_dict() if selection else None,
                 "mitigation": spec_to_dict(mitigation), "guardrail_preflight": tuple(detectable),
+                "input_contract": input_contract(spec.data.preprocess, dataset.input_shape),
                 "harm_diagnosis": harm_diagnosis(dataset, student_predictions, baseline, teacher)}
     return _finish(job, dataset, student, student_report, student_verdict, artifacts,
                    [teacher and teacher.test_report, baseline and baseline.test_report], sections)
@@ -122,6 +124,10 @@ def _preflight(job: Job, dataset: Dataset) -> list[str]:
     unknown = arch_problem(spec.student.arch)
     if unknown:
         problems.append(f"student.arch: {unknown}")
+    try:
+        model_input_shape(spec.data.preprocess, dataset.input_shape)
+    except InvalidInput as exc:  # a crop larger than the images, mean/std per channel
+        problems += exc.problems
     if problems:
         raise InvalidInput(problems, "the job cannot run")
     notes = preflight_notes(spec.guardrails, layout.names, counts, artifacts=spec.export.onnx)
@@ -210,7 +216,7 @@ def _save_student(student: torch.nn.Module, dataset: Dataset, out_dir: Path) -> 
     files = {"student": out_dir / "student.pt2",
              "student_weights": out_dir / "student.safetensors"}
     save_exported(student, dataset.input_shape, files["student"])
-    save_weights(student, files["student_weights"])
+    save_weights(unwrap(student)[0], files["student_weights"])  # loads into the bare arch
     return files
 
 
