@@ -121,7 +121,11 @@ def case_target(rows: list[dict[str, Any]]) -> dict[str, Any]:
         checks = {m.label: target_check(by[m.label, seed], kd, rebal) for m in methods()
                   if not m.teacher_free and not m.label.startswith("kd ")
                   and (m.label, seed) in by}
-        per_seed[seed] = {"kd_harmed": kd["harmed_vs_one_hot"], "auto": checks.get(AUTO),
+        per_seed[seed] = {"kd_harmed": kd["harmed_vs_one_hot"],
+                          "kd_below": [p for p in kd["paired_vs_one_hot"] if p["below"]],
+                          "auto_below": [p for p in by[AUTO, seed]["paired_vs_one_hot"]
+                                         if p["below"]] if (AUTO, seed) in by else [],
+                          "auto": checks.get(AUTO),
                           "auto_chose": by[AUTO, seed]["chosen"] if (AUTO, seed) in by
                           else None}
         for label, check in checks.items():

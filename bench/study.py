@@ -92,28 +92,39 @@ def _cells(cases: list[Case], config: StudyConfig) -> tuple[list[Cell], dict[Cas
 
 def _schedule(pool: ProcessPoolExecutor, cases: list[Case], config: StudyConfig,
               teachers_only: bool, jobs: int) -> tuple[dict[str, dict], list[dict], int]:
-    """Train teachers first, then run cells whose teacher is ready, lowest seed first, at
-    most ``jobs`` at a time (so a study cut short has whole seeds); returns (teacher
-    summaries by case, run summaries, runs trained)."""
+    """Run teachers and cells, at most ``jobs`` at a time, in case order (a case's teacher
+    first, then its cells, lowest seed first; a cell waits for its teacher), so a study cut
+    short has whole cases; returns (teacher summaries, run summaries, runs trained)."""
     free, taught = _cells(cases, config)
-    queue: list[tuple] = [] if teachers_only else list(free)
-    pending: dict[Future, tuple[str, object]] = {
-        pool.submit(ensure_case_teacher, c, config): ("teacher", c) for c in cases}
     rank = {c: i for i, c in enumerate(cases)}
+    order = {m.label: i for i, m in enumerate(methods())}
+    ready: list[tuple] = [("teacher", c) for c in cases]
+    if not teachers_only:
+        ready += [("cell", cell) for cell in free]
     total = len(free) + sum(map(len, taught.values()))
+    pending: dict[Future, tuple[str, object]] = {}
     teachers, results, trained, start = {}, [], 0, time.perf_counter()
-    while pending or queue:
-        while queue and len(pending) < jobs + 1:  # one queued ahead keeps the workers busy
-            cell = min(queue, key=lambda c: (c[2], rank[c[0]], c[1].label))
-            queue.remove(cell)
-            pending[pool.submit(run_cell, *cell, config)] = ("cell", cell)
+
+    def priority(task: tuple) -> tuple:
+        kind, item = task
+        if kind == "teacher":
+            return (rank[item], 0, 0, 0)
+        case, method, seed = item
+        return (rank[case], 1, seed, order[method.label])
+    while pending or ready:
+        while ready and len(pending) < jobs:
+            task = min(ready, key=priority)
+            ready.remove(task)
+            kind, item = task
+            future = (pool.submit(ensure_case_teacher, item, config) if kind == "teacher"
+                      else pool.submit(run_cell, *item, config))
+            pending[future] = task
         done, _ = wait(pending, return_when=FIRST_COMPLETED)
         for future in done:
             kind, item = pending.pop(future)
             if kind == "teacher":
                 teachers[item.name] = future.result()
-                if not teachers_only:
-                    queue += taught[item]
+                ready += [] if teachers_only else [("cell", cell) for cell in taught[item]]
                 continue
             summary, reused = future.result()
             results.append(summary)

@@ -169,7 +169,7 @@ class MitigationSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., alpha: _Optional[float] = ..., temperature: _Optional[float] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., calibrate_teacher: _Optional[bool] = ..., candidates: _Optional[_Iterable[_Union[MitigationSpec, _Mapping]]] = ..., selection_epochs: _Optional[int] = ...) -> None: ...
 
 class GuardrailSpec(_message.Message):
-    __slots__ = ("min_accuracy", "min_accuracy_by_group", "max_drop_vs_teacher", "max_drop_vs_one_hot", "min_worst_group_accuracy", "max_group_gap", "min_samples", "block_on_insufficient_evidence", "max_drop_vs_student", "confidence", "multiplicity")
+    __slots__ = ("min_accuracy", "min_accuracy_by_group", "max_drop_vs_teacher", "max_drop_vs_one_hot", "min_worst_group_accuracy", "max_group_gap", "min_samples", "block_on_insufficient_evidence", "max_drop_vs_student", "confidence", "multiplicity", "discovered_slices", "slice_discovery")
     class MinAccuracyByGroupEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -188,6 +188,8 @@ class GuardrailSpec(_message.Message):
     MAX_DROP_VS_STUDENT_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     MULTIPLICITY_FIELD_NUMBER: _ClassVar[int]
+    DISCOVERED_SLICES_FIELD_NUMBER: _ClassVar[int]
+    SLICE_DISCOVERY_FIELD_NUMBER: _ClassVar[int]
     min_accuracy: float
     min_accuracy_by_group: _containers.ScalarMap[str, float]
     max_drop_vs_teacher: float
@@ -199,10 +201,34 @@ class GuardrailSpec(_message.Message):
     max_drop_vs_student: float
     confidence: float
     multiplicity: str
-    def __init__(self, min_accuracy: _Optional[float] = ..., min_accuracy_by_group: _Optional[_Mapping[str, float]] = ..., max_drop_vs_teacher: _Optional[float] = ..., max_drop_vs_one_hot: _Optional[float] = ..., min_worst_group_accuracy: _Optional[float] = ..., max_group_gap: _Optional[float] = ..., min_samples: _Optional[int] = ..., block_on_insufficient_evidence: _Optional[bool] = ..., max_drop_vs_student: _Optional[float] = ..., confidence: _Optional[float] = ..., multiplicity: _Optional[str] = ...) -> None: ...
+    discovered_slices: SliceRuleSpec
+    slice_discovery: SliceDiscoverySpec
+    def __init__(self, min_accuracy: _Optional[float] = ..., min_accuracy_by_group: _Optional[_Mapping[str, float]] = ..., max_drop_vs_teacher: _Optional[float] = ..., max_drop_vs_one_hot: _Optional[float] = ..., min_worst_group_accuracy: _Optional[float] = ..., max_group_gap: _Optional[float] = ..., min_samples: _Optional[int] = ..., block_on_insufficient_evidence: _Optional[bool] = ..., max_drop_vs_student: _Optional[float] = ..., confidence: _Optional[float] = ..., multiplicity: _Optional[str] = ..., discovered_slices: _Optional[_Union[SliceRuleSpec, _Mapping]] = ..., slice_discovery: _Optional[_Union[SliceDiscoverySpec, _Mapping]] = ...) -> None: ...
+
+class SliceRuleSpec(_message.Message):
+    __slots__ = ("max_drop", "min_size")
+    MAX_DROP_FIELD_NUMBER: _ClassVar[int]
+    MIN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    max_drop: float
+    min_size: int
+    def __init__(self, max_drop: _Optional[float] = ..., min_size: _Optional[int] = ...) -> None: ...
+
+class SliceDiscoverySpec(_message.Message):
+    __slots__ = ("enabled", "clusters", "candidates", "components", "representation")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    CLUSTERS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    COMPONENTS_FIELD_NUMBER: _ClassVar[int]
+    REPRESENTATION_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    clusters: int
+    candidates: int
+    components: int
+    representation: str
+    def __init__(self, enabled: _Optional[bool] = ..., clusters: _Optional[int] = ..., candidates: _Optional[int] = ..., components: _Optional[int] = ..., representation: _Optional[str] = ...) -> None: ...
 
 class ExportSpec(_message.Message):
-    __slots__ = ("onnx", "int8", "tensorrt", "tensorrt_precision", "opset", "calibration_per_group", "parity_max_abs_diff", "parity_min_top1_agreement", "min_batch", "opt_batch", "max_batch")
+    __slots__ = ("onnx", "int8", "tensorrt", "tensorrt_precision", "opset", "calibration_per_group", "parity_max_abs_diff", "parity_min_top1_agreement", "min_batch", "opt_batch", "max_batch", "mixed_precision", "mixed_max_candidates", "mixed_max_seconds", "latency_warmup", "latency_repeats")
     ONNX_FIELD_NUMBER: _ClassVar[int]
     INT8_FIELD_NUMBER: _ClassVar[int]
     TENSORRT_FIELD_NUMBER: _ClassVar[int]
@@ -214,6 +240,11 @@ class ExportSpec(_message.Message):
     MIN_BATCH_FIELD_NUMBER: _ClassVar[int]
     OPT_BATCH_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
+    MIXED_PRECISION_FIELD_NUMBER: _ClassVar[int]
+    MIXED_MAX_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    MIXED_MAX_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_WARMUP_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_REPEATS_FIELD_NUMBER: _ClassVar[int]
     onnx: bool
     int8: bool
     tensorrt: str
@@ -225,7 +256,12 @@ class ExportSpec(_message.Message):
     min_batch: int
     opt_batch: int
     max_batch: int
-    def __init__(self, onnx: _Optional[bool] = ..., int8: _Optional[bool] = ..., tensorrt: _Optional[str] = ..., tensorrt_precision: _Optional[str] = ..., opset: _Optional[int] = ..., calibration_per_group: _Optional[int] = ..., parity_max_abs_diff: _Optional[float] = ..., parity_min_top1_agreement: _Optional[float] = ..., min_batch: _Optional[int] = ..., opt_batch: _Optional[int] = ..., max_batch: _Optional[int] = ...) -> None: ...
+    mixed_precision: bool
+    mixed_max_candidates: int
+    mixed_max_seconds: float
+    latency_warmup: int
+    latency_repeats: int
+    def __init__(self, onnx: _Optional[bool] = ..., int8: _Optional[bool] = ..., tensorrt: _Optional[str] = ..., tensorrt_precision: _Optional[str] = ..., opset: _Optional[int] = ..., calibration_per_group: _Optional[int] = ..., parity_max_abs_diff: _Optional[float] = ..., parity_min_top1_agreement: _Optional[float] = ..., min_batch: _Optional[int] = ..., opt_batch: _Optional[int] = ..., max_batch: _Optional[int] = ..., mixed_precision: _Optional[bool] = ..., mixed_max_candidates: _Optional[int] = ..., mixed_max_seconds: _Optional[float] = ..., latency_warmup: _Optional[int] = ..., latency_repeats: _Optional[int] = ...) -> None: ...
 
 class JobSpec(_message.Message):
     __slots__ = ("name", "teacher", "data", "student", "training", "mitigation", "guardrails", "export", "output_dir", "output_uri")

@@ -45,7 +45,8 @@ EVERY_FIELD = {
     "export": {"onnx": True, "int8": False, "tensorrt": "off", "tensorrt_precision": "fp32",
                "opset": 13, "calibration_per_group": 4, "parity_max_abs_diff": 0.01,
                "parity_min_top1_agreement": 0.5, "min_batch": 1, "opt_batch": 2,
-               "max_batch": 4},
+               "max_batch": 4, "mixed_precision": False, "mixed_max_candidates": 3,
+               "mixed_max_seconds": 12.5, "latency_warmup": 0, "latency_repeats": 7},
 }
 
 
