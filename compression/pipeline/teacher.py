@@ -80,8 +80,8 @@ def _load(job: Job, dataset: Dataset) -> Teacher:
         if transform.is_identity:
             raise
         raise InvalidInput([*exc.problems, f"the data, as data.preprocess makes it, is float32 "
-                            f"{['B', *shape]}; images as stored are "
-                            f"{['B', *dataset.input_shape]}"], exc.context) from None
+                            f"{_shape(['B', *shape])}; images as stored are "
+                            f"{_shape(['B', *dataset.input_shape])}"], exc.context) from None
     preflight_teacher(teacher, dataset.train.x[:_PREFLIGHT_IMAGES], transform,
                       dataset.num_classes)
     return teacher
@@ -93,16 +93,24 @@ def declared_input(teacher: Any) -> tuple[str, list[Any]] | None:
     runner = getattr(teacher, "_run", None)
     if isinstance(runner, OnnxRunner):
         first = runner.session.get_inputs()[0]
-        return first.type.removeprefix("tensor(").rstrip(")"), list(first.shape or [])
+        dtype = first.type.removeprefix("tensor(").rstrip(")")
+        return ("float32" if dtype == "float" else dtype), _dims(first.shape or [])
     module = getattr(teacher, "module", None)
-    graph = getattr(module, "graph", None)
-    if isinstance(module, torch.fx.GraphModule) and graph is not None:
-        for node in graph.nodes:
+    if isinstance(module, torch.fx.GraphModule):
+        for node in module.graph.nodes:
             val = node.meta.get("val") if node.op == "placeholder" else None
             if isinstance(val, Tensor):
-                shape = [d if isinstance(d, int) else str(d) for d in val.shape]
-                return str(val.dtype).removeprefix("torch."), shape
+                return str(val.dtype).removeprefix("torch."), _dims(val.shape)
     return None
+
+
+def _shape(dims: Any) -> str:
+    return "[" + ", ".join(str(d) for d in dims) + "]"
+
+
+def _dims(shape: Any) -> list[Any]:
+    """Fixed sizes as ints; a free batch size as B, any other free size as ?."""
+    return [d if isinstance(d, int) else ("B" if i == 0 else "?") for i, d in enumerate(shape)]
 
 
 def preflight_teacher(teacher: Any, pixels: Tensor, transform: PreprocessSpec,
@@ -111,9 +119,9 @@ def preflight_teacher(teacher: Any, pixels: Tensor, transform: PreprocessSpec,
     naming the teacher's declared input and the data's when they do not fit, or when it
     fails on the batch or does not return finite logits [b, num_classes]."""
     batch = preprocess_batch(pixels, transform)  # [b, C, h, w] float32
-    data = f"float32 {['B', *batch.shape[1:]]}"
+    data = f"float32 {_shape(['B', *batch.shape[1:]])}"
     declared = declared_input(teacher)
-    takes = f"{declared[0]} {declared[1]}" if declared else "an undeclared input"
+    takes = f"{declared[0]} {_shape(declared[1])}" if declared else "an undeclared input"
     where = f"teacher {getattr(teacher, 'path', '')}".strip()
     fix = ("set data.preprocess (resize, crop, mean/std) and data.channels so that the "
            "data fits the teacher, or give a teacher trained on data like this")
@@ -137,7 +145,7 @@ def preflight_teacher(teacher: Any, pixels: Tensor, transform: PreprocessSpec,
 
 def _fits(declared: tuple[str, list[Any]], batch: Tensor) -> bool:
     dtype, shape = declared
-    if dtype not in ("float", "float32", "float16", "double", "float64"):
+    if dtype not in ("float32", "float16", "double", "float64"):
         return False  # the teacher is given float32 (half and double are cast to)
     return len(shape) == batch.dim() and all(
         not isinstance(d, int) or d == n for d, n in zip(shape[1:], batch.shape[1:]))

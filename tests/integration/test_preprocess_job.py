@@ -120,4 +120,4 @@ def test_a_teacher_for_other_inputs_is_refused_naming_both_shapes(data_dir):
         run(_job(data_dir, "teacher20.pt2"))
     text = str(err.value)
     assert "[2, 3, 16, 16]" in text and "x.size()[2] == 20" in text
-    assert "float32 ['B', 3, 16, 16]" in text and "['B', 3, 20, 24]" in text
+    assert "float32 [B, 3, 16, 16]" in text and "[B, 3, 20, 24]" in text
