@@ -48,8 +48,10 @@ class LazyImages:
     """x: [N, C, H, W] uint8 of a streamed split, decoded when indexed.
 
     ``x[i]``, ``x[a:b]``, ``x[idx]`` (int tensor or array) decode those samples, on up to
-    ``workers`` threads (image decoding releases the GIL); ``shape``, ``dtype``, ``ndim`` and
-    ``len`` answer without reading anything. ``workers`` is also the number of DataLoader
+    ``workers`` threads (image decoding releases the GIL), into a tensor. A boolean mask
+    ``x[mask]`` (or ``select``) gives a ``LazyImages`` of those samples instead, decoding
+    nothing: a mask carves a sub-split, as the holdout folds of a cross-fit do, which may be
+    as large as the split. ``shape``, ``dtype``, ``ndim`` and ``len`` read nothing. ``workers`` is also the number of DataLoader
     worker processes that training reads the split with (``data.workers``)."""
 
     dtype = torch.uint8
@@ -78,8 +80,12 @@ class LazyImages:
             return self._read(np.arange(*key.indices(n)))
         rows = torch.as_tensor(key).cpu().numpy().reshape(-1)
         if rows.dtype == np.bool_:
-            raise TypeError("a streamed split is indexed by positions, not by a mask")
+            return self.select(rows)
         return self._read(np.arange(n)[rows])
+
+    def select(self, rows: np.ndarray) -> "LazyImages":
+        """The samples at ``rows`` (positions, or a boolean mask over all N), not decoded."""
+        return LazyImages(self.index.take(np.arange(len(self))[rows]), self.workers)
 
     def _read(self, rows: np.ndarray) -> torch.Tensor:
         if len(rows) == 0:

@@ -102,6 +102,9 @@ def test_lazy_images_index_like_a_tensor(files):
     idx = torch.tensor([5, 0, 5, len(held) - 1])
     assert torch.equal(lazy[idx], held[idx])
     assert lazy[5:5].shape == (0, 3, 8, 8)
+    mask = torch.arange(len(held)) % 3 == 0
+    part = lazy[mask]  # a mask carves a sub-split: still lazy
+    assert isinstance(part, LazyImages) and torch.equal(part[:], held[mask])
     with pytest.raises(IndexError):
         lazy[len(held)]
 
