@@ -117,7 +117,7 @@ class ImageIndex:
         caller between calls (a worker reads many samples of one shard)."""
         name = self.files[int(self.file_of[i])]
         if self.offset[i] < 0:
-            with access.open_input(Path(name), "image") as f:
+            with access.open_input(name, "image") as f:
                 arr = decode_image(f, name, f"image {name}", self.resize)
         else:
             arr = self._decode_member(i, name, shards if shards is not None else {})
