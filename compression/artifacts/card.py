@@ -100,6 +100,17 @@ def _insufficient(v: StageVerdict) -> list[str]:
     return [g.name for g in v.groups if g.verdict == INSUFFICIENT_EVIDENCE]
 
 
+def _selection_lines(selection: dict | None) -> list[str]:
+    """Why ``auto`` chose the objective, and what choosing cost."""
+    if not selection:
+        return []
+    cost = selection.get("cost") or {}
+    why = selection.get("reason") or selection.get("rule")
+    return [f"- Chosen by `auto` on holdout: {why} (cost: "
+            f"{cost.get('candidates_trained', '?')} candidates trained, "
+            f"{cost.get('epochs_total', '?')} epochs, {cost.get('seconds', '?')} s)"]
+
+
 def _model_lines(report: JobReport) -> list[str]:
     spec, data = report.spec, report.data
     params = report.student_parameters
@@ -111,6 +122,7 @@ def _model_lines(report: JobReport) -> list[str]:
     name = mitigation.get("name", spec.mitigation.name)
     lines.append(f"- Objective: `{name}` (alpha {mitigation.get('alpha', spec.mitigation.alpha)}"
                  f", temperature {mitigation.get('temperature', spec.mitigation.temperature)})")
+    lines += _selection_lines(report.selection)
     lines.append(_input_line(report))
     if data.class_names:
         lines.append(f"- Output: logits [batch, {len(data.class_names)}] over "

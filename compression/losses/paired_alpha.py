@@ -16,7 +16,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from compression.distributed import batch_mean
 
 from compression.errors import InvalidInput
 from compression.losses.adaptive_alpha import adaptive_alpha_loss
@@ -33,12 +37,19 @@ from compression.spec import MitigationSpec
 __all__ = ["PARAMS", "DRO_PROBE_PARAMS", "param_problems", "dro_param_problems",
            "PairedDROLoss", "build", "build_dro"]
 
-PARAMS: dict[str, Any] = {**PROBE_PARAMS, **LABEL_PARAMS}
+PARAMS: dict[str, Any] = {**PROBE_PARAMS, "mask_classes": False, **LABEL_PARAMS}
 DRO_PROBE_PARAMS: dict[str, Any] = {**PROBE_PARAMS, **DRO_PARAMS}
 
 
 def param_problems(params: dict[str, Any]) -> list[str]:
     return probe_param_problems(params) + label_param_problems(params)
+
+
+def _mask_problems(params: dict[str, Any], context: LossContext) -> list[str]:
+    if params["mask_classes"] and context.class_groups is None:
+        return ["mitigation.params.mask_classes needs subgroups that group whole classes "
+                "(subgroups.by class, frequency or map); these subgroups cut across classes"]
+    return []
 
 
 def dro_param_problems(params: dict[str, Any]) -> list[str]:
@@ -55,17 +66,44 @@ def _alphas(spec: MitigationSpec, context: LossContext,
                     "alpha_by_group": dict(zip(context.group_names, alphas.tolist()))}
 
 
+def within_trusted_kl(student_logits: Tensor, teacher_logits: Tensor, trusted: Tensor,
+                      temperature: float) -> Tensor:
+    """``T^2 * p_U * KL(p(.|U) || q(.|U))`` per example: the teacher's knowledge within the
+    trusted classes U alone, at temperature T. student_logits, teacher_logits: [B, C];
+    trusted: [C] bool -> [B]. The student's logits of the other classes get no gradient
+    from it, and neither does the mass it puts on them. All trusted: the usual KD term."""
+    z = student_logits.float() / temperature
+    t = teacher_logits.float() / temperature
+    off = torch.where(trusted.to(z.device), 0.0, float("-inf"))  # [C]
+    log_q = torch.log_softmax(z + off, dim=-1)  # [B, C], -inf off U
+    log_p = torch.log_softmax(t + off, dim=-1)
+    p_u = torch.softmax(t, dim=-1)[:, trusted.to(z.device)].sum(dim=-1)  # [B]
+    kl = F.kl_div(log_q.clamp_min(-1e4), log_p.exp(), reduction="none").sum(dim=-1)
+    return temperature ** 2 * p_u * kl
+
+
 def build(spec: MitigationSpec, context: LossContext, params: dict[str, Any]) -> Loss:
-    """Per-subgroup alphas from ``context.harm_evidence``."""
-    _raise(spec.name, param_problems(params))
+    """Per-subgroup alphas from ``context.harm_evidence``; with ``mask_classes`` the classes
+    of subgroups not shown harmless (w_g < 1/2) are also left out of every example's KD term."""
+    _raise(spec.name, param_problems(params) + _mask_problems(params, context))
     alpha_by_group, facts = _alphas(spec, context, params)
     label = label_term(params["label_loss"], context.train_class_counts, params["label_tau"])
     temperature = spec.temperature
+    trusted = None
+    if params["mask_classes"]:
+        w = alpha_by_group / spec.alpha if spec.alpha > 0 else torch.ones_like(alpha_by_group)
+        trusted = w[list(context.class_groups)] >= 0.5  # [C]
+        facts["trusted_classes"] = trusted.nonzero().squeeze(1).tolist()
 
     def paired_alpha(student_logits: Tensor, labels: Tensor, teacher_logits: Tensor | None,
                      groups: Tensor) -> Tensor:
-        return adaptive_alpha_loss(student_logits, teacher_logits, labels, groups,
-                                   alpha_by_group, temperature, label=label)
+        if trusted is None:
+            return adaptive_alpha_loss(student_logits, teacher_logits, labels, groups,
+                                       alpha_by_group, temperature, label=label)
+        alpha = alpha_by_group.to(student_logits.device)[groups]  # [B]
+        per_example = ((1 - alpha) * label(student_logits, labels) + alpha * within_trusted_kl(
+            student_logits, teacher_logits, trusted, temperature))
+        return batch_mean(per_example)
 
     return StatelessLoss("paired_alpha", paired_alpha, needs_teacher=True, facts=facts)
 

@@ -115,3 +115,32 @@ def test_balanced_teacher_is_kd_on_the_refitted_teacher():
     assert requirements(MitigationSpec(name="balanced_teacher")).teacher_holdout_logits
     with pytest.raises(InvalidInput, match="holdout logits"):
         build_loss(MitigationSpec(name="balanced_teacher"), context(None))
+
+
+def test_masking_leaves_harmed_classes_to_the_label_term():
+    from compression.losses.paired_alpha import within_trusted_kl
+    every = torch.ones(3, dtype=torch.bool)
+    assert torch.allclose(within_trusted_kl(S, T, every, 2.0), kd_kl(S, T, 2.0), atol=1e-5)
+    # by hand on one example, U = {0, 1}: p_U * KL of the renormalised pairs, times T^2
+    s, t = S[:1], T[:1]
+    p, q = F.softmax(t / 2, -1)[0], F.softmax(s / 2, -1)[0]
+    pu, qu = p[:2] / p[:2].sum(), q[:2] / q[:2].sum()
+    hand = 4 * p[:2].sum() * (pu * (pu / qu).log()).sum()
+    trusted = torch.tensor([True, True, False])
+    assert within_trusted_kl(s, t, trusted, 2.0).item() == pytest.approx(hand.item(), rel=1e-5)
+    z = S.clone().requires_grad_(True)
+    within_trusted_kl(z, T, trusted, 2.0).sum().backward()
+    assert torch.all(z.grad[:, 2] == 0) and z.grad[:, :2].abs().sum() > 0
+    # subgroup b (harm shown) holds class 2: its logit only hears the labels
+    ctx = context(class_groups=(0, 0, 1))
+    loss = build_loss(spec("paired_alpha", mask_classes=True), ctx)
+    assert loss.state_dict()["trusted_classes"] == [0, 1]
+    z = S.clone().requires_grad_(True)
+    loss(z, Y, T, G).backward()
+    alone = S.clone().requires_grad_(True)
+    F.cross_entropy(alone, Y, reduction="none").mul(
+        1 - 0.9 * torch.tensor([beta_cdf(0.5, 0.5, 12.5), beta_cdf(0.5, 12.5, 0.5)])[G]
+    ).mean().backward()
+    assert torch.allclose(z.grad[:, 2], alone.grad[:, 2], atol=1e-6)
+    with pytest.raises(InvalidInput, match="whole classes"):
+        build_loss(spec("paired_alpha", mask_classes=True), context())
