@@ -30,6 +30,7 @@ from compression.evaluation.jsonio import load_json
 from compression.evaluation.report import EvalReport
 from compression.guardrails import StageVerdict
 from compression.models.init_weights import StudentInit
+from compression.guardrails.slices import SliceDiscovery
 from compression.report_sections import (NOT_JUDGED, DataSummary, ExportRecord, FileRecord,
                                          GuardrailsReport, SplitSummary, TeacherSummary,
                                          TrainingSummary, as_float, as_int, as_str, blocks,
@@ -165,6 +166,8 @@ class JobReport:
     harm_diagnosis: dict[str, Any] | None = section(optional(JSON_OBJECT), None,
                                                     omit_empty=True)
     uploads: dict[str, Any] | None = section(optional(JSON_OBJECT), None, omit_empty=True)
+    discovered_slices: SliceDiscovery | None = section(optional(typed(SliceDiscovery)), None,
+                                                      omit_empty=True)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -361,7 +361,7 @@ class GuardrailsReport:
     @classmethod
     def from_dict(cls, data: Any, policy: GuardrailSpec) -> GuardrailsReport:
         d = fields_of(data, "guardrails", ("policy", "first_failing_stage", "summary", "stages"))
-        if d["policy"] != spec_to_dict(policy):
+        if not _same_policy(d["policy"], spec_to_dict(policy)):
             raise ValueError("guardrails.policy differs from spec.guardrails; the report was "
                              "edited or is corrupt")
         stages = tuple(StageVerdict.from_dict(v) for v in _list(d["stages"], "guardrails.stages"))
@@ -370,6 +370,18 @@ class GuardrailsReport:
             raise ValueError(f"guardrails.first_failing_stage is {d['first_failing_stage']!r} "
                              f"but the stages say {out.first_failing_stage!r}")
         return out  # the summary's words may differ between versions: it is recomputed
+
+
+# Policy fields added after reports were first written: an older report's policy lacks
+# them, and its spec, read back with their defaults, holds the same values.
+_LATER_POLICY_FIELDS = ("discovered_slices", "slice_discovery")
+
+
+def _same_policy(stored: Any, current: dict[str, Any]) -> bool:
+    if not isinstance(stored, Mapping):
+        return False
+    absent = {k: current[k] for k in _LATER_POLICY_FIELDS if k not in stored and k in current}
+    return {**absent, **stored} == current
 
 
 def _list(value: Any, what: str) -> list[Any]:

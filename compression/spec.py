@@ -233,6 +233,40 @@ class MitigationSpec:
 
 
 @dataclass(frozen=True)
+class SliceRuleSpec:
+    """Harm shown on a discovered slice (a FAIL) blocks shipping, as on a named subgroup.
+
+    max_drop: the largest drop (reference accuracy minus candidate accuracy) allowed on a
+    slice. min_size: slices with fewer test examples are not judged."""
+
+    max_drop: float = _num(0.05, 0.0, 1.0)
+    min_size: int = _num(30, 1, 2**31 - 1)
+
+    def problems(self) -> list[str]:
+        return []
+
+
+@dataclass(frozen=True)
+class SliceDiscoverySpec:
+    """Search for harmed slices nobody named (docs/guardrails.md, "Discovered slices").
+
+    Runs whenever the job has a reference to compare with; ``enabled: false`` turns it off.
+    """
+
+    enabled: bool = True
+    clusters: int = _num(16, 2, 1000)  # k-means clusters fitted on the holdout split
+    candidates: int = _num(5, 1, 100)  # clusters brought to the test split and judged
+    components: int = _num(16, 1, 1024)  # principal axes of the features kept
+    representation: str = _choice("auto", "teacher", "student", default="auto")
+
+    def problems(self) -> list[str]:
+        if self.candidates > self.clusters:
+            return [f"candidates ({self.candidates}) must not exceed clusters "
+                    f"({self.clusters})"]
+        return []
+
+
+@dataclass(frozen=True)
 class GuardrailSpec:
     """Per-subgroup accuracy floors checked on the student and on every exported artifact.
 
@@ -253,6 +287,9 @@ class GuardrailSpec:
     # one-sided level of every PASS, and 1 - the family-wise rate of false FAILs
     confidence: float = _num(0.95, 0.5, 1.0, lo_open=True, hi_open=True)
     multiplicity: str = _choice("holm", "bonferroni", "none", default="holm")
+    # A FAIL on a slice found by discovery blocks shipping; None: slices are only reported.
+    discovered_slices: SliceRuleSpec | None = None
+    slice_discovery: SliceDiscoverySpec = field(default_factory=SliceDiscoverySpec)
 
     def problems(self) -> list[str]:
         return [f"min_accuracy_by_group.{g} is {v}; it must be in [0, 1]"

@@ -140,6 +140,7 @@ def _wrapped(text: str, width: int) -> list[str]:
 
 
 def cmd_report(args: argparse.Namespace, stop: Any) -> int:
+    from service.convert_result import describe_result
     from service.report_view import format_report  # imports torch: only for this command
 
     with _client(args) as client:
@@ -150,7 +151,8 @@ def cmd_report(args: argparse.Namespace, stop: Any) -> int:
     if args.json:
         print(job.report_json)
         return exit_code_of_job(job)
-    print(f"{format_report(json.loads(job.report_json))}\n\n"
+    result = f"{describe_result(job.result)}\n\n" if job.HasField("result") else ""
+    print(f"{format_report(json.loads(job.report_json))}\n\n{result}"
           f"job {job.id}: {job_state(job).value}\nartifacts: {job.output_dir}")
     return exit_code_of_job(job)
 

@@ -16,6 +16,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from compression.errors import InvalidInput
 from compression.spec import JobSpec, parse_spec, read_job_file, spec_to_dict
 from service._proto import compress_pb2, spec_pb2
+from service.convert_result import result_of
 from service.states import JobState
 from service.store import EventRecord, JobRecord
 
@@ -134,7 +135,8 @@ def state_from_proto(value: int) -> JobState:
 
 
 def job_to_proto(job: JobRecord, full: bool = True) -> compress_pb2.Job:
-    """``full``: include the spec and the report (GetJob); ListJobs leaves them out."""
+    """``full``: include the spec, the report and the typed result read from it (GetJob);
+    ListJobs leaves them out."""
     message = compress_pb2.Job(
         id=job.id, request_id=job.request_id or "", state=state_to_proto(job.state),
         stage=job.stage, create_time=timestamp(job.created), update_time=timestamp(job.updated),
@@ -144,6 +146,9 @@ def job_to_proto(job: JobRecord, full: bool = True) -> compress_pb2.Job:
     if full:
         message.report_json = job.report_json
         message.spec.CopyFrom(dict_to_proto(job.spec))
+        result = result_of(job.id, job.report_json, job.output_dir)
+        if result is not None:
+            message.result.CopyFrom(result)
     return message
 
 

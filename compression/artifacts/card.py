@@ -7,9 +7,14 @@ NOT JUDGED, never PASS.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from torch import Tensor
+
 from compression.evaluation.report import EvalReport
 from compression.guardrails import INSUFFICIENT_EVIDENCE, Check, StageVerdict, describe_policy
 from compression.guardrails.rules import pct, pp
+from compression.guardrails.slices import SliceComparison, SliceDiscovery
 from compression.report import NOT_JUDGED, JobReport, blocks, group_label, stage_label
 
 __all__ = ["render_model_card"]
@@ -29,6 +34,8 @@ def render_model_card(report: JobReport, *, shipped_file: str | None, triton_dir
         "## Per-subgroup results\n\n" + _stage_sections(report),
         "## Intended use and limits\n\n" + "\n".join(f"- {line}" for line in _limits(report)),
     ]
+    if report.discovered_slices is not None:
+        sections.insert(-1, "## Discovered slices\n\n" + _discovered(report.discovered_slices))
     if report.artifact_choice is not None or report.mixed_precision is not None:
         sections.insert(4, "## Artifacts: size and latency\n\n" + _artifacts(report))
     return "\n\n".join(sections) + "\n"
@@ -267,6 +274,64 @@ def _limits(report: JobReport) -> list[str]:
         "Not evaluated: calibration of the scores, robustness to corrupted or adversarial "
         "inputs, latency on the target server.",
     ]
+
+
+def _discovered(discovery: SliceDiscovery) -> str:
+    parts = []
+    for c in discovery.comparisons:
+        use = ("a FAIL blocks shipping (rule discovered_slices)" if c.blocking
+               else "reported only: set the discovered_slices rule to block on them")
+        head = (f"`{c.stage}` against `{c.reference}`: {c.clusters} k-means clusters of the "
+                f"{c.representation}'s penultimate features ({c.components} principal axes) on "
+                f"the {c.holdout_n} holdout examples; the {c.family_size} most harmed with at "
+                f"least {c.min_size} of the {c.test_n} test examples judged on test as one "
+                f"family, margin {pp(c.max_drop)}; {use}. Harmed: "
+                + (", ".join(s.name for s in c.harmed) or "none") + ".")
+        rows = ["| slice | n | classes | accuracy | reference | drop [interval] | p-value / "
+                "threshold | verdict |", "|---|---:|---|---:|---:|---:|---:|---|"]
+        for sl in c.slices:
+            k = sl.check
+            classes = ", ".join(f"{name} {count}" for name, count in
+                                sorted(sl.classes.items(), key=lambda kv: -kv[1])[:4])
+            rows.append(
+                f"| {sl.name} | {sl.n} | {_cell(classes)} | {pct(sl.candidate.accuracy)} "
+                f"({_ci(sl.n, sl.candidate.ci)}) | {pct(sl.reference.accuracy)} "
+                f"({_ci(sl.n, sl.reference.ci)}) | {pp(k.estimate)} [{pp(k.interval[0])}, "
+                f"{pp(k.interval[1])}] | {_num(k.p_value)} / {_num(k.threshold)} | "
+                f"{'**FAIL**' if sl.harmed else k.verdict} |")
+        parts.append(head + ("\n\n" + "\n".join(rows) if c.slices else ""))
+    if discovery.grid:
+        parts.append(f"![Example test images of each harmed slice]({discovery.grid})")
+    parts.append("Members of every slice are listed by test-split index in report.json "
+                 "(`discovered_slices`).")
+    return "\n\n".join(parts)
+
+
+def draw_slice_grid(path: Path, comparison: SliceComparison, images: Tensor,
+                    per_slice: int = 8) -> Path:
+    """A PNG grid: one row per harmed slice, ``per_slice`` of its test images spread
+    evenly over its members, each titled with its test index. images: [N, C, H, W] uint8."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = comparison.harmed
+    fig = Figure(figsize=(1.3 * per_slice, 1.6 * max(1, len(rows))))
+    for r, sl in enumerate(rows):
+        picks = [sl.members[round(i * (sl.n - 1) / max(1, per_slice - 1))]
+                 for i in range(min(per_slice, sl.n))]
+        for j, index in enumerate(picks):
+            ax = fig.add_subplot(len(rows), per_slice, r * per_slice + j + 1)
+            img = images[index].permute(1, 2, 0).numpy()  # [H, W, C]
+            ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"#{index}", fontsize=7)
+            if j == 0:
+                ax.set_ylabel(f"{sl.name}\n{pp(sl.check.estimate)}", fontsize=8)
+    fig.suptitle(f"Harmed slices: {comparison.stage} vs {comparison.reference}", fontsize=9)
+    fig.tight_layout()
+    FigureCanvasAgg(fig).print_png(str(path))
+    return path
 
 
 def _ci(n: int, ci: tuple[float, float]) -> str:

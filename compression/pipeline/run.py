@@ -31,6 +31,8 @@ from compression.guardrails import StageVerdict, check_policy, judge, preflight_
 from compression.losses import check_mitigation, requirements
 from compression.models import count_parameters, save_exported, save_weights
 from compression.models.zoo import arch_problem
+from compression.pipeline.discovery import (discover_student_slices, slice_section,
+                                            slices_summary, with_slices)
 from compression.pipeline.exports import (Artifact, export_artifacts, fastest_passed,
                                           shipping_sections)
 from compression.pipeline.job import Job, report_summary
@@ -94,6 +96,11 @@ def run(spec: JobSpec, on_event: EventSink = emit_nothing,
                          reference=teacher and teacher.test_report)),
         lambda r: report_summary(r[0]))
     student_verdict = _judge(spec, teacher, baseline)(student_report, "student")
+    # slices nobody named where the student is worse than its reference (found on holdout,
+    # judged on test); under the discovered_slices rule a FAIL there blocks like any other
+    slices = job.stage("discover_slices", lambda: discover_student_slices(
+        job, dataset, student.model, student_report, teacher, baseline), slices_summary)
+    student_verdict = with_slices(student_verdict, slices)
     # Every artifact is also compared, pair by pair, with the student it was exported from.
     artifacts = (export_artifacts(job, student.model, dataset,
                                   _judge(spec, teacher, baseline, student_report))
@@ -104,7 +111,8 @@ def run(spec: JobSpec, on_event: EventSink = emit_nothing,
                 "selection": selection.to_dict() if selection else None,
                 "mitigation": spec_to_dict(mitigation), "guardrail_preflight": tuple(detectable),
                 "input_contract": input_contract(spec.data.preprocess, dataset.input_shape),
-                "harm_diagnosis": harm_diagnosis(dataset, student_predictions, baseline, teacher)}
+                "harm_diagnosis": harm_diagnosis(dataset, student_predictions, baseline, teacher),
+                "discovered_slices": slice_section(job, dataset, slices)}
     return _finish(job, dataset, student, student_report, student_verdict, artifacts,
                    [teacher and teacher.test_report, baseline and baseline.test_report], sections)
 
@@ -177,6 +185,9 @@ def _finish(job: Job, dataset: Dataset, student: StudentRun, student_report: Eva
             student_verdict: StageVerdict, artifacts: list[Artifact],
             references: list[EvalReport | None], sections: dict[str, Any]) -> RunResult:
     files = job.stage("save_student", lambda: _save_student(student.model, dataset, job.out_dir))
+    grid = sections.get("discovered_slices") and sections["discovered_slices"].grid
+    if grid:
+        files["slice_grid"] = job.out_dir / grid
     built = [a for a in artifacts if a.verdict is not None]
     verdicts = [student_verdict, *(a.verdict for a in built)]
     files.update({a.stage: a.path for a in built})

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from . import spec_pb2 as teacherspet_dot_v1_dot_spec__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dteacherspet/v1/compress.proto\x12\x0eteacherspet.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19teacherspet/v1/spec.proto\"L\n\x0f\x43ompressRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12%\n\x04spec\x18\x02 \x01(\x0b\x32\x17.teacherspet.v1.JobSpec\"\xfc\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.teacherspet.v1.JobState\x12\r\n\x05stage\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x12\n\nerror_kind\x18\x08 \x01(\t\x12\x10\n\x08\x61ttempts\x18\t \x01(\x05\x12\x18\n\x10\x63\x61ncel_requested\x18\n \x01(\x08\x12\x0e\n\x06worker\x18\x0b \x01(\t\x12\x12\n\noutput_dir\x18\x0c \x01(\t\x12\x0c\n\x04name\x18\r \x01(\t\x12\x13\n\x0breport_json\x18\x0e \x01(\t\x12%\n\x04spec\x18\x0f \x01(\x0b\x32\x17.teacherspet.v1.JobSpec\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"b\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12(\n\x06states\x18\x03 \x03(\x0e\x32\x18.teacherspet.v1.JobState\"N\n\x10ListJobsResponse\x12!\n\x04jobs\x18\x01 \x03(\x0b\x32\x13.teacherspet.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"9\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"\x9d\x01\n\x08JobEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\r\n\x05stage\x18\x04 \x01(\t\x12(\n\x07payload\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t*v\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\x0c\n\x08REJECTED\x10\x04\x12\n\n\x06\x46\x41ILED\x10\x05\x12\r\n\tCANCELLED\x10\x06\x32\xed\x02\n\x0f\x43ompressService\x12@\n\x08\x43ompress\x12\x1f.teacherspet.v1.CompressRequest\x1a\x13.teacherspet.v1.Job\x12<\n\x06GetJob\x12\x1d.teacherspet.v1.GetJobRequest\x1a\x13.teacherspet.v1.Job\x12M\n\x08ListJobs\x12\x1f.teacherspet.v1.ListJobsRequest\x1a .teacherspet.v1.ListJobsResponse\x12G\n\x08WatchJob\x12\x1f.teacherspet.v1.WatchJobRequest\x1a\x18.teacherspet.v1.JobEvent0\x01\x12\x42\n\tCancelJob\x12 .teacherspet.v1.CancelJobRequest\x1a\x13.teacherspet.v1.JobB\x02P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dteacherspet/v1/compress.proto\x12\x0eteacherspet.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19teacherspet/v1/spec.proto\"L\n\x0f\x43ompressRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12%\n\x04spec\x18\x02 \x01(\x0b\x32\x17.teacherspet.v1.JobSpec\"\xa7\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.teacherspet.v1.JobState\x12\r\n\x05stage\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x12\n\nerror_kind\x18\x08 \x01(\t\x12\x10\n\x08\x61ttempts\x18\t \x01(\x05\x12\x18\n\x10\x63\x61ncel_requested\x18\n \x01(\x08\x12\x0e\n\x06worker\x18\x0b \x01(\t\x12\x12\n\noutput_dir\x18\x0c \x01(\t\x12\x0c\n\x04name\x18\r \x01(\t\x12\x13\n\x0breport_json\x18\x0e \x01(\t\x12%\n\x04spec\x18\x0f \x01(\x0b\x32\x17.teacherspet.v1.JobSpec\x12)\n\x06result\x18\x10 \x01(\x0b\x32\x19.teacherspet.v1.JobResult\"\xb9\x01\n\tJobResult\x12(\n\x06status\x18\x01 \x01(\x0e\x32\x18.teacherspet.v1.JobState\x12\x12\n\ndeployable\x18\x02 \x01(\x08\x12\x30\n\x07shipped\x18\x03 \x01(\x0b\x32\x1f.teacherspet.v1.ShippedArtifact\x12+\n\x06stages\x18\x04 \x03(\x0b\x32\x1b.teacherspet.v1.StageResult\x12\x0f\n\x07summary\x18\x05 \x01(\t\"\x9f\x01\n\x0fShippedArtifact\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0b\n\x03uri\x18\x04 \x01(\t\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\r\n\x05\x62ytes\x18\x06 \x01(\x03\x12\x35\n\x0einput_contract\x18\x07 \x01(\x0b\x32\x1d.teacherspet.v1.InputContract\"\xa4\x01\n\rInputContract\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x05\x12\x0e\n\x06layout\x18\x03 \x01(\t\x12\x15\n\rchannel_order\x18\x04 \x01(\t\x12\x13\n\x0bvalue_range\x18\x05 \x03(\x01\x12+\n\npreprocess\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0c\n\x04json\x18\x07 \x01(\t\"\xa2\x01\n\x0bStageResult\x12\r\n\x05stage\x18\x01 \x01(\t\x12(\n\x07verdict\x18\x02 \x01(\x0e\x32\x17.teacherspet.v1.Verdict\x12\x0e\n\x06passed\x18\x03 \x01(\x08\x12\x39\n\x11\x66\x61iling_subgroups\x18\x04 \x03(\x0b\x32\x1e.teacherspet.v1.SubgroupResult\x12\x0f\n\x07reasons\x18\x05 \x03(\t\"\xaa\x01\n\x0eSubgroupResult\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x07verdict\x18\x02 \x01(\x0e\x32\x17.teacherspet.v1.Verdict\x12\x15\n\x08\x61\x63\x63uracy\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x07samples\x18\x04 \x01(\x03\x12\x12\n\x05\x66loor\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\r\n\x05rules\x18\x06 \x03(\tB\x0b\n\t_accuracyB\x08\n\x06_floor\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"b\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12(\n\x06states\x18\x03 \x03(\x0e\x32\x18.teacherspet.v1.JobState\"N\n\x10ListJobsResponse\x12!\n\x04jobs\x18\x01 \x03(\x0b\x32\x13.teacherspet.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"9\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"\x9d\x01\n\x08JobEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\r\n\x05stage\x18\x04 \x01(\t\x12(\n\x07payload\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t*v\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\x0c\n\x08REJECTED\x10\x04\x12\n\n\x06\x46\x41ILED\x10\x05\x12\r\n\tCANCELLED\x10\x06*\x81\x01\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x10\n\x0cVERDICT_PASS\x10\x01\x12\x10\n\x0cVERDICT_FAIL\x10\x02\x12!\n\x1dVERDICT_INSUFFICIENT_EVIDENCE\x10\x03\x12\x16\n\x12VERDICT_NOT_JUDGED\x10\x04\x32\xed\x02\n\x0f\x43ompressService\x12@\n\x08\x43ompress\x12\x1f.teacherspet.v1.CompressRequest\x1a\x13.teacherspet.v1.Job\x12<\n\x06GetJob\x12\x1d.teacherspet.v1.GetJobRequest\x1a\x13.teacherspet.v1.Job\x12M\n\x08ListJobs\x12\x1f.teacherspet.v1.ListJobsRequest\x1a .teacherspet.v1.ListJobsResponse\x12G\n\x08WatchJob\x12\x1f.teacherspet.v1.WatchJobRequest\x1a\x18.teacherspet.v1.JobEvent0\x01\x12\x42\n\tCancelJob\x12 .teacherspet.v1.CancelJobRequest\x1a\x13.teacherspet.v1.JobB\x02P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,24 +35,36 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'teacherspet.v1.compress_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'P\001'
-  _globals['_JOBSTATE']._serialized_start=1068
-  _globals['_JOBSTATE']._serialized_end=1186
+  _globals['_JOBSTATE']._serialized_start=1966
+  _globals['_JOBSTATE']._serialized_end=2084
+  _globals['_VERDICT']._serialized_start=2087
+  _globals['_VERDICT']._serialized_end=2216
   _globals['_COMPRESSREQUEST']._serialized_start=139
   _globals['_COMPRESSREQUEST']._serialized_end=215
   _globals['_JOB']._serialized_start=218
-  _globals['_JOB']._serialized_end=598
-  _globals['_GETJOBREQUEST']._serialized_start=600
-  _globals['_GETJOBREQUEST']._serialized_end=631
-  _globals['_LISTJOBSREQUEST']._serialized_start=633
-  _globals['_LISTJOBSREQUEST']._serialized_end=731
-  _globals['_LISTJOBSRESPONSE']._serialized_start=733
-  _globals['_LISTJOBSRESPONSE']._serialized_end=811
-  _globals['_WATCHJOBREQUEST']._serialized_start=813
-  _globals['_WATCHJOBREQUEST']._serialized_end=870
-  _globals['_JOBEVENT']._serialized_start=873
-  _globals['_JOBEVENT']._serialized_end=1030
-  _globals['_CANCELJOBREQUEST']._serialized_start=1032
-  _globals['_CANCELJOBREQUEST']._serialized_end=1066
-  _globals['_COMPRESSSERVICE']._serialized_start=1189
-  _globals['_COMPRESSSERVICE']._serialized_end=1554
+  _globals['_JOB']._serialized_end=641
+  _globals['_JOBRESULT']._serialized_start=644
+  _globals['_JOBRESULT']._serialized_end=829
+  _globals['_SHIPPEDARTIFACT']._serialized_start=832
+  _globals['_SHIPPEDARTIFACT']._serialized_end=991
+  _globals['_INPUTCONTRACT']._serialized_start=994
+  _globals['_INPUTCONTRACT']._serialized_end=1158
+  _globals['_STAGERESULT']._serialized_start=1161
+  _globals['_STAGERESULT']._serialized_end=1323
+  _globals['_SUBGROUPRESULT']._serialized_start=1326
+  _globals['_SUBGROUPRESULT']._serialized_end=1496
+  _globals['_GETJOBREQUEST']._serialized_start=1498
+  _globals['_GETJOBREQUEST']._serialized_end=1529
+  _globals['_LISTJOBSREQUEST']._serialized_start=1531
+  _globals['_LISTJOBSREQUEST']._serialized_end=1629
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1631
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1709
+  _globals['_WATCHJOBREQUEST']._serialized_start=1711
+  _globals['_WATCHJOBREQUEST']._serialized_end=1768
+  _globals['_JOBEVENT']._serialized_start=1771
+  _globals['_JOBEVENT']._serialized_end=1928
+  _globals['_CANCELJOBREQUEST']._serialized_start=1930
+  _globals['_CANCELJOBREQUEST']._serialized_end=1964
+  _globals['_COMPRESSSERVICE']._serialized_start=2219
+  _globals['_COMPRESSSERVICE']._serialized_end=2584
 # @@protoc_insertion_point(module_scope)
