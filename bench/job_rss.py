@@ -12,8 +12,13 @@ job process's VmHWM (its own peak resident set) and the summed RSS and PSS of th
 DataLoader workers (PSS shares pages the workers have in common with the job among them, so
 it does not count a page twice). The table gives the peaks and the wall time.
 
+``--load-only`` measures the ``load_data`` stage alone (``load_dataset``: index or decode,
+sample, carve, group) in the same way, where a whole job at that size would take too long.
+
     nice -n 10 .venv/bin/python bench/job_rss.py --sizes 10000 50000 200000
     nice -n 10 .venv/bin/python bench/job_rss.py --sizes 10000 50000 --modes never always
+    nice -n 10 .venv/bin/python bench/job_rss.py --sizes 10000 200000 --modes never always \
+        --load-only
 """
 
 from __future__ import annotations
@@ -40,6 +45,10 @@ __all__ = ["main", "tree_memory"]
 
 TPET = [sys.executable, "-m", "service.cli"]
 TEST_IMAGES = 2000
+LOAD_ONLY = ("import sys; from compression.spec import load_job; "
+             "from compression.data import load_dataset; from compression.data.loader import "
+             "loading; d = load_dataset(load_job(sys.argv[1]).data); "
+             "print(loading(d), len(d.train))")
 
 
 def _status_kib(pid: int, key: str) -> int:
@@ -110,10 +119,11 @@ def _job(work: Path, n: int, mode: str, args: argparse.Namespace) -> Path:
     return path
 
 
-def _run(job: Path, env: dict[str, str]) -> dict[str, Any]:
+def _run(job: Path, env: dict[str, str], load_only: bool = False) -> dict[str, Any]:
     start = time.perf_counter()
-    proc = subprocess.Popen([*TPET, "run", str(job)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = [sys.executable, "-c", LOAD_ONLY, str(job)] if load_only else [*TPET, "run", str(job)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     peak = {"hwm": 0, "rss": 0, "pss": 0, "processes": 0}
     while proc.poll() is None:
         now = tree_memory(proc.pid)
@@ -122,6 +132,10 @@ def _run(job: Path, env: dict[str, str]) -> dict[str, Any]:
     out, err = proc.communicate()
     if proc.returncode not in (0, 3):  # 3: rejected by the guardrails, still a whole job
         raise SystemExit(f"{job} failed ({proc.returncode}):\n{err[-3000:]}")
+    if load_only:
+        loading, train = out.split()[-2:]
+        return {**peak, "seconds": time.perf_counter() - start, "loading": loading,
+                "train": int(train), "status": "load_data only"}
     report = json.loads((Path(yaml.safe_load(job.read_text())["output_dir"])
                          / "report.json").read_text())
     return {**peak, "seconds": time.perf_counter() - start,
@@ -166,6 +180,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--work", type=Path, default=Path("/tmp/tpet-job-rss"),
                    help="where the data and job outputs go (reused when present)")
+    p.add_argument("--load-only", action="store_true",
+                   help="measure load_dataset alone, not a whole job")
     p.add_argument("--json", type=Path, help="also write the rows here")
     return p.parse_args(argv)
 
@@ -177,12 +193,13 @@ def main(argv: list[str] | None = None) -> None:
     sizes = sorted(args.sizes)
     if not all((args.work / f"train-{n}.csv").exists() for n in sizes):
         prepare(args.work, sizes, args.image)
-    if not (args.work / "teacher.pt2").exists():
+    if not args.load_only and not (args.work / "teacher.pt2").exists():
         _train_teacher(args.work, sizes[0], args, env)
     rows = []
     for n in sizes:
         for mode in args.modes:
-            rows.append({"images": n, "mode": mode, **_run(_job(args.work, n, mode, args), env)})
+            job = _job(args.work, n, mode, args)
+            rows.append({"images": n, "mode": mode, **_run(job, env, args.load_only)})
             print(json.dumps(rows[-1]), flush=True)
     print(markdown(rows))
     if args.json:

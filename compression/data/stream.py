@@ -51,8 +51,9 @@ class LazyImages:
     ``workers`` threads (image decoding releases the GIL), into a tensor. A boolean mask
     ``x[mask]`` (or ``select``) gives a ``LazyImages`` of those samples instead, decoding
     nothing: a mask carves a sub-split, as the holdout folds of a cross-fit do, which may be
-    as large as the split. ``shape``, ``dtype``, ``ndim`` and ``len`` read nothing. ``workers`` is also the number of DataLoader
-    worker processes that training reads the split with (``data.workers``)."""
+    as large as the split. ``shape``, ``dtype``, ``ndim`` and ``len`` read nothing.
+    ``workers`` is also the number of DataLoader worker processes that training reads the
+    split with (``data.workers``)."""
 
     dtype = torch.uint8
     ndim = 4
@@ -61,6 +62,7 @@ class LazyImages:
         self.index = index
         self.workers = workers
         self._local = threading.local()
+        self._pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool)
 
     @property
     def shape(self) -> torch.Size:
@@ -93,9 +95,15 @@ class LazyImages:
         if self.workers < 2 or len(rows) < 2:
             arrays = [self._decode(int(i)) for i in rows]
         else:
-            with ThreadPoolExecutor(self.workers) as pool:
-                arrays = list(pool.map(self._decode, (int(i) for i in rows)))
+            arrays = list(self._threads().map(self._decode, (int(i) for i in rows)))
         return torch.from_numpy(np.stack(arrays))
+
+    def _threads(self) -> ThreadPoolExecutor:
+        """One pool per process, kept: its threads keep their open shards between batches
+        (a shard in object storage is copied once per thread, not once per batch)."""
+        if self._pool is None or self._pool[0] != os.getpid():  # a fork has no threads
+            self._pool = (os.getpid(), ThreadPoolExecutor(self.workers))
+        return self._pool[1]
 
     def _decode(self, i: int) -> np.ndarray:
         shards = getattr(self._local, "shards", None)
