@@ -255,13 +255,13 @@ class SliceDiscoverySpec:
 
     enabled: bool = True
     clusters: int = _num(16, 2, 1000)  # k-means clusters fitted on the holdout split
-    candidates: int = _num(5, 1, 100)  # clusters brought to the test split and judged
+    max_slices: int = _num(5, 1, 100)  # clusters brought to the test split and judged
     components: int = _num(16, 1, 1024)  # principal axes of the features kept
     representation: str = _choice("auto", "teacher", "student", default="auto")
 
     def problems(self) -> list[str]:
-        if self.candidates > self.clusters:
-            return [f"candidates ({self.candidates}) must not exceed clusters "
+        if self.max_slices > self.clusters:
+            return [f"max_slices ({self.max_slices}) must not exceed clusters "
                     f"({self.clusters})"]
         return []
 

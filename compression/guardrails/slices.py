@@ -197,7 +197,7 @@ def discover_slices(holdout: SliceExamples, test: SliceExamples, *, stage: str,
     points = space.embed(holdout.features, meta_h)
     centres = kmeans(points, settings.clusters, seed)
     found = rank_clusters(assign(points, centres), holdout.ref_hit, holdout.cand_hit,
-                          centres.shape[0], settings.candidates)
+                          centres.shape[0], settings.max_slices)
     regions = assign(space.embed(test.features, meta_t), centres)
     members = [torch.nonzero(regions == cand.cluster).flatten() for cand in found]
     confirmed = [(i, cand, m) for i, (cand, m) in enumerate(zip(found, members))

@@ -43,7 +43,7 @@ def discover_student_slices(job: Job, dataset: Dataset, student: nn.Module,
         return None
     ref_name, ref_holdout, ref_test = reference
     holdout, test = dataset.holdout, dataset.test
-    if len(holdout) < 2 * settings.candidates or len(test) == 0:
+    if len(holdout) < 2 * settings.max_slices or len(test) == 0:
         job.log("discover_slices", f"holdout has {len(holdout)} examples: too few to cluster")
         return None
     holdout_logits, student_holdout = _features(job, student, holdout)

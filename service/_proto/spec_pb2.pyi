@@ -214,18 +214,18 @@ class SliceRuleSpec(_message.Message):
     def __init__(self, max_drop: _Optional[float] = ..., min_size: _Optional[int] = ...) -> None: ...
 
 class SliceDiscoverySpec(_message.Message):
-    __slots__ = ("enabled", "clusters", "candidates", "components", "representation")
+    __slots__ = ("enabled", "clusters", "max_slices", "components", "representation")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     CLUSTERS_FIELD_NUMBER: _ClassVar[int]
-    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    MAX_SLICES_FIELD_NUMBER: _ClassVar[int]
     COMPONENTS_FIELD_NUMBER: _ClassVar[int]
     REPRESENTATION_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     clusters: int
-    candidates: int
+    max_slices: int
     components: int
     representation: str
-    def __init__(self, enabled: _Optional[bool] = ..., clusters: _Optional[int] = ..., candidates: _Optional[int] = ..., components: _Optional[int] = ..., representation: _Optional[str] = ...) -> None: ...
+    def __init__(self, enabled: _Optional[bool] = ..., clusters: _Optional[int] = ..., max_slices: _Optional[int] = ..., components: _Optional[int] = ..., representation: _Optional[str] = ...) -> None: ...
 
 class ExportSpec(_message.Message):
     __slots__ = ("onnx", "int8", "tensorrt", "tensorrt_precision", "opset", "calibration_per_group", "parity_max_abs_diff", "parity_min_top1_agreement", "min_batch", "opt_batch", "max_batch", "mixed_precision", "mixed_max_candidates", "mixed_max_seconds", "latency_warmup", "latency_repeats")

@@ -160,7 +160,7 @@ def test_the_spec_switch_and_the_rule_are_typed():
     assert not spec.guardrails.slice_discovery.enabled
     assert spec.guardrails.discovered_slices == SliceRuleSpec(0.1, 50)
     with pytest.raises(Exception) as caught:
-        parse_spec({"guardrails": {"slice_discovery": {"clusters": 4, "candidates": 6,
+        parse_spec({"guardrails": {"slice_discovery": {"clusters": 4, "max_slices": 6,
                                                        "representation": "pixels"},
                                    "discovered_slices": {"max_drop": 2}}})
     text = str(caught.value)
