@@ -73,6 +73,14 @@ class PreprocessSpec:
                     "(or set data.channels)"]
         return []
 
+    def size_problems(self, height: int, width: int) -> list[str]:
+        """What is wrong with this transform for images of ``height`` x ``width``."""
+        try:
+            output_hw(self, height, width)
+        except InvalidInput as exc:
+            return exc.problems
+        return []
+
     @property
     def is_identity(self) -> bool:
         """True when the transform is uint8 / 255 alone (the default)."""
@@ -104,7 +112,7 @@ def output_hw(spec: PreprocessSpec, height: int, width: int) -> tuple[int, int]:
     h, w = _resized_hw(spec, height, width)
     if spec.crop:
         if spec.crop > min(h, w):
-            resized = f", {h}x{w} after the resize," if spec.resize else ""
+            resized = f" ({h}x{w} after the resize)" if spec.resize else ""
             raise InvalidInput(f"data.preprocess.crop ({spec.crop}) does not fit images of "
                                f"{height}x{width} (HxW){resized}; use a crop of at most "
                                f"{min(h, w)} or a larger resize")

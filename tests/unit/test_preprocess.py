@@ -117,6 +117,15 @@ def test_mean_length_must_match_declared_channels_at_parse():
         parse_spec({"data": {"channels": 3, "preprocess": {"mean": [0.5], "std": [0.5]}}})
 
 
+def test_a_crop_larger_than_declared_images_is_refused_at_parse():
+    data = {"source": "imagefolder", "path": "train", "test_path": "test", "image_size": 40,
+            "preprocess": {"resize": 36, "crop": 38}}
+    with pytest.raises(InvalidInput, match=r"crop \(38\) does not fit images of 40x40 \(HxW\) "
+                                           r"\(36x36 after the resize\)"):
+        parse_spec({"data": data})
+    parse_spec({"data": {**data, "preprocess": {"resize": 36, "crop": 32}}})
+
+
 def test_section_survives_the_proto_round_trip():
     from service.convert import dict_to_proto, proto_to_spec
     data = {"data": {"channels": 3, "preprocess": {"resize": 36, "crop": 32,
