@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+import torch
 from torch import nn
 
 __all__ = ["TIMM_PREFIX", "is_timm", "timm_problem", "build_timm", "head_names"]
@@ -75,8 +76,26 @@ def build_timm(arch: str, in_channels: int, num_classes: int, width: float,
     cfg = timm.models.get_pretrained_cfg(name.split(".")[0])
     if cfg is not None and cfg.fixed_input_size:  # e.g. ViT position embeddings
         kwargs["img_size"] = image_size
-    return timm.create_model(name, pretrained=False, in_chans=in_channels,
-                             num_classes=num_classes, **kwargs)
+    model = timm.create_model(name, pretrained=False, in_chans=in_channels,
+                              num_classes=num_classes, **kwargs)
+    _check_input(model, arch, in_channels, image_size)
+    return model
+
+
+def _check_input(model: nn.Module, arch: str, in_channels: int, size: int) -> None:
+    """Refuse now a model that cannot take the data's images (a ViT's patch larger than the
+    image), rather than when training starts. One eval-mode forward; no random draws."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, in_channels, size, size))
+    except RuntimeError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{arch} cannot take {size}x{size} images with {in_channels} "
+                         f"channel(s) ({reason:.200}); pick a model for this image size or "
+                         "resize the images (data.preprocess)") from exc
+    finally:
+        model.train(was_training)
 
 
 def head_names(model: nn.Module) -> tuple[str, ...]:

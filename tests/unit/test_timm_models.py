@@ -57,6 +57,11 @@ def test_fixed_input_size_models_are_built_for_the_data_size():
     assert head_names(model) == ("head",)
 
 
+def test_a_model_that_cannot_take_the_images_is_refused_when_built():
+    with pytest.raises(InvalidInput, match=r"cannot take 8x8 images with 1 channel\(s\)"):
+        build_model("timm/vit_tiny_patch16_224", 1, 4, image_size=8)
+
+
 def test_unknown_names_are_refused_at_parse_with_close_matches():
     with pytest.raises(InvalidInput) as caught:
         parse_spec({"student": {"arch": "timm/mobilenetv3_smal_100"},
