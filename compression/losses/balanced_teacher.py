@@ -68,7 +68,7 @@ def balanced_nll(z: Tensor, y: Tensor) -> Tensor:
 
 
 def fit_balanced(logits: Tensor, y: Tensor, class_counts: list[int], *, class_bias: bool = True,
-                 l2: float = 0.05, max_iter: int = 200) -> BalancedCalibration:
+                 l2: float = 0.05, max_iter: int = 60) -> BalancedCalibration:
     """Fit the module docstring's t~ on holdout logits [N, C] and labels [N] (L-BFGS, float64)."""
     if logits.ndim != 2 or len(logits) == 0 or len(logits) != len(y):
         raise InvalidInput(f"balanced_teacher needs the teacher's holdout logits [N, C] and "

@@ -114,9 +114,10 @@ def test_auto_without_candidates_uses_the_recommended_set():
     assert candidates_of(auto) == RECOMMENDED_CANDIDATES
     check_mitigation(auto)  # every recommended candidate is valid
     needs = requirements(auto)
-    assert needs.needs_teacher and needs.harm_probe and needs.teacher_holdout_logits
+    assert needs.needs_teacher and needs.harm_probe and not needs.calibrate_teacher
     names = [c.name for c in RECOMMENDED_CANDIDATES]
-    assert names[0] == "kd" and "logit_adjusted" in names  # the teacher-free reference
+    assert names[0] == "kd" and "paired_dro" in names
+    assert names[-1] == "logit_adjusted"  # the teacher-free reference
     own = MitigationSpec(name="auto", candidates=(LA,))
     assert candidates_of(own) == (LA,) and not requirements(own).needs_teacher
 

@@ -94,7 +94,7 @@ def test_balanced_fit_removes_a_prior_the_teacher_learnt():
     # l + log pi (a long-tailed prior): the balanced fit finds T_cal and tau near 1
     gen = torch.Generator().manual_seed(0)
     counts = [80, 15, 5]
-    true_logits = 2.0 * torch.randn(3000, 3, generator=gen, dtype=torch.float64)
+    true_logits = 2.0 * torch.randn(2000, 3, generator=gen, dtype=torch.float64)
     y = torch.multinomial(true_logits.softmax(1), 1, generator=gen).squeeze(1)
     log_pi = torch.tensor(counts, dtype=torch.float64).div(100).log()
     fitted = fit_balanced(true_logits + log_pi, y, counts, class_bias=False)
