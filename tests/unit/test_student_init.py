@@ -181,3 +181,13 @@ def test_a_file_that_does_not_fit_stops_the_job_before_training(tmp_path):
     with pytest.raises(InvalidInput, match="does not fit tiny_cnn"):
         run(_job(tmp_path, path, "out"), on_event=lambda e: stages.append(e.stage))
     assert "load_student_init" in stages and "distill" not in stages
+
+
+def test_student_init_travels_through_the_api_message():
+    from service.convert import dict_to_proto, proto_to_spec
+
+    data = {"teacher": {"path": "t.pt2"},
+            "student": {"arch": "timm/resnet18", "init": "s3://bucket/w.safetensors"}}
+    message = dict_to_proto(data)
+    assert message.student.init == "s3://bucket/w.safetensors"
+    assert proto_to_spec(message) == parse_spec(data)
