@@ -146,7 +146,8 @@ def test_the_section_round_trips_through_json():
     assert data["harmed"] == len(found.harmed) and data["grid"] == "slices.png"
     first = data["comparisons"][0]["slices"][0]
     assert {"n", "classes", "candidate", "reference", "verdict", "members", "check"} <= set(first)
-    assert first["candidate"]["ci"][0] <= first["candidate"]["accuracy"] <= first["candidate"]["ci"][1]
+    low, high = first["candidate"]["ci"]
+    assert low <= first["candidate"]["accuracy"] <= high
     assert SliceDiscovery.from_dict(data) == section
     with pytest.raises(ValueError, match="discovered_slices"):
         SliceDiscovery.from_dict({"comparisons": [{"stage": "student"}]})
