@@ -134,8 +134,9 @@ class DataSpec:
         known = self.channels or (1 if self.source == "fashion-mnist" else 0)
         if known:  # otherwise checked against the images when they are read
             out += [f"preprocess: {p}" for p in self.preprocess.channel_problems(known)]
-        if self.image_size and self.source in ("imagefolder", "manifest", "webdataset"):
-            out += self.preprocess.size_problems(self.image_size, self.image_size)
+        side = 28 if self.source == "fashion-mnist" else self.image_size  # known sizes
+        if side and self.source in ("fashion-mnist", "imagefolder", "manifest", "webdataset"):
+            out += self.preprocess.size_problems(side, side)
         return out
 
     @property

@@ -124,6 +124,8 @@ def test_a_crop_larger_than_declared_images_is_refused_at_parse():
                                            r"\(36x36 after the resize\)"):
         parse_spec({"data": data})
     parse_spec({"data": {**data, "preprocess": {"resize": 36, "crop": 32}}})
+    with pytest.raises(InvalidInput, match=r"crop \(32\) does not fit images of 28x28"):
+        parse_spec({"data": {"preprocess": {"crop": 32}}})  # Fashion-MNIST: 28x28
 
 
 def test_section_survives_the_proto_round_trip():
