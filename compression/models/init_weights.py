@@ -176,8 +176,12 @@ def _mismatches(want: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tens
 
 
 def _hint(key: str, got: torch.Tensor, need: torch.Tensor, first_conv: str | None) -> str:
-    if key == first_conv and got.dim() == 4 and got.shape[0] == need.shape[0] \
-            and got.shape[1] != need.shape[1]:
+    if key != first_conv or got.dim() != 4 or got.shape[0] != need.shape[0]:
+        return ""
+    if got.shape[1] != need.shape[1]:
         return (f" (the file's first layer takes {got.shape[1]}-channel images and the data "
                 f"has {need.shape[1]}; set data.channels: {got.shape[1]} to convert them)")
+    if got.shape[2:] != need.shape[2:]:
+        return (f" (the file's first layer has {got.shape[2]}x{got.shape[3]} kernels: its stem "
+                f"was built for another input size than this student's)")
     return ""

@@ -80,6 +80,18 @@ def test_a_channel_mismatch_says_which_data_setting_fixes_it(tmp_path):
         apply_init(build_model("resnet8", 1, 10), rgb, 10, "resnet8")
 
 
+def test_a_stem_built_for_another_input_size_is_named_as_such(tmp_path):
+    imagenet = read_init(_save(build_model("tv_resnet18", 3, 1000, image_size=224),
+                               tmp_path / "tv.safetensors"))
+    with pytest.raises(InvalidInput) as caught:
+        apply_init(build_model("tv_resnet18", 3, 10, image_size=32), imagenet, 10, "tv_resnet18")
+    (problem,) = caught.value.problems
+    assert problem.startswith("parameter conv1.weight has shape [64, 3, 7, 7] in the file but "
+                              "[64, 3, 3, 3] in tv_resnet18 (the file's first layer has 7x7")
+    record = apply_init(build_model("tv_resnet18", 3, 10, image_size=224), imagenet, 10)
+    assert record.reason == "the file's head has 1000 classes; the data has 10"
+
+
 def test_extra_missing_and_non_finite_tensors_are_each_named(tmp_path):
     state = dict(build_model("tiny_cnn", 1, 10, seed=1).state_dict())
     dropped = next(k for k in state if k.endswith(".weight") and not k.startswith("fc."))
