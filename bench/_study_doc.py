@@ -117,7 +117,8 @@ def _wall(study: dict[str, Any]) -> list[str]:
 def _case(name: str, case: dict[str, Any], plot: str) -> list[str]:
     agg, names = case["aggregates"], case["group_names"]
     lines = [f"## {name}", ""]
-    rows = [[m, "-" if a["alpha"] == 0 else f"{a['alpha']:.1f}", _pts(a["overall"]),
+    rows = [[m, "-" if a["alpha"] == 0 or m == "auto" else f"{a['alpha']:.1f}",
+             _pts(a["overall"]),
              _pts(a["worst"]), _seeds(a["per_seed"]["d_overall"]),
              _seeds(a["per_seed"]["d_worst"]),
              "; ".join(f"s{s}: {', '.join(g)}" for s, g in a["harmed"].items() if g) or "-"]

@@ -164,7 +164,7 @@ def _plot(path: Path, case: str, agg: dict[str, Any], names: list[str], n: list[
     import matplotlib.pyplot as plt
     rows = [m for m in agg if m != BASELINE]
     grid = [[100 * d["mean"] for d in agg[m]["group_delta"]] for m in rows]
-    limit = max(1.0, max(abs(v) for row in grid for v in row))
+    limit = max([1.0, *(abs(v) for row in grid for v in row)])
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names) + 3), 0.45 * len(rows) + 2.2))
     image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
     for i, row in enumerate(grid):
