@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 import torch  # noqa: E402
 
 from bench._study_report import write_outputs  # noqa: E402
-from bench._study_runs import (CASES, Case, Method, StudyConfig,  # noqa: E402
+from bench._study_runs import (CASES, REFERENCE, Case, Method, StudyConfig,  # noqa: E402
                                case_teacher_summary, ensure_case_teacher, methods, run_cell,
                                run_dir, weights_only_students)
 from bench._study_teachers import log, memoize_teachers  # noqa: E402
@@ -92,9 +92,11 @@ def _cells(cases: list[Case], config: StudyConfig) -> tuple[list[Cell], dict[Cas
 
 def _schedule(pool: ProcessPoolExecutor, cases: list[Case], config: StudyConfig,
               teachers_only: bool, jobs: int) -> tuple[dict[str, dict], list[dict], int]:
-    """Run teachers and cells, at most ``jobs`` at a time, in case order (a case's teacher
-    first, then its cells, lowest seed first; a cell waits for its teacher), so a study cut
-    short has whole cases; returns (teacher summaries, run summaries, runs trained)."""
+    """Run teachers and cells, at most ``jobs`` at a time, in case order: a case's teacher
+    first, then the cells its target check reads (one_hot, the rebalanced students, kd at
+    0.9, auto) for every seed, then the rest, lowest seed first; a cell waits for its
+    teacher. A study cut short has whole cases, and within a case the target check first.
+    Returns (teacher summaries, run summaries, runs trained)."""
     free, taught = _cells(cases, config)
     rank = {c: i for i, c in enumerate(cases)}
     order = {m.label: i for i, m in enumerate(methods())}
@@ -110,7 +112,8 @@ def _schedule(pool: ProcessPoolExecutor, cases: list[Case], config: StudyConfig,
         if kind == "teacher":
             return (rank[item], 0, 0, 0)
         case, method, seed = item
-        return (rank[case], 1, seed, order[method.label])
+        tier = 0 if method.teacher_free or method.label in (REFERENCE, "auto") else 1
+        return (rank[case], 1, tier, seed, order[method.label])
     while pending or ready:
         while ready and len(pending) < jobs:
             task = min(ready, key=priority)
