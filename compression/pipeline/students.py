@@ -60,7 +60,10 @@ def train_student(job: Job, dataset: Dataset, mitigation: MitigationSpec,
     run_key = {"mitigation": spec_to_dict(mitigation),
                "teacher_sha256": teacher.sha256 if teacher else None,
                "teacher_calibrated": bool(teacher and teacher.calibration),
-               **({"student_init_sha256": job.student_init.sha256} if job.student_init else {})}
+               **({"student_init_sha256": job.student_init.sha256} if job.student_init else {}),
+               # a checkpoint trained on other preprocessing is not resumed
+               **({} if spec.data.preprocess.is_identity
+                  else {"preprocess": spec_to_dict(spec.data.preprocess)})}
     result = job.stage(stage, lambda: train(
         model, dataset.train, training, loss, teacher=teacher.model if teacher else None,
         checkpoint_dir=job.out_dir / "checkpoints" / workdir, on_event=job.on_event,
