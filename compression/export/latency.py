@@ -19,7 +19,7 @@ from torch import Tensor
 
 from compression.guardrails import StageVerdict
 
-__all__ = ["Timing", "measure", "timing_batch", "choose_fastest"]
+__all__ = ["Timing", "measure", "measure_all", "timing_batch", "choose_fastest"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,31 @@ def measure(model: Callable[[Tensor], Any], x: Tensor, warmup: int, repeats: int
             model(x)
             times.append((clock() - start) * 1e3)
     return Timing(len(x), warmup, repeats, statistics.median(times), max(times))
+
+
+def measure_all(models: Mapping[str, Callable[[Tensor], Any]], x: Tensor, warmup: int,
+                repeats: int, rounds: int = 5,
+                clock: Callable[[], float] = time.perf_counter) -> dict[str, Timing]:
+    """Time every model on x, interleaved: after each model's ``warmup`` calls, ``rounds``
+    rounds in which each model makes its share of ``repeats`` timed calls in turn, so that a
+    busy neighbour or a clock change slows them all alike rather than whichever ran then."""
+    if repeats < 1:
+        raise ValueError(f"repeats is {repeats}; time at least one call")
+    rounds = max(1, min(rounds, repeats))
+    share = [repeats // rounds + (r < repeats % rounds) for r in range(rounds)]
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for model in models.values():
+            for _ in range(warmup):
+                model(x)
+        for calls in share:
+            for name, model in models.items():
+                for _ in range(calls):
+                    start = clock()
+                    model(x)
+                    times[name].append((clock() - start) * 1e3)
+    return {name: Timing(len(x), warmup, repeats, statistics.median(t), max(t))
+            for name, t in times.items()}
 
 
 def timing_batch(x: Tensor, batch: int) -> Tensor:

@@ -27,7 +27,8 @@ from compression.export import (OnnxModel, TrtEngine, build_engine, calibration_
                                 check_parity, export_int8, export_onnx, parity, quantize_int8,
                                 tensorrt_available)
 from compression.export import mixed_precision as mp
-from compression.export.latency import Timing, choose_fastest, measure, timing_batch
+from compression.export.latency import (Timing, choose_fastest, measure, measure_all,
+                                        timing_batch)
 from compression.guardrails import StageVerdict
 from compression.pipeline.job import Job, report_summary
 from compression.report_sections import ArtifactChoice, ArtifactTiming, MixedPrecisionSummary
@@ -205,10 +206,14 @@ def _timing(job: Job, dataset: Dataset, runner: Any) -> Timing:
 
 
 def _time_artifacts(job: Job, dataset: Dataset, artifacts: list[Artifact]) -> list[Artifact]:
-    """Time every built artifact the same way, one after another, on this worker."""
-    for a in artifacts:
-        if a.status == BUILT and a.runner is not None:
-            a.timing = _timing(job, dataset, a.runner)
+    """Time every built artifact the same way on this worker, interleaved in rounds."""
+    spec = job.spec.export
+    built = {a.stage: a for a in artifacts if a.status == BUILT and a.runner is not None}
+    x = timing_batch(dataset.test.x[:spec.opt_batch], spec.opt_batch)  # [opt_batch, C, H, W]
+    timings = measure_all({k: a.runner for k, a in built.items()}, x, spec.latency_warmup,
+                          spec.latency_repeats)
+    for stage, timing in timings.items():
+        built[stage].timing = timing
     return artifacts
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compression.export.latency import Timing, choose_fastest, measure, timing_batch
+from compression.export.latency import Timing, choose_fastest, measure, measure_all, timing_batch
 from compression.guardrails import FAIL, PASS, Check, StageVerdict
 
 
@@ -118,3 +118,21 @@ def test_the_sizes_latencies_and_search_survive_report_json_and_reach_the_card()
     assert "| int8_mixed (shipped) | 1.8 | 1.300 | 1.400 | passed |" in card
     assert "| int8 | 1.5 | 0.900 | 1.000 | blocked |" in card
     assert "Kept in float: `/conv1/Conv`" in card and "INT8 did not pass on b" in card
+
+
+def test_measure_all_interleaves_the_models_in_rounds():
+    order = []
+    now = [0.0]
+    cost = {"a": 0.002, "b": 0.001}  # seconds per call, seen through an injected clock
+
+    def model(name):
+        def call(x):
+            order.append(name)
+            now[0] += cost[name]
+        return call
+
+    timings = measure_all({"a": model("a"), "b": model("b")}, torch.zeros(2, 1, 1, 1),
+                          warmup=1, repeats=4, rounds=2, clock=lambda: now[0])
+    assert order == ["a", "b", "a", "a", "b", "b", "a", "a", "b", "b"]
+    assert timings["a"].median_ms == pytest.approx(2.0)
+    assert timings["b"] == Timing(2, 1, 4, pytest.approx(1.0), pytest.approx(1.0))
