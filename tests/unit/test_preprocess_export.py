@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -134,3 +135,30 @@ def test_triton_config_declares_the_contract(served, tmp_path):
     assert params["input_dtype"] == "uint8" and params["input_layout"] == "NCHW"
     assert params["input_channel_order"] == "gray" and params["input_value_range"] == "0 to 255"
     assert json.loads(params["preprocess"])["center_crop"] == 10
+
+
+@pytest.mark.slow
+def test_the_torch_export_based_exporter_carries_the_transform_too(tmp_path):
+    """Opset 18 goes through the other exporter: same graph input, same parity, and INT8
+    still finds and keeps the preprocessing in float."""
+    from compression.export.quantize import quantize_int8
+
+    spec = PreprocessSpec(resize=12, crop=10, channel_order="bgr", mean=(0.3, 0.4, 0.5),
+                          std=(0.2, 0.3, 0.25))
+    torch.manual_seed(0)
+    inner = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(6, 5)).eval()
+    path = export_onnx(Preprocessed(inner, spec), (3, 14, 18), tmp_path / "m.onnx", opset=18,
+                       pixels=True)
+    x = torch.randint(0, 256, (8, 3, 14, 18), generator=torch.Generator().manual_seed(2),
+                      dtype=torch.uint8)
+    with torch.no_grad():
+        expected = inner(preprocess_batch(x, spec)).numpy()
+    np.testing.assert_allclose(OnnxModel(path)(x).numpy(), expected, atol=1e-5)
+    kept = preprocessing_nodes(path)
+    int8 = quantize_int8(path, tmp_path / "m.int8.onnx", x)
+    assert len(kept) >= 5 and OnnxModel(int8)(x).shape == (8, 5)
+    graph = onnx.load(str(int8)).graph
+    made_by = {o: n.op_type for n in graph.node for o in n.output}
+    resize = next(n for n in graph.node if n.op_type == "Resize")
+    assert made_by[resize.input[0]] == "Div"  # pixels / 255 in float, not dequantized
