@@ -9,6 +9,10 @@ import yaml
 
 TPET = [sys.executable, "-m", "service.cli"]
 REPO = Path(__file__).resolve().parents[2]
+# How long a test waits for a job or a CLI command to end: a guard against hangs, not a timing
+# assertion. A job that takes seconds alone can take many minutes on a machine loaded many
+# times over, and a test must not fail for that.
+JOB_TIMEOUT_S = 1800
 INCLUSTER_NAME = "tpet-api.teachers-pet.svc"  # what a pod-facing server certificate names
 
 

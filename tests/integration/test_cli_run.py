@@ -8,12 +8,12 @@ import sys
 import pytest
 import torch
 
-from tests.integration.conftest import REPO, TPET
+from tests.integration.conftest import JOB_TIMEOUT_S, REPO, TPET
 
 pytestmark = pytest.mark.integration
 
 
-def tpet(*args, timeout=300):
+def tpet(*args, timeout=JOB_TIMEOUT_S):
     return subprocess.run([*TPET, *map(str, args)], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -166,7 +166,7 @@ def test_run_under_torchrun_trains_on_two_ranks(bars_job, tmp_path):
     job = bars_job(training={"epochs": 2})
     ran = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                           "--nproc_per_node=2", "-m", "service.cli", "run", job],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+                         cwd=REPO, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert ran.stdout.count("status: SUCCEEDED") == 1  # rank 0 alone reports
     assert ran.stderr.count("==> distill") == 1

@@ -20,6 +20,7 @@ from torch import nn
 from compression.data.dataset import Split
 from compression.losses import LossContext, build_loss
 from compression.spec import MitigationSpec
+from tests.integration.conftest import JOB_TIMEOUT_S
 
 REPO = Path(__file__).resolve().parents[2]
 SHARDS = (slice(0, 3), slice(3, 8))  # unequal on purpose: rank 0 has 3 rows, rank 1 has 5
@@ -95,7 +96,8 @@ def test_two_ranks_match_one_process_on_the_whole_batch(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
            "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), __file__, str(tmp_path)]
-    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=JOB_TIMEOUT_S)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for name in SPECS:

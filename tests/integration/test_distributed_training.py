@@ -20,6 +20,7 @@ from compression.errors import Cancelled, InvalidInput
 from compression.losses import LossContext, build_loss
 from compression.spec import MitigationSpec, TrainingSpec
 from compression.training import train
+from tests.integration.conftest import JOB_TIMEOUT_S
 from tests.synthetic import row_bars
 
 pytestmark = pytest.mark.integration
@@ -122,7 +123,7 @@ def ranks(tmp_path_factory) -> list[dict]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
            "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), __file__, str(out)]
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=JOB_TIMEOUT_S,
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO),
                                "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

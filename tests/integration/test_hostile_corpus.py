@@ -28,6 +28,7 @@ from service.config import ServerConfig
 from service.server import start_server
 from tests.integration.test_server import job, teacher  # noqa: F401  (fixtures)
 from tests.unit.test_spec_ranges import NUMERIC, _nested
+from tests.integration.conftest import JOB_TIMEOUT_S
 
 pytestmark = pytest.mark.integration
 
@@ -167,6 +168,6 @@ def test_a_bad_file_is_a_clean_invalid_input_through_both_doors(case, capsys, tm
     spec, path = _file_spec(job, tmp_path, case)
     code, err = _tpet_run(capsys, tmp_path, spec)
     assert code == EXIT_INVALID and path in err, err
-    done = client.wait(client.compress(spec).id, timeout_s=300)
+    done = client.wait(client.compress(spec).id, timeout_s=JOB_TIMEOUT_S)
     assert job_state(done) is JobState.FAILED and done.error_kind == "invalid_input", done
     assert path in done.error and "Traceback" not in done.error

@@ -21,7 +21,7 @@ from service.config import ServerConfig
 from service.convert import struct_to_dict
 from service.server import start_server
 from service.states import JobState
-from tests.integration.conftest import REPO, _bars
+from tests.integration.conftest import JOB_TIMEOUT_S, REPO, _bars
 from tests.integration.test_server import teacher  # noqa: F401  (a module fixture)
 
 pytestmark = pytest.mark.integration
@@ -77,7 +77,7 @@ def monitored(tmp_path_factory, teacher):  # noqa: F811
         parity = client.compress(job_spec(data, teacher, "parity", training={"epochs": 1},
                                           export={"int8": False, "parity_max_abs_diff": 1e-12})).id
         live = _scrape_while_training(client, server.metrics_port, rejected)
-        done = {j: client.wait(j, timeout_s=300) for j in (rejected, parity)}
+        done = {j: client.wait(j, timeout_s=JOB_TIMEOUT_S) for j in (rejected, parity)}
         yield {"live": live, "final": scrape(server.metrics_port), "done": done,
                "rejected": rejected, "parity": parity}
     finally:

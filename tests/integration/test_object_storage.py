@@ -17,7 +17,7 @@ import yaml
 from service import cli
 from service.config import ServerConfig
 from service.server import start_server
-from tests.integration.conftest import REPO, TPET
+from tests.integration.conftest import JOB_TIMEOUT_S, REPO, TPET
 from tests.integration.test_security import compress_code
 from tests.s3server import SECRET, s3_server
 from tests.wds import bars_samples, shard
@@ -63,7 +63,7 @@ def job_file(tmp_path, **overrides) -> str:
 
 def tpet_run(s3, job: str) -> subprocess.CompletedProcess:
     return subprocess.run([*TPET, "run", job], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **s3.env()})
+                          timeout=JOB_TIMEOUT_S, env={**os.environ, **s3.env()})
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from service.client import TpetClient, job_state
 from service.config import ServerConfig
 from service.server import start_server
 from service.states import JobState
-from tests.integration.conftest import REPO, _bars
+from tests.integration.conftest import JOB_TIMEOUT_S, REPO, _bars
 from tests.integration.test_server import teacher  # noqa: F401  (a module fixture)
 
 pytestmark = pytest.mark.integration
@@ -87,7 +87,7 @@ def finished_jobs(tmp_path_factory, teacher):  # noqa: F811
         client = TpetClient(server.address, retries=0)
         ids = {kind: client.compress(job_spec(data, teacher, kind, floor)).id
                for kind, floor in (("fail", 0.6), ("blocked", 0.3))}
-        done = {kind: client.wait(job_id, timeout_s=300) for kind, job_id in ids.items()}
+        done = {kind: client.wait(job_id, timeout_s=JOB_TIMEOUT_S) for kind, job_id in ids.items()}
         for kind, job in done.items():
             assert job_state(job) is JobState.REJECTED, (kind, job.error)
         yield {"port": server.metrics_port, "ids": ids,

@@ -18,7 +18,7 @@ from service.errors import Unauthenticated, Unavailable
 from service.security import ClientTls
 from service.server import start_server
 from service.states import JobState
-from tests.integration.conftest import REPO, TPET
+from tests.integration.conftest import JOB_TIMEOUT_S, REPO, TPET
 
 pytestmark = pytest.mark.integration
 
@@ -191,7 +191,7 @@ def test_a_pickled_teacher_fails_cleanly_and_is_never_unpickled(serve, pki, bars
     tls_client = client(server, ClientTls(str(pki / "ca.pem")))
     job_file = bars_job(teacher={"path": str(tmp_path / "teacher.pt")},
                         training={"epochs": 1, "batch_size": 32})
-    done = tls_client.wait(tls_client.compress(job_file).id, timeout_s=120)
+    done = tls_client.wait(tls_client.compress(job_file).id, timeout_s=JOB_TIMEOUT_S)
     assert job_state(done) is JobState.FAILED and done.error_kind == "invalid_input"
     assert "pickled Python code" in done.error and "posix.system" in done.error
     assert "Traceback" not in done.error
@@ -232,7 +232,7 @@ def test_a_manifest_line_added_after_compress_fails_the_job_in_the_worker(serve,
         f.write(f"{secret},1\n")
     # A server that runs jobs, on the same state: it starts the job accepted above.
     done = client(serve(data_roots=roots, max_concurrent_jobs=1)).wait(queued.id,
-                                                                       timeout_s=120)
+                                                                       timeout_s=JOB_TIMEOUT_S)
     assert job_state(done) is JobState.FAILED and done.error_kind == "permission_denied"
     assert f"'{secret}' is outside the allowed data roots" in done.error
     assert "m.csv line 10" in done.error and "Traceback" not in done.error

@@ -23,6 +23,7 @@ from service.convert import struct_to_dict
 from service.errors import AlreadyExists, FailedPrecondition, NotFound, QueueFull
 from service.server import start_server
 from service.states import JobState
+from tests.integration.conftest import JOB_TIMEOUT_S
 
 pytestmark = pytest.mark.integration
 
@@ -135,7 +136,7 @@ def test_cancel_mid_training(servers, job):
     wait_for_progress(client, submitted.id, min_epoch=1)
     asked = time.monotonic()
     assert client.cancel(submitted.id).cancel_requested
-    done = client.wait(submitted.id, timeout_s=300)
+    done = client.wait(submitted.id, timeout_s=JOB_TIMEOUT_S)
     assert job_state(done) is JobState.CANCELLED
     assert time.monotonic() - asked < 30  # seen by should_stop, well before 400 epochs
     assert "distill cancelled at epoch" in done.error
@@ -212,7 +213,7 @@ def test_pickled_teacher_fails_the_job_with_the_reason(servers, bars_job, tmp_pa
     torch.save(torch.nn.Linear(64, 4), tmp_path / "teacher.pt")
     _, client = servers()
     submitted = client.compress(bars_job(teacher={"path": str(tmp_path / "teacher.pt")}, **FAST))
-    done = client.wait(submitted.id, timeout_s=300)
+    done = client.wait(submitted.id, timeout_s=JOB_TIMEOUT_S)
     assert job_state(done) is JobState.FAILED and done.error_kind == "invalid_input"
     assert "pickled" in done.error and "Traceback" not in done.error
 
@@ -222,7 +223,7 @@ def test_killed_worker_fails_the_job_with_the_reason(servers, job):
     submitted = client.compress(job(**LONG))
     wait_for_progress(client, submitted.id, min_epoch=1)
     os.kill(worker_pid(client, submitted.id), signal.SIGKILL)
-    done = client.wait(submitted.id, timeout_s=300)
+    done = client.wait(submitted.id, timeout_s=JOB_TIMEOUT_S)
     assert job_state(done) is JobState.FAILED and done.error_kind == "worker_lost"
     assert done.error == "worker killed by signal SIGKILL"
 
@@ -232,7 +233,7 @@ def test_killed_worker_is_retried_and_resumes_from_its_checkpoint(servers, job):
     submitted = client.compress(job(**LONG))
     wait_for_progress(client, submitted.id, min_epoch=2)  # epoch 1's checkpoint is saved
     os.kill(worker_pid(client, submitted.id), signal.SIGKILL)
-    done = client.wait(submitted.id, timeout_s=300)
+    done = client.wait(submitted.id, timeout_s=JOB_TIMEOUT_S)
     assert job_state(done) is JobState.SUCCEEDED and done.attempts == 2
     training = json.loads(done.report_json)["training"]
     assert training["resumed_from_epoch"] >= 1

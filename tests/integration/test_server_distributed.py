@@ -16,6 +16,7 @@ from service.convert import struct_to_dict
 from service.launcher import LocalLauncher, torchrun_args
 from service.server import start_server
 from service.states import JobState
+from tests.integration.conftest import JOB_TIMEOUT_S
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +76,7 @@ def test_two_ranks_run_one_job_and_rank_0_reports(server, job):
 def test_a_failure_every_rank_shares_is_reported_and_ends_every_rank(server, job):
     _, client = server
     submitted = client.compress(job(epochs=3, lr=1e6))  # the loss overflows on both ranks
-    done = client.wait(submitted.id, timeout_s=120)
+    done = client.wait(submitted.id, timeout_s=JOB_TIMEOUT_S)
     assert job_state(done) is JobState.FAILED
     assert "loss became" in done.error and "lower lr" in done.error, done.error
     # rank 1 would wait 20 s for rank 0 to report; rank 0's exit 1 makes torchrun end it sooner
@@ -90,7 +91,7 @@ def test_cancel_ends_every_rank(server, job):
             break
     assert len(processes_of(submitted.id)) >= 3  # torchrun and two ranks
     assert client.cancel(submitted.id).cancel_requested
-    done = client.wait(submitted.id, timeout_s=120)
+    done = client.wait(submitted.id, timeout_s=JOB_TIMEOUT_S)
     assert job_state(done) is JobState.CANCELLED
     assert gone(submitted.id)
 

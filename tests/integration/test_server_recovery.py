@@ -12,7 +12,7 @@ import pytest
 from service.client import TpetClient, job_state
 from service.errors import Unauthenticated
 from service.states import JobState
-from tests.integration.conftest import REPO, TPET
+from tests.integration.conftest import JOB_TIMEOUT_S, REPO, TPET
 from tests.integration.test_server import (FAST, LONG, job, servers, states_of,  # noqa: F401
                                            teacher, wait_for_progress)
 
@@ -28,13 +28,13 @@ def test_restart_resumes_running_and_queued_jobs(servers, job):
     server.stop()
 
     _, client = servers(max_concurrent_jobs=1)  # a new server on the same state dir
-    done = client.wait(running.id, timeout_s=300)
+    done = client.wait(running.id, timeout_s=JOB_TIMEOUT_S)
     assert job_state(done) is JobState.SUCCEEDED and done.attempts == 2
     training = json.loads(done.report_json)["training"]
     assert training["resumed_from_epoch"] >= 1
     assert states_of(client.watch(running.id)) == [
         "QUEUED", "RUNNING", "QUEUED", "RUNNING", "SUCCEEDED"]
-    done = client.wait(queued.id, timeout_s=300)
+    done = client.wait(queued.id, timeout_s=JOB_TIMEOUT_S)
     assert job_state(done) is JobState.SUCCEEDED and done.attempts == 1
 
 
@@ -49,7 +49,7 @@ def test_bearer_token_guards_the_public_api(servers, tmp_path):
     assert list(TpetClient(target, token="s3cret", retries=0).list_jobs()) == []
 
 
-def tpet(*args, timeout=120, env=None):
+def tpet(*args, timeout=JOB_TIMEOUT_S, env=None):
     return subprocess.run([*TPET, *map(str, args)], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env=env)
 

@@ -17,7 +17,7 @@ from service.client import TpetClient, job_state
 from service.config import ServerConfig
 from service.server import start_server
 from service.states import JobState
-from tests.integration.conftest import _bars
+from tests.integration.conftest import JOB_TIMEOUT_S, _bars
 from tests.integration.test_server import teacher  # noqa: F401  (a module fixture)
 
 pytestmark = pytest.mark.integration
@@ -67,7 +67,7 @@ def finished(served):
     assert ran.returncode == 0, ran.stderr
     job = json.loads(ran.stdout)
     assert job["name"] == "via-grpcurl" and job["state"] == "QUEUED"
-    done = TpetClient(server.address, token=TOKEN, retries=0).wait(job["id"], timeout_s=300)
+    done = TpetClient(server.address, token=TOKEN, retries=0).wait(job["id"], timeout_s=JOB_TIMEOUT_S)
     assert job_state(done) is JobState.SUCCEEDED, done.error
     return job["id"]
 

@@ -18,7 +18,7 @@ from service.security import ClientTls, worker_channel
 from service.server import start_server
 from service.states import JobState
 from service.worker import TOKEN_METADATA
-from tests.integration.conftest import INCLUSTER_NAME
+from tests.integration.conftest import JOB_TIMEOUT_S, INCLUSTER_NAME
 
 pytestmark = pytest.mark.integration
 WORKER_VARS = ("TPET_WORKER_TLS_CA", "TPET_WORKER_TLS_CERT", "TPET_WORKER_TLS_KEY",
@@ -140,7 +140,7 @@ def test_a_job_runs_with_its_worker_on_the_mutual_tls_port(serve, pki, bars_job,
                         training={"epochs": 1, "batch_size": 64, "lr": 0.05})
     with TpetClient(server.address, retries=0, timeout_s=10,
                     tls=ClientTls(ca, cert, key)) as client:
-        done = client.wait(client.compress(job_file).id, timeout_s=120)
+        done = client.wait(client.compress(job_file).id, timeout_s=JOB_TIMEOUT_S)
     log = Path(done.output_dir) / "worker.log"
     assert job_state(done) is JobState.SUCCEEDED, (done.error, log.read_text())
     assert launcher.targets == [server.address]  # the public TLS port
