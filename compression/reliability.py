@@ -106,7 +106,6 @@ def expected_calibration_error(confidence: Tensor, hit: Tensor, bins: int = ECE_
         return 0.0
     conf = confidence.double()
     idx = (torch.ceil(conf * bins) - 1).clamp(0, bins - 1).long()  # (lo, hi]; 0 -> first bin
-    count = torch.bincount(idx, minlength=bins).double()
     conf_sum = torch.zeros(bins, dtype=torch.float64).index_add_(0, idx, conf)
     hit_sum = torch.zeros(bins, dtype=torch.float64).index_add_(0, idx, hit.double())
     return float((hit_sum - conf_sum).abs().sum() / n)  # |acc_b - conf_b| * n_b, summed

@@ -15,7 +15,7 @@ harm that pass the policy; when there is none, the best worst-group accuracy amo
 no established harm, or among all when every candidate harms (``met_floors=False``). Ties
 go to the earlier candidate. Without a ``harm`` judge every candidate counts as harmless. Every
 candidate records its verdicts and the checks that decided them; the selection records
-why it chose, and what the choice cost (runs trained, epochs, wall seconds).
+why it chose, and what the choice cost (runs trained, probes included, epochs, wall seconds).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 from compression.errors import InvalidInput
 from compression.evaluation import EvalReport
 from compression.guardrails import FAIL, Check, StageVerdict
-from compression.losses.registry import AUTO, check_mitigation
+from compression.losses.registry import AUTO, check_mitigation, harm_probe_plan
 from compression.spec import MitigationSpec, spec_to_dict
 
 __all__ = ["CandidateScore", "Selection", "choose_mitigation", "RULE"]
@@ -89,16 +89,22 @@ class Selection:
     recommended: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        seconds = sum(c.seconds for c in self.candidates)
         return {"chosen": self.chosen.name, "chosen_index": self.index,
                 "met_floors": self.met_floors, "split": "holdout", "rule": RULE,
                 "reason": self.reason, "recommended_candidates": self.recommended,
-                "cost": {"candidates_trained": len(self.candidates),
-                         "epochs_each": self.epochs,
-                         "epochs_total": None if self.epochs is None
-                         else self.epochs * len(self.candidates),
-                         "seconds": round(seconds, 3)},
-                "candidates": [c.to_dict() for c in self.candidates]}
+                "cost": self.cost(), "candidates": [c.to_dict() for c in self.candidates]}
+
+    def cost(self) -> dict[str, Any]:
+        """The extra training the choice took: every candidate, and the harm probes they ran
+        (2 runs a fold, on (K - 1) / K of the training split; equal probes run once)."""
+        plans = {repr(p): p for p in map(harm_probe_plan, (c.spec for c in self.candidates))
+                 if p is not None}
+        probe_runs = sum(2 * p.folds for p in plans.values())
+        runs = len(self.candidates) + probe_runs
+        return {"candidates_trained": len(self.candidates), "probe_runs": probe_runs,
+                "epochs_each": self.epochs,
+                "epochs_total": None if self.epochs is None else self.epochs * runs,
+                "seconds": round(sum(c.seconds for c in self.candidates), 3)}
 
 
 def choose_mitigation(candidates: Sequence[MitigationSpec],

@@ -114,7 +114,8 @@ def _selection_lines(selection: dict | None) -> list[str]:
     cost = selection.get("cost") or {}
     why = selection.get("reason") or selection.get("rule")
     return [f"- Chosen by `auto` on holdout: {why} (cost: "
-            f"{cost.get('candidates_trained', '?')} candidates trained, "
+            f"{cost.get('candidates_trained', '?')} candidates and "
+            f"{cost.get('probe_runs', 0)} probe runs trained, "
             f"{cost.get('epochs_total', '?')} epochs, {cost.get('seconds', '?')} s)"]
 
 

@@ -63,7 +63,9 @@ def test_the_most_accurate_harmless_candidate_wins_over_a_more_accurate_harmful_
     assert sel.chosen is PAIRED and sel.met_floors
     d = sel.to_dict()
     assert "most accurate" in d["reason"] and "1 showed harm" in d["reason"]
-    assert d["cost"]["candidates_trained"] == 3 and d["cost"]["epochs_total"] == 30
+    # paired_alpha's probe: 3 folds, a distilled and a label-only run each
+    assert d["cost"]["candidates_trained"] == 3 and d["cost"]["probe_runs"] == 6
+    assert d["cost"]["epochs_total"] == 90
     assert d["candidates"][0]["harm_shown_on"] == ["tail"]
 
 
