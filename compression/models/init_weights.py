@@ -24,15 +24,17 @@ from compression.errors import InvalidInput
 from compression.models.checkpoint import sha256_bytes
 from compression.models.state import read_state_dict
 from compression.models.timm_models import head_names
+from compression.models.tv import SMALL_INPUT, TV_BUILDERS
 from compression.report_sections import as_int, as_str, fields_of
 
 __all__ = ["InitWeights", "StudentInit", "WHAT", "init_problem", "read_init", "apply_init",
-           "head_keys"]
+           "head_keys", "stem_sizes"]
 
 WHAT = "student.init"  # how errors name the file: the spec field to fix
 _NOT_WEIGHTS = {".pt2": "a torch.export program", ".onnx": "an ONNX model",
                 ".ts": "a TorchScript program", ".torchscript": "a TorchScript program"}
 _SHOW = 8  # offending parameters an error lists
+_TORCHVISION_STEM = max(SMALL_INPUT, 224)  # an image size that builds torchvision's stem
 
 
 class _Shown(PurePosixPath):
@@ -49,38 +51,48 @@ class _Shown(PurePosixPath):
 
 @dataclass(frozen=True)
 class InitWeights:
-    """A read ``student.init``: its source (credentials stripped), SHA-256 and tensors."""
+    """A read ``student.init``: its source (credentials stripped), SHA-256 and tensors.
+    stem_size: the image size to build a ``tv_*`` student's stem for (None: the student's
+    own), when the file carries the other stem (``stem_sizes``)."""
 
     source: str
     sha256: str
     state: Mapping[str, torch.Tensor]
+    stem_size: int | None = None
 
 
 @dataclass(frozen=True)
 class StudentInit:
     """The report's record of a student started from weights: where they came from, how
-    many tensors were loaded, and which were freshly initialised instead, and why."""
+    many tensors were loaded, and which were freshly initialised instead, and why.
+    stem_size: set when the student was built with the stem the file carries (``tv_*``
+    archs: torchvision's own, as for inputs of this size), not its default one."""
 
     source: str
     sha256: str
     loaded: int
     replaced: tuple[str, ...] = ()
     reason: str = ""
+    stem_size: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "sha256": self.sha256, "loaded": self.loaded,
-                "replaced": list(self.replaced), "reason": self.reason}
+        out = {"source": self.source, "sha256": self.sha256, "loaded": self.loaded,
+               "replaced": list(self.replaced), "reason": self.reason}
+        return out if self.stem_size is None else {**out, "stem_size": self.stem_size}
 
     @classmethod
     def from_dict(cls, data: Any) -> StudentInit:
-        d = fields_of(data, "student_init", ("source", "sha256", "loaded", "replaced", "reason"))
+        d = fields_of(data, "student_init", ("source", "sha256", "loaded", "replaced", "reason"),
+                      ("stem_size",))
         if not isinstance(d["replaced"], list):
             raise ValueError("student_init.replaced must be a list of parameter names")
+        stem = d.get("stem_size")
         return cls(as_str(d["source"], "student_init.source"),
                    as_str(d["sha256"], "student_init.sha256"),
                    as_int(d["loaded"], "student_init.loaded"),
                    tuple(as_str(k, "student_init.replaced[]") for k in d["replaced"]),
-                   as_str(d["reason"], "student_init.reason"))
+                   as_str(d["reason"], "student_init.reason"),
+                   None if stem is None else as_int(stem, "student_init.stem_size"))
 
 
 def init_problem(path: str) -> str | None:
@@ -113,6 +125,13 @@ def read_init(path: str, policy: access.InputAccess | None = None) -> InitWeight
     return InitWeights(source, sha256_bytes(data), state)
 
 
+def stem_sizes(arch: str) -> tuple[int | None, ...]:
+    """Stems to try a file against, as image sizes to build ``arch`` for (None: the
+    student's default). A ``tv_*`` file trained on full-size images (torchvision's own
+    weights) carries torchvision's stem, which runs on any input of 32 px or more."""
+    return (None, _TORCHVISION_STEM) if arch in TV_BUILDERS else (None,)
+
+
 def head_keys(model: nn.Module, num_classes: int) -> tuple[str, ...]:
     """State-dict keys of the classifier head: timm's declared classifier, else the last
     linear layer with ``num_classes`` outputs."""
@@ -137,7 +156,8 @@ def apply_init(model: nn.Module, weights: InitWeights, num_classes: int,
                            f"{WHAT} {weights.source} does not fit {arch}")
     taken = [k for k in want if k not in replaced and k in state]
     model.load_state_dict({**want, **{k: state[k] for k in taken}}, strict=True)
-    return StudentInit(weights.source, weights.sha256, len(taken), replaced, reason)
+    return StudentInit(weights.source, weights.sha256, len(taken), replaced, reason,
+                       weights.stem_size)
 
 
 def _head_reason(want: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],

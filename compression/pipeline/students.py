@@ -13,6 +13,7 @@ from compression import distributed
 from compression.data import Dataset
 from compression.data.preprocess import with_preprocess
 from compression.diagnosis import diagnose_harm
+from compression.errors import InvalidInput
 from compression.evaluation import EvalReport, evaluate, predict_logits
 from compression.guardrails import StageVerdict
 from compression.losses import Loss, LossContext, build_loss
@@ -23,6 +24,7 @@ from compression.pipeline.job import Job, report_summary
 from compression.pipeline.teacher import TeacherView
 from compression.seeds import derived_seed
 from compression.selection import Selection, choose_mitigation
+from compression.models.init_weights import stem_sizes
 from compression.models.init_weights import StudentInit, apply_init, read_init
 from compression.models.timm_models import is_timm
 from compression.spec import MitigationSpec, TrainingSpec, spec_to_dict
@@ -124,8 +126,11 @@ def _initial_student(job: Job, dataset: Dataset, seed: int) -> nn.Module:
 def _student_arch(job: Job, dataset: Dataset, seed: int) -> nn.Module:
     student = job.spec.student
     c, h, w = dataset.input_shape
-    # timm models with a fixed input size (ViTs) are built for the data's own size
-    size = {"image_size": min(h, w)} if is_timm(student.arch) else {}
+    # timm models with a fixed input size (ViTs) are built for the data's own size; a tv_*
+    # student for the stem its student.init file carries
+    stem = job.student_init and job.student_init.stem_size
+    size = ({"image_size": min(h, w)} if is_timm(student.arch) else
+            {"image_size": stem} if stem else {})
     return build_model(student.arch, c, dataset.num_classes, student.width,
                        seed=derived_seed(seed, "student-init"), **size)
 
@@ -137,9 +142,16 @@ def load_student_init(job: Job, dataset: Dataset) -> StudentInit | None:
         return None
 
     def load() -> StudentInit:
-        job.student_init = read_init(job.spec.student.init)
-        model = _student_arch(job, dataset, job.spec.training.seed)
-        return apply_init(model, job.student_init, dataset.num_classes, job.spec.student.arch)
+        weights, first = read_init(job.spec.student.init), None
+        for size in stem_sizes(job.spec.student.arch):  # the student's own stem first
+            job.student_init = dataclasses.replace(weights, stem_size=size)
+            model = _student_arch(job, dataset, job.spec.training.seed)
+            try:
+                return apply_init(model, job.student_init, dataset.num_classes,
+                                  job.spec.student.arch)
+            except InvalidInput as exc:
+                first = first or exc
+        raise first
     return job.stage("load_student_init", load,
                      lambda r: {"sha256": r.sha256, "loaded": r.loaded,
                                 "replaced": len(r.replaced)})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -158,7 +159,7 @@ def _bars(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return x.clip(0, 255).astype(np.uint8), y.astype(np.int64)
 
 
-def _job(tmp_path, init: str, out: str):
+def _job(tmp_path, init: str, out: str, arch: str = "tiny_cnn"):
     rng = np.random.default_rng(0)
     for name, n in (("train", 240), ("test", 120)):
         x, y = _bars(n, rng)
@@ -167,7 +168,7 @@ def _job(tmp_path, init: str, out: str):
         "name": "init", "output_dir": str(tmp_path / out), "teacher": {"path": "unused.pt2"},
         "data": {"source": "npz", "path": str(tmp_path / "train.npz"),
                  "test_path": str(tmp_path / "test.npz"), "holdout_fraction": 0.2},
-        "student": {"arch": "tiny_cnn", "init": init}, "mitigation": {"name": "one_hot"},
+        "student": {"arch": arch, "init": init}, "mitigation": {"name": "one_hot"},
         "training": {"epochs": 1, "batch_size": 64, "lr": 1e-9, "weight_decay": 0.0},
         "guardrails": {"min_samples": 10}, "export": {"onnx": False, "int8": False,
                                                       "tensorrt": "off"}})
@@ -203,3 +204,19 @@ def test_student_init_travels_through_the_api_message():
     message = dict_to_proto(data)
     assert message.student.init == "s3://bucket/w.safetensors"
     assert proto_to_spec(message) == parse_spec(data)
+
+
+def test_torchvision_weights_build_the_student_with_their_own_stem(tmp_path):
+    from compression.pipeline.job import Job
+    from compression.pipeline.students import _initial_student, load_student_init
+
+    imagenet = build_model("tv_resnet18", 1, 1000, image_size=224, seed=2)
+    path = _save(imagenet, tmp_path / "resnet18.safetensors")
+    job = Job(_job(tmp_path, path, "tv", arch="tv_resnet18"), tmp_path / "tv",
+              torch.device("cpu"), lambda event: None, lambda: False)
+    data = SimpleNamespace(input_shape=(1, 8, 8), num_classes=4)  # what a student is built for
+    record = load_student_init(job, data)
+    assert record.stem_size == 224 and record.replaced == ("fc.weight", "fc.bias")
+    student = _initial_student(job, data, seed=0)  # every student of the job starts so
+    assert torch.equal(student.conv1.weight, imagenet.conv1.weight)
+    assert student(torch.rand(2, 1, 8, 8)).shape == (2, 4)
