@@ -17,7 +17,8 @@ from compression.data.stream import (EpochBatches, LazyImages, OrderedBatches, S
 from compression.errors import Cancelled, InvalidInput
 from compression.losses import LossContext, build_loss
 from compression.spec import MitigationSpec, TrainingSpec, parse_spec
-from compression.training import steps_per_epoch, train
+from compression.report_sections import DataSummary
+from compression.training import TeacherCache, steps_per_epoch, train
 from tests.wds import png, shard
 
 CLASSES = 3
@@ -229,3 +230,30 @@ def _one_hot():
 def _after_checks(n: int):
     calls = iter(range(10**6))
     return lambda: next(calls) >= n
+
+
+@pytest.mark.parametrize("scale", [3.0, 1e7])  # 1e7: beyond float16, kept in float32
+def test_a_spilled_teacher_cache_holds_the_ram_cache_values(files, tmp_path, scale):
+    x = _load(files, "imagefolder", "never", workers=2).train.x
+    teacher = _Teacher()
+    teacher.forward = lambda inputs: teacher.net(inputs) * scale  # type: ignore[method-assign]
+    ram = TeacherCache.build(teacher, x, batch_size=8, device=torch.device("cpu"))
+    spilled = TeacherCache.build(teacher, x, batch_size=8, device=torch.device("cpu"),
+                                 ram_bytes=0, spill_dir=tmp_path)
+    assert ram.logits is not None and spilled.logits is None and spilled.spilled is not None
+    idx = torch.tensor([4, 0, len(x) - 1, 4])
+    assert torch.equal(ram[idx], spilled[idx]) and len(spilled) == len(x)
+    assert torch.equal(ram[torch.arange(len(x))], spilled[torch.arange(len(x))])
+    assert (ram.logits.dtype == torch.float16) == (scale == 3.0)
+    assert not list(tmp_path.iterdir())  # the file is unlinked as soon as it is mapped
+
+
+def test_the_report_records_which_path_ran():
+    summary = {"class_names": ["a"], "group_names": ["a"], "input_shape": [3, 8, 8],
+               "splits": {}}
+    for path in ("streaming", "in_memory"):
+        data = DataSummary.from_dict({**summary, "loading": path})
+        assert data.loading == path and data.to_dict()["loading"] == path
+    assert "loading" not in DataSummary.from_dict(summary).to_dict()  # an older report
+    with pytest.raises(ValueError, match="data.loading"):
+        DataSummary.from_dict({**summary, "loading": "mmap"})
