@@ -8,6 +8,7 @@ NOT JUDGED, never PASS.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from torch import Tensor
 
@@ -308,16 +309,16 @@ def _discovered(discovery: SliceDiscovery) -> str:
     return "\n\n".join(parts)
 
 
-def draw_slice_grid(path: Path, comparison: SliceComparison, images: Tensor,
+def draw_slice_grid(path: Path, comparisons: Sequence[SliceComparison], images: Tensor,
                     per_slice: int = 8) -> Path:
     """A PNG grid: one row per harmed slice, ``per_slice`` of its test images spread
     evenly over its members, each titled with its test index. images: [N, C, H, W] uint8."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    rows = comparison.harmed
+    rows = [(c, sl) for c in comparisons for sl in c.harmed]
     fig = Figure(figsize=(1.3 * per_slice, 1.6 * max(1, len(rows))))
-    for r, sl in enumerate(rows):
+    for r, (c, sl) in enumerate(rows):
         picks = [sl.members[round(i * (sl.n - 1) / max(1, per_slice - 1))]
                  for i in range(min(per_slice, sl.n))]
         for j, index in enumerate(picks):
@@ -328,8 +329,9 @@ def draw_slice_grid(path: Path, comparison: SliceComparison, images: Tensor,
             ax.set_yticks([])
             ax.set_title(f"#{index}", fontsize=7)
             if j == 0:
-                ax.set_ylabel(f"{sl.name}\n{pp(sl.check.estimate)}", fontsize=8)
-    fig.suptitle(f"Harmed slices: {comparison.stage} vs {comparison.reference}", fontsize=9)
+                ax.set_ylabel(f"{c.stage} vs {c.reference}\n{sl.name}\n"
+                              f"{pp(sl.check.estimate)}", fontsize=7)
+    fig.suptitle("Harmed slices: example test images", fontsize=9)
     fig.tight_layout()
     FigureCanvasAgg(fig).print_png(str(path))
     return path

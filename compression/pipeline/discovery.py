@@ -10,23 +10,24 @@ on holdout and judged on test (``compression.guardrails.slices``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Sequence
 
 from torch import Tensor, nn
 
 from compression.data import Dataset, Split
-from compression.evaluation import EvalReport
+from compression.evaluation import EvalReport, predict_logits
 from compression.evaluation.features import feature_module, predict_with_features
 from compression.guardrails import StageVerdict
 from compression.guardrails.slices import (SliceComparison, SliceDiscovery, SliceExamples,
                                            discover_slices)
+from compression.pipeline.exports import Artifact
 from compression.pipeline.job import Job
 from compression.pipeline.students import Baseline
 from compression.pipeline.teacher import TeacherView
 from compression.seeds import derived_seed
 
-__all__ = ["SLICE_GRID", "discover_student_slices", "with_slices", "slice_section",
-           "slices_summary"]
+__all__ = ["SLICE_GRID", "discover_student_slices", "discover_artifact_slices", "with_slices",
+           "slice_section", "slices_summary"]
 
 SLICE_GRID = "slices.png"
 _META_KEYS = ("attribute",)  # subgroup keys that are metadata, not a function of the class
@@ -62,6 +63,57 @@ def discover_student_slices(job: Job, dataset: Dataset, student: nn.Module,
         seed=derived_seed(job.spec.training.seed, "slice-discovery"))
 
 
+def discover_artifact_slices(job: Job, dataset: Dataset, student: nn.Module,
+                             teacher: TeacherView | None,
+                             artifacts: Sequence[Artifact]) -> list[SliceComparison]:
+    """Every other built artifact (INT8, mixed precision, TensorRT) against the FP32 ONNX
+    model it came from. Under the discovered_slices rule a FAIL keeps that artifact from
+    shipping, as a broken floor does."""
+    settings = job.spec.guardrails.slice_discovery
+    built = [a for a in artifacts if a.report is not None and a.runner is not None]
+    fp32 = next((a for a in built if a.stage == "onnx"), None)
+    others = [a for a in built if a is not fp32]
+    if not settings.enabled or fp32 is None or not others \
+            or len(dataset.holdout) < 2 * settings.max_slices or len(dataset.test) == 0:
+        return []
+    _, student_holdout = _features(job, student, dataset.holdout)
+    representation, feats_h, feats_t = _representation(job, dataset, teacher, student,
+                                                       student_holdout)
+    reference = _holdout_hits(job, fp32.runner, dataset)
+    out = []
+    for artifact in others:
+        examples = (
+            SliceExamples(feats_h, reference, _holdout_hits(job, artifact.runner, dataset),
+                          dataset.holdout.y.cpu()),
+            SliceExamples(feats_t, fp32.report.outcomes.hit, artifact.report.outcomes.hit,
+                          dataset.test.y.cpu()))
+        comparison = discover_slices(
+            *examples, stage=artifact.stage, reference=fp32.stage,
+            representation=representation, settings=settings, policy=job.spec.guardrails,
+            class_names=dataset.class_names,
+            seed=derived_seed(job.spec.training.seed, f"slice-discovery/{artifact.stage}"))
+        _judge_artifact(artifact, fp32, comparison)
+        out.append(comparison)
+    return out
+
+
+def _holdout_hits(job: Job, runner: Any, dataset: Dataset) -> Tensor:
+    logits = predict_logits(runner, dataset.holdout, job.spec.training.eval_batch_size,
+                            job.device)
+    return logits.argmax(1) == dataset.holdout.y.cpu()
+
+
+def _judge_artifact(artifact: Artifact, fp32: Artifact, comparison: SliceComparison) -> None:
+    if not comparison.blocking or artifact.verdict is None:
+        return
+    artifact.verdict = with_slices(artifact.verdict, comparison)
+    if fp32.passed and not artifact.passed and comparison.harmed:
+        names = ", ".join(s.name for s in comparison.harmed)
+        note = (f"{artifact.stage} is worse than the FP32 ONNX model on discovered slices "
+                f"({names}): it does not ship")
+        artifact.reason = f"{artifact.reason}; {note}" if artifact.reason else note
+
+
 def with_slices(verdict: StageVerdict, comparison: SliceComparison | None) -> StageVerdict:
     """The stage's verdict with the slice checks added when the ``discovered_slices`` rule
     is set: a FAIL blocks like one on a named subgroup; an INSUFFICIENT_EVIDENCE does not
@@ -75,19 +127,20 @@ def with_slices(verdict: StageVerdict, comparison: SliceComparison | None) -> St
         advisory_subgroups=verdict.advisory_subgroups + names)
 
 
-def slice_section(job: Job, dataset: Dataset,
-                  comparison: SliceComparison | None) -> SliceDiscovery | None:
+def slice_section(job: Job, dataset: Dataset, *found: SliceComparison | None,
+                  ) -> SliceDiscovery | None:
     """The report section, with a grid of example images of the harmed slices drawn into
     the job's folder when there are any and the test images are in memory."""
-    if comparison is None:
+    comparisons = tuple(c for c in found if c is not None)
+    if not comparisons:
         return None
     grid = None
     images = getattr(dataset.test, "x", None)
-    if comparison.harmed and isinstance(images, Tensor):
+    if any(c.harmed for c in comparisons) and isinstance(images, Tensor):
         from compression.artifacts.card import draw_slice_grid  # matplotlib, only when drawn
-        draw_slice_grid(job.out_dir / SLICE_GRID, comparison, images)
+        draw_slice_grid(job.out_dir / SLICE_GRID, comparisons, images)
         grid = SLICE_GRID
-    return SliceDiscovery((comparison,), grid=grid)
+    return SliceDiscovery(comparisons, grid=grid)
 
 
 def slices_summary(comparison: SliceComparison | None) -> dict[str, Any]:

@@ -31,7 +31,8 @@ from compression.guardrails import StageVerdict, check_policy, judge, preflight_
 from compression.losses import check_mitigation, requirements
 from compression.models import count_parameters, save_exported, save_weights
 from compression.models.zoo import arch_problem
-from compression.pipeline.discovery import (discover_student_slices, slice_section,
+from compression.pipeline.discovery import (discover_artifact_slices,
+                                            discover_student_slices, slice_section,
                                             slices_summary, with_slices)
 from compression.pipeline.exports import (Artifact, export_artifacts, fastest_passed,
                                           shipping_sections)
@@ -105,6 +106,12 @@ def run(spec: JobSpec, on_event: EventSink = emit_nothing,
     artifacts = (export_artifacts(job, student.model, dataset,
                                   _judge(spec, teacher, baseline, student_report))
                  if student_verdict.passed else [])
+    # ... and every other artifact with the FP32 ONNX model, on slices nobody named
+    artifact_slices = (job.stage("discover_artifact_slices", lambda: discover_artifact_slices(
+        job, dataset, student.model, teacher, artifacts), lambda found: {
+            "compared": [c.stage for c in found],
+            "harmed": {c.stage: [s.name for s in c.harmed] for c in found}})
+        if len(artifacts) > 1 else [])
     # JobReport sections known here, by their field names (compression.report)
     sections = {"student_init": student_init,
                 "teacher": teacher and TeacherSummary.from_dict(teacher.to_dict()),
@@ -112,7 +119,7 @@ def run(spec: JobSpec, on_event: EventSink = emit_nothing,
                 "mitigation": spec_to_dict(mitigation), "guardrail_preflight": tuple(detectable),
                 "input_contract": input_contract(spec.data.preprocess, dataset.input_shape),
                 "harm_diagnosis": harm_diagnosis(dataset, student_predictions, baseline, teacher),
-                "discovered_slices": slice_section(job, dataset, slices)}
+                "discovered_slices": slice_section(job, dataset, slices, *artifact_slices)}
     return _finish(job, dataset, student, student_report, student_verdict, artifacts,
                    [teacher and teacher.test_report, baseline and baseline.test_report], sections)
 

@@ -67,3 +67,35 @@ def test_a_job_reports_and_blocks_on_the_hidden_harmed_minority(tmp_path):
     assert "slices.png" in report["files"]
     card = (result.output_dir / "model_card.md").read_text()
     assert "## Discovered slices" in card and "](slices.png)" in card
+
+
+def test_exported_artifacts_are_compared_with_the_fp32_model(tmp_path):
+    torch.set_num_threads(1)
+    data = hidden_minority(seed=1, n_train=2000, n_holdout=10, n_test=1000)
+    for name, split in (("train", data.train), ("test", data.test)):
+        np.savez(tmp_path / f"{name}.npz", x=split.x.numpy(), y=split.y.numpy(),
+                 class_names=np.array(CLASS_NAMES))
+    spec = parse_spec({
+        "name": "artifacts", "output_dir": str(tmp_path / "out"),
+        "teacher": {"path": str(tmp_path / "unused.pt2")},
+        "data": {"source": "npz", "path": str(tmp_path / "train.npz"),
+                 "test_path": str(tmp_path / "test.npz"), "holdout_fraction": 0.4},
+        "student": {"arch": "tiny_cnn"}, "mitigation": {"name": "one_hot"},
+        "training": {"epochs": 4, "batch_size": 64, "optimizer": "adamw", "lr": 0.003,
+                     "weight_decay": 0.0, "seed": 0},
+        "guardrails": {"min_samples": 10, "block_on_insufficient_evidence": False,
+                       "max_drop_vs_student": 0.5,
+                       "discovered_slices": {"max_drop": 0.2, "min_size": 20}},
+        "export": {"onnx": True, "int8": True, "tensorrt": "off", "calibration_per_group": 64}})
+
+    result = run(spec)
+    report = json.loads(result.report_path.read_text())
+    # no teacher and no one-hot student: the student has no reference, its artifacts do
+    found = {c["stage"]: c for c in report["discovered_slices"]["comparisons"]}
+    assert set(found) == {"int8"}
+    assert found["int8"]["reference"] == "onnx" and found["int8"]["representation"] == "student"
+    # every judged slice of INT8 is a check of its stage under the rule; none is harmed
+    int8 = next(v for v in report["guardrails"]["stages"] if v["stage"] == "int8")
+    judged = [c["subgroup"] for c in int8["checks"] if c["rule"] == "discovered_slices"]
+    assert judged == [s["name"] for s in found["int8"]["slices"]]
+    assert report["discovered_slices"]["harmed"] == 0 and result.status == "SUCCEEDED"

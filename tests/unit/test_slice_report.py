@@ -94,7 +94,7 @@ def test_the_card_shows_the_slices_and_their_images(tmp_path):
         assert f"| {s.name} | {s.n} |" in text and "**FAIL**" in text
     assert "![Example test images of each harmed slice](slices.png)" in text
     images = torch.randint(0, 255, (3000, 1, 8, 8), dtype=torch.uint8)
-    path = draw_slice_grid(tmp_path / "slices.png", section.comparisons[0], images)
+    path = draw_slice_grid(tmp_path / "slices.png", section.comparisons, images)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
