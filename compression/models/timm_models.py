@@ -76,24 +76,26 @@ def build_timm(arch: str, in_channels: int, num_classes: int, width: float,
     cfg = timm.models.get_pretrained_cfg(name.split(".")[0])
     if cfg is not None and cfg.fixed_input_size:  # e.g. ViT position embeddings
         kwargs["img_size"] = image_size
-    model = timm.create_model(name, pretrained=False, in_chans=in_channels,
-                              num_classes=num_classes, **kwargs)
-    _check_input(model, arch, in_channels, image_size)
+    try:  # timm asserts what a model cannot take, some at build, some in the forward
+        model = timm.create_model(name, pretrained=False, in_chans=in_channels,
+                                  num_classes=num_classes, **kwargs)
+        _check_input(model, in_channels, image_size)
+    except (AssertionError, RuntimeError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{arch} cannot take {image_size}x{image_size} images with "
+                         f"{in_channels} channel(s) ({reason:.200}); pick a model for this "
+                         "image size or resize the images (data.preprocess)") from exc
     return model
 
 
-def _check_input(model: nn.Module, arch: str, in_channels: int, size: int) -> None:
-    """Refuse now a model that cannot take the data's images (a ViT's patch larger than the
-    image), rather than when training starts. One eval-mode forward; no random draws."""
+def _check_input(model: nn.Module, in_channels: int, size: int) -> None:
+    """Run one eval-mode forward on zeros, so a model that cannot take the data's images (a
+    ViT's patch larger than the image) is refused now rather than when training starts.
+    It draws no random numbers."""
     was_training = model.training
     try:
         with torch.no_grad():
             model.eval()(torch.zeros(1, in_channels, size, size))
-    except RuntimeError as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(f"{arch} cannot take {size}x{size} images with {in_channels} "
-                         f"channel(s) ({reason:.200}); pick a model for this image size or "
-                         "resize the images (data.preprocess)") from exc
     finally:
         model.train(was_training)
 
