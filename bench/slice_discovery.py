@@ -11,7 +11,7 @@ says so; the job sees only the images and their classes.
   reference is the same student trained on the labels (the one-hot student). This is the
   harm of Lukasik et al. (2022), made large on purpose on one hidden group.
 - **control**: the candidate is the one-hot student again, from other initial weights:
-  exchangeable with the reference, so every FAIL is a false discovery.
+  exchangeable with the reference: neither is worse by construction.
 
 Discovery runs as a job runs it (``compression.guardrails.slices.discover_slices``, the
 teacher's penultimate features, the defaults of ``guardrails.slice_discovery`` and of the
@@ -20,10 +20,11 @@ teacher's penultimate features, the defaults of ``guardrails.slice_discovery`` a
     .venv/bin/python bench/slice_discovery.py --seeds 10
 
 The minority counts as found when some FAIL slice has at least half of its members in it.
-In the control every FAIL is a false discovery. Under harm, a FAIL slice the minority
-cannot account for (its minority share times the minority's drop within ``max_drop``) is
-counted apart: distilling at alpha 1 also copies the teacher's few other errors, so such a
-slice may be real harm; the mean drop outside the minority is printed per seed.
+A FAIL is a false discovery when the slice's drop, measured on 20000 fresh images from
+the same distribution (the same holdout chooses the same clusters, which are then applied
+to them), is within the margin. Two particular trained models can truly differ on a
+region even in the control, and distilling at alpha 1 copies a few of the teacher's
+other errors, so neither scenario is free of real harm outside the minority by fiat.
 """
 
 from __future__ import annotations
@@ -45,11 +46,12 @@ from compression.evaluation.features import predict_with_features  # noqa: E402
 from compression.guardrails.slices import (SliceComparison, SliceExamples,  # noqa: E402
                                            discover_slices)
 from compression.models import build_model  # noqa: E402
-from compression.spec import GuardrailSpec, SliceDiscoverySpec  # noqa: E402
+from compression.spec import GuardrailSpec, SliceDiscoverySpec, SliceRuleSpec  # noqa: E402
 
 __all__ = ["HiddenMinority", "hidden_minority", "train_classifier", "run_seed", "main"]
 
 SIZE, CLASSES = 16, 10
+TRUTH = 20000  # fresh images per seed that measure each slice's true drop
 CLASS_NAMES = tuple(f"row{k}" for k in range(CLASSES))
 
 
@@ -63,6 +65,7 @@ class HiddenMinority:
     test: Split
     hidden: dict[str, Tensor]
     classes: tuple[int, ...]
+    truth: Split | None = None
 
 
 def _images(n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -81,18 +84,22 @@ def _images(n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
 
 
 def hidden_minority(seed: int, n_train: int = 2000, n_holdout: int = 2000,
-                    n_test: int = 3000, share: float = 0.3) -> HiddenMinority:
-    """Splits with ``share`` of the images of three classes rotated a quarter turn."""
+                    n_test: int = 3000, share: float = 0.3,
+                    n_truth: int = 0) -> HiddenMinority:
+    """Splits with ``share`` of the images of three classes rotated a quarter turn;
+    ``n_truth`` more from the same distribution measure what is true of a slice."""
     gen = torch.Generator().manual_seed(seed)
     classes = tuple(sorted(torch.randperm(CLASSES, generator=gen)[:3].tolist()))
     splits, hidden = {}, {}
-    for name, n in (("train", n_train), ("holdout", n_holdout), ("test", n_test)):
+    for name, n in (("train", n_train), ("holdout", n_holdout), ("test", n_test),
+                    ("truth", n_truth)):
         x, y = _images(n, gen)
         mask = torch.isin(y, torch.tensor(classes)) & (torch.rand(n, generator=gen) < share)
         x[mask] = x[mask].rot90(1, dims=(2, 3))
         splits[name] = Split(x, y, torch.zeros(n, dtype=torch.long))
         hidden[name] = mask
-    return HiddenMinority(splits["train"], splits["holdout"], splits["test"], hidden, classes)
+    return HiddenMinority(splits["train"], splits["holdout"], splits["test"], hidden, classes,
+                          splits["truth"])
 
 
 def train_classifier(split: Split, seed: int, *, teacher: nn.Module | None = None,
@@ -133,36 +140,43 @@ def _hits(model: nn.Module, split: Split) -> tuple[Tensor, Tensor]:
 
 def compare(data: HiddenMinority, reference: nn.Module, candidate: nn.Module,
             features_of: nn.Module, seed: int,
-            policy: GuardrailSpec | None = None) -> SliceComparison:
-    """Discovery of ``candidate`` against ``reference`` on ``features_of``'s features."""
+            policy: GuardrailSpec | None = None) -> tuple[SliceComparison, dict[int, float]]:
+    """Discovery of ``candidate`` against ``reference`` on ``features_of``'s features, and
+    the drop of each candidate cluster on the ``truth`` split (empty without one): the same
+    holdout and seed choose the same candidates, which are then measured on fresh data."""
     examples = []
-    for split in (data.holdout, data.test):
+    for split in (data.holdout, data.test, data.truth):
+        if split is None:
+            continue
         ref_hit, _ = _hits(reference, split)
         cand_hit, _ = _hits(candidate, split)
         _, feats = _hits(features_of, split)
         examples.append(SliceExamples(feats, ref_hit, cand_hit, split.y))
-    return discover_slices(*examples, stage="student", reference="one_hot",
-                           representation="teacher", settings=SliceDiscoverySpec(),
-                           policy=policy or GuardrailSpec(), class_names=CLASS_NAMES,
-                           seed=seed)
+    run = lambda test, p: discover_slices(  # noqa: E731
+        examples[0], test, stage="student", reference="one_hot", representation="teacher",
+        settings=SliceDiscoverySpec(), policy=p, class_names=CLASS_NAMES, seed=seed)
+    found = run(examples[1], policy or GuardrailSpec())
+    if len(examples) < 3:
+        return found, {}
+    every = GuardrailSpec(discovered_slices=SliceRuleSpec(min_size=1))
+    return found, {s.cluster: s.check.estimate for s in run(examples[2], every).slices}
 
 
-def score(comparison: SliceComparison, hidden: Tensor, minority_drop: float) -> dict[str, float]:
+def score(comparison: SliceComparison, hidden: Tensor,
+          true_drop: dict[int, float]) -> dict[str, float]:
     """found: some FAIL slice is mostly minority; recall: the share of the minority's test
-    examples inside such slices; other: FAIL slices the minority cannot account for, whose
-    minority share times the minority's drop is within ``max_drop``. In the control (drop
-    0) every FAIL is one, and a false discovery; under harm such a slice is either a false
-    discovery or harm the distilled student does elsewhere (``elsewhere`` says how much)."""
+    examples inside such slices; false: FAIL slices whose drop on the fresh ``truth``
+    images is within ``max_drop`` (no harm beyond the margin there)."""
     share = [(s, hidden[list(s.members)].float().mean().item()) for s in comparison.harmed]
     mostly = [s for s, p in share if p >= 0.5]
-    other = [s for s, p in share if p * minority_drop <= comparison.max_drop]
+    false = [s for s in comparison.harmed if true_drop[s.cluster] <= comparison.max_drop]
     covered = sum(int(hidden[list(s.members)].sum()) for s in mostly)
     return {"found": float(bool(mostly)), "recall": covered / max(1, int(hidden.sum())),
-            "other": float(len(other)), "judged": float(comparison.family_size)}
+            "false": float(len(false)), "judged": float(comparison.family_size)}
 
 
 def run_seed(seed: int, epochs: int = 3) -> dict[str, dict[str, float]]:
-    data = hidden_minority(seed)
+    data = hidden_minority(seed, n_truth=TRUTH)
     majority = ~data.hidden["train"]
     teacher = train_classifier(data.train, seed + 1000, keep=majority, epochs=epochs, width=2.0)
     one_hot = train_classifier(data.train, seed, epochs=epochs)
@@ -172,10 +186,10 @@ def run_seed(seed: int, epochs: int = 3) -> dict[str, dict[str, float]]:
     ref_hit, cand_hit = _hits(one_hot, data.test)[0], _hits(distilled, data.test)[0]
     drop = (ref_hit[hidden].float().mean() - cand_hit[hidden].float().mean()).item()
     elsewhere = (ref_hit[~hidden].float().mean() - cand_hit[~hidden].float().mean()).item()
-    harm = compare(data, one_hot, distilled, teacher, seed)
-    control = compare(data, one_hot, other, teacher, seed)
-    return {"harm": {**score(harm, hidden, drop), "true_drop": drop, "elsewhere": elsewhere},
-            "control": score(control, hidden, 0.0)}
+    harm, harm_truth = compare(data, one_hot, distilled, teacher, seed)
+    control, control_truth = compare(data, one_hot, other, teacher, seed)
+    harm, control = score(harm, hidden, harm_truth), score(control, hidden, control_truth)
+    return {"harm": {**harm, "true_drop": drop, "elsewhere": elsewhere}, "control": control}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -194,23 +208,23 @@ def main(argv: list[str] | None = None) -> None:
         h, c = r["harm"], r["control"]
         print(f"seed {seed}: harm: minority drop {100 * h['true_drop']:.1f} pp (elsewhere "
               f"{100 * h['elsewhere']:.1f} pp), found "
-              f"{int(h['found'])}, recall {h['recall']:.2f}, other harmed {int(h['other'])} "
-              f"of {int(h['judged'])} judged; control: false {int(c['other'])} of "
+              f"{int(h['found'])}, recall {h['recall']:.2f}, false {int(h['false'])} "
+              f"of {int(h['judged'])} judged; control: false {int(c['false'])} of "
               f"{int(c['judged'])} judged", flush=True)
     n = len(rows)
     mean = lambda key, part: sum(r[part][key] for r in rows) / n  # noqa: E731
-    any_other = lambda part: sum(r[part]["other"] > 0 for r in rows)  # noqa: E731
+    any_false = lambda part: sum(r[part]["false"] > 0 for r in rows)  # noqa: E731
     print(f"\n{n} seeds, {time.perf_counter() - start:.0f} s")
-    print("| scenario | seeds | minority found | recall (mean) | runs with a FAIL outside "
-          "the minority | such slices / judged |")
+    print("| scenario | seeds | minority found | recall (mean) | runs with a false "
+          "discovery | false slices / judged |")
     print("|---|---:|---:|---:|---:|---:|")
     for part in ("harm", "control"):
         found = f"{sum(r[part]['found'] for r in rows):.0f}/{n}" if part == "harm" else "-"
         recall = f"{mean('recall', part):.2f}" if part == "harm" else "-"
-        others = sum(r[part]["other"] for r in rows)
+        falses = sum(r[part]["false"] for r in rows)
         judged = sum(r[part]["judged"] for r in rows)
-        print(f"| {part} | {n} | {found} | {recall} | {any_other(part)}/{n} | "
-              f"{others:.0f}/{judged:.0f} |")
+        print(f"| {part} | {n} | {found} | {recall} | {any_false(part)}/{n} | "
+              f"{falses:.0f}/{judged:.0f} |")
     print(f"\nharm: the distilled student's drop on the minority averages "
           f"{100 * mean('true_drop', 'harm'):.1f} pp, elsewhere "
           f"{100 * mean('elsewhere', 'harm'):.1f} pp")
