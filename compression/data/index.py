@@ -70,15 +70,15 @@ class ImageIndex:
     origin: str
 
     @classmethod
-    def of_files(cls, paths: Sequence[Path], resize: int, origin: str,
+    def of_files(cls, paths: Sequence[Path | str], resize: int, origin: str,
                  workers: int = 0) -> ImageIndex:
         """An index of whole image files; each header is read (not decoded) to learn the
         split's shape and to refuse a bad file now rather than mid-training."""
-        shape = image_shape([_probe_file(p, resize) for p in paths]
-                            if workers < 2 else _probe_files(paths, resize, workers),
-                            [str(p) for p in paths])
-        n = len(paths)
-        return cls(PackedNames.of([str(p) for p in paths]), np.arange(n, dtype=np.int64),
+        names = [str(p) for p in paths]
+        shape = image_shape([_probe_file(p, resize) for p in names]
+                            if workers < 2 else _probe_files(names, resize, workers), names)
+        n = len(names)
+        return cls(PackedNames.of(names), np.arange(n, dtype=np.int64),
                    np.full(n, -1, np.int64), np.full(n, -1, np.int64), shape, resize, origin)
 
     def __len__(self) -> int:
@@ -152,7 +152,7 @@ class ImageIndex:
 _OPEN_SHARDS = 4  # per process: random access touches few shards at a time per batch
 
 
-def _probe_file(path: Path, resize: int) -> tuple[int, int, int]:
+def _probe_file(path: Path | str, resize: int) -> tuple[int, int, int]:
     with access.open_input(path, "image") as f:
         return probe_image(f, path, f"image {path}", resize)
 
@@ -170,7 +170,7 @@ def probe_image(source: BinaryIO, where: Path | str, what: str, size: int) -> tu
                            "PNG or JPEG file") from None
 
 
-def _probe_files(paths: Sequence[Path], resize: int, workers: int) -> list[tuple[int, int, int]]:
+def _probe_files(paths: Sequence[str], resize: int, workers: int) -> list[tuple[int, int, int]]:
     # Opening and parsing a header is mostly waiting on the file system: threads overlap it.
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(lambda p: _probe_file(p, resize), paths, chunksize=256))

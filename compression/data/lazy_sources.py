@@ -61,10 +61,10 @@ def index_imagefolder(root: Path, size: int, classes: tuple[str, ...] | None,
         missing, extra = sorted(set(classes) - set(dirs)), sorted(set(dirs) - set(classes))
         raise InvalidInput(f"image folder {root} has other classes than the training set: "
                            f"missing {missing}, extra {extra}")
-    paths: list[Path] = []
+    paths: list[str] = []  # strings, not Paths: a Path per image costs several times more
     labels: list[int] = []
     for c, name in enumerate(dirs):
-        files = [p for p in access.walk_files(root / name, "image folder")
+        files = [str(p) for p in access.walk_files(root / name, "image folder")
                  if p.suffix.lower() in IMAGE_SUFFIXES]
         paths += files
         labels += [c] * len(files)
@@ -90,7 +90,8 @@ def index_manifest(path: Path, size: int, classes: tuple[str, ...] | None,
     classes = classes if classes is not None else _manifest_classes([lb for _, lb in labels],
                                                                     path)
     y = _resolve_labels(labels, classes, path)
-    image_paths = [_image_path(path, r["path"], line) for line, r in rows]
+    image_paths = [str(_image_path(path, r["path"], line)) for line, r in rows]
     attr = np.asarray([str(r["group"]) for _, r in rows]) if all(has_group) else None
+    del rows, labels  # the parsed rows are the largest thing here; not held while probing
     index = ImageIndex.of_files(image_paths, size, str(path), workers)
     return RawSplit(index, y, attr, classes, str(path))
