@@ -18,6 +18,14 @@ search when INT8 fails, every artifact timed at --batch, and the fastest that pa
 Afterwards the three models are timed again, interleaved in rounds, for the table.
 
     .venv/bin/python bench/mixed_precision.py --epochs 3 --scale 16
+
+With --latency-only the run trains nothing and judges nothing: it builds resnet8 at --width
+with its initial weights, exports it to ONNX FP32 and INT8 (calibrated on holdout as a job
+does) and times the two interleaved, to see whether INT8 can be faster than FP32 for that
+model on this CPU at all. Latency does not depend on the weights' values: the same graph,
+shapes and kernels run whatever the weights are.
+
+    .venv/bin/python bench/mixed_precision.py --latency-only --width 4
 """
 
 from __future__ import annotations
@@ -56,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="onnxruntime intra-op threads for the interleaved table (the job's "
                         "own timing uses onnxruntime's default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=float, default=1.0, help="resnet8 channel multiplier")
+    p.add_argument("--latency-only", action="store_true",
+                   help="time FP32 and INT8 of an untrained resnet8 at --width; no guardrails")
     p.add_argument("--student", type=Path, help="resnet8 weights to load instead of training")
     p.add_argument("--save-student", type=Path, help="write the trained student here")
     p.add_argument("--out", type=Path, help="keep the job folder here")
@@ -69,10 +80,11 @@ def _student(data: Any, args: argparse.Namespace) -> nn.Module:
     from compression.spec import MitigationSpec, TeacherSpec, TrainingSpec
     from compression.training import train
     if args.student:
-        spec = TeacherSpec(path=str(args.student), format="weights", arch="resnet8")
+        spec = TeacherSpec(path=str(args.student), format="weights", arch="resnet8",
+                           width=args.width)
         return load_teacher(spec, data.input_shape, data.num_classes).module.cpu().eval()
     torch.manual_seed(args.seed)
-    model = build_model("resnet8", data.input_shape[0], data.num_classes)
+    model = build_model("resnet8", data.input_shape[0], data.num_classes, args.width)
     spec = TrainingSpec(epochs=args.epochs, device="cpu", seed=args.seed, teacher_cache="off")
     start = time.perf_counter()
     train(model, data.train, spec, build_loss(MitigationSpec(name="one_hot"),
@@ -117,7 +129,7 @@ def _job(data: Any, out: Path, args: argparse.Namespace) -> Any:
     from compression.pipeline.job import Job
     from compression.spec import (DataSpec, ExportSpec, GuardrailSpec, JobSpec, LongTailSpec,
                                   StudentSpec)
-    spec = JobSpec(name="mixed-precision-bench", student=StudentSpec("resnet8"),
+    spec = JobSpec(name="mixed-precision-bench", student=StudentSpec("resnet8", args.width),
                    data=DataSpec(long_tail=LongTailSpec("exp", args.imbalance), seed=args.seed),
                    guardrails=GuardrailSpec(max_drop_vs_student=args.margin),
                    export=ExportSpec(tensorrt="off", opt_batch=args.batch, latency_repeats=50))
@@ -150,6 +162,28 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                          data.test.x[:args.batch].float() / 255, args)
     return _figures(data, student_report, by_stage, timed, fastest_passed(artifacts),
                     shipping_sections(job, artifacts), channel, fp32_change, args)
+
+
+def latency_only(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """FP32 and INT8 of an untrained resnet8 at ``args.width``, timed interleaved."""
+    from compression.data import load_dataset
+    from compression.export import export_int8, export_onnx
+    from compression.models import build_model
+    from compression.spec import DataSpec, ExportSpec, LongTailSpec
+    data = load_dataset(DataSpec(long_tail=LongTailSpec("exp", args.imbalance), seed=args.seed))
+    model = build_model("resnet8", data.input_shape[0], data.num_classes, args.width,
+                        seed=args.seed).eval()
+    spec = ExportSpec()
+    fp32 = export_onnx(model, data.input_shape, out / "model.onnx", spec.opset, spec.min_batch,
+                       spec.max_batch)
+    int8 = export_int8(fp32, out / "model.int8.onnx", data.holdout, spec.calibration_per_group,
+                       args.seed, data.group_names).path
+    timed = _time_rounds({"onnx": fp32, "int8": int8},
+                         data.test.x[:args.batch].float() / 255, args)
+    return {"width": args.width, "batch": args.batch, "threads": args.threads,
+            "rows": [{"artifact": k, "bytes": p.stat().st_size, "interleaved_median_ms": timed[k],
+                      "speedup_vs_fp32": timed["onnx"] / timed[k]}
+                     for k, p in (("onnx", fp32), ("int8", int8))]}
 
 
 def _figures(data, student_report, by_stage, timed, shipped, sections, channel, fp32_change,
@@ -200,7 +234,8 @@ def _print(fig: dict[str, Any]) -> None:
     mixed = fig["mixed_precision"]
     if mixed:
         print(f"\nsearch: {mixed['status']} in {mixed['seconds']:.0f} s: {mixed['reason']}")
-        print("sensitivity (flip rate on the failing classes' holdout images): " + ", ".join(
+        print(f"sensitivity on {mixed['probe_images']} holdout images (worst per-class flip "
+              "rate): " + ", ".join(
             f"{s['node']} {s['flip_rate']:.3f}" for s in mixed["sensitivity"]))
         for c in mixed["candidates"]:
             print(f"  candidate {len(c['float_nodes'])} float: {c['latency_ms']:.3f} ms, "
@@ -212,8 +247,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tpet-mixed-") as tmp:
         out = args.out or Path(tmp)
-        fig = run(args, out)
-    _print(fig)
+        if args.latency_only:
+            fig = latency_only(args, out)
+            print(f"resnet8 width {fig['width']:g}, untrained, batch {fig['batch']}, "
+                  f"{fig['threads']} thread(s)")
+            for r in fig["rows"]:
+                print(f"| {r['artifact']} | {r['bytes'] / 1024:.0f} KiB | "
+                      f"{r['interleaved_median_ms']:.3f} ms | {r['speedup_vs_fp32']:.2f}x |")
+        else:
+            fig = run(args, out)
+            _print(fig)
     if args.json:
         args.json.write_text(json.dumps(fig, indent=2))
     return 0

@@ -3,11 +3,17 @@
 When the INT8 model breaks a floor that the FP32 model holds, the search looks for the
 smallest set of nodes to leave unquantized (onnxruntime's ``nodes_to_exclude``):
 
-1. Sensitivity, on the holdout images of the subgroups the INT8 model failed (never the test
-   split): each quantizable node is quantized alone, every other node left in float, and
-   scored by how often the top-1 answer then differs from the FP32 model's on those images
-   (ties broken by the mean absolute logit error). A node whose lone quantization quantizes
-   nothing is not a candidate.
+1. Sensitivity, on a probe drawn from holdout (never the test split): the images of the
+   subgroups the INT8 model failed, plus a stratified sample of every other subgroup. Each
+   quantizable node is quantized alone, every other node left in float, and scored by the
+   worst subgroup: the largest, over the probe's subgroups, of the share of that subgroup's
+   images whose top-1 answer then differs from the FP32 model's (ties broken by the largest
+   per-subgroup mean absolute logit error). A node whose lone quantization quantizes nothing
+   is not a candidate. Every subgroup is in the probe because the walk below is judged on
+   all of them, and a node that only moves a subgroup INT8 happened not to fail would
+   otherwise rank as harmless and stop the walk early; the worst subgroup rather than the
+   pooled rate because the guardrails judge each subgroup on its own, and a pooled rate
+   dilutes a rare subgroup's changes by its share of the probe.
 2. A walk down the ranking, judged on the test split by the artifact guardrails: first keep
    every candidate node but the least sensitive in float, then drop the next least
    sensitive, and so on, while the candidate passes. The walk stops at the first candidate
@@ -43,7 +49,8 @@ from compression.evaluation import EvalReport
 from compression.guardrails import StageVerdict
 
 __all__ = ["FOUND", "STOPPED", "GAVE_UP", "Sensitivity", "Candidate", "SearchLimits",
-           "SearchResult", "quantizable_nodes", "measure_sensitivity", "probe_images", "search"]
+           "SearchResult", "Probe", "quantizable_nodes", "measure_sensitivity", "probe_images",
+           "search"]
 
 FOUND, STOPPED, GAVE_UP = "found", "stopped", "gave_up"
 QUANTIZABLE = frozenset(QDQRegistry) | frozenset(QLinearOpsRegistry)
@@ -57,9 +64,22 @@ Logits = Callable[[Path, Tensor], Tensor]
 
 
 @dataclass(frozen=True)
+class Probe:
+    """Holdout images to rank the nodes on: x [P, C, H, W] uint8 and the subgroup id of each
+    image, group [P]."""
+
+    x: Tensor
+    group: Tensor
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass(frozen=True)
 class Sensitivity:
-    """One node quantized alone: the share of probe images whose top-1 answer differs
-    from the FP32 model's, and the mean |logit - FP32 logit|."""
+    """One node quantized alone, scored by its worst subgroup of the probe: the largest
+    per-subgroup share of images whose top-1 answer differs from the FP32 model's, and the
+    largest per-subgroup mean |logit - FP32 logit|."""
 
     node: str
     op_type: str
@@ -136,14 +156,18 @@ def quantizable_nodes(onnx_path: str | Path) -> list[tuple[str, str]]:
 
 
 def measure_sensitivity(nodes: Sequence[tuple[str, str]], quantize: Quantize, logits: Logits,
-                        fp32_path: Path, probe_x: Tensor, workdir: Path,
+                        fp32_path: Path, probe: Probe | Tensor, workdir: Path,
                         out_of_time: Callable[[], bool] = lambda: False) -> list[Sensitivity]:
     """Each node quantized alone, most sensitive first (ties keep graph order).
 
-    probe_x: [P, C, H, W] uint8 images. Nodes whose lone quantization leaves nothing
-    quantized are left out. Stops early, returning what it measured, when ``out_of_time``.
+    probe: a ``Probe``, or bare images [P, C, H, W] uint8 taken as one subgroup. Nodes whose
+    lone quantization leaves nothing quantized are left out. Stops early, returning what it
+    measured, when ``out_of_time``.
     """
-    reference = logits(fp32_path, probe_x)  # [P, K]
+    if not isinstance(probe, Probe):
+        probe = Probe(probe, torch.zeros(len(probe), dtype=torch.long))
+    _, cell = torch.unique(probe.group.cpu(), return_inverse=True)  # [P] in 0..G-1
+    reference = logits(fp32_path, probe.x)  # [P, K]
     names = [name for name, _ in nodes]
     out = []
     for name, op_type in nodes:
@@ -154,30 +178,37 @@ def measure_sensitivity(nodes: Sequence[tuple[str, str]], quantize: Quantize, lo
             quantize([n for n in names if n != name], path)
         except StageFailed:
             continue  # quantizing this node alone quantized nothing
-        got = logits(path, probe_x)  # [P, K]
-        flips = (got.argmax(1) != reference.argmax(1)).float().mean().item()
-        error = (got - reference).abs().mean().item()
-        out.append(Sensitivity(name, op_type, flips, error))
+        got = logits(path, probe.x)  # [P, K]
+        flips = (got.argmax(1) != reference.argmax(1)).float()  # [P]
+        error = (got - reference).abs().mean(1)  # [P]
+        out.append(Sensitivity(name, op_type, _worst(flips, cell), _worst(error, cell)))
     order = {name: i for i, name in enumerate(names)}
     return sorted(out, key=lambda s: (-s.flip_rate, -s.logit_error, order[s.node]))
 
 
+def _worst(values: Tensor, cell: Tensor) -> float:
+    """The largest per-cell mean of values [P] (float), cells [P] numbered 0..G-1."""
+    sums = torch.zeros(int(cell.max()) + 1, dtype=torch.float64).index_add_(
+        0, cell, values.double().cpu())
+    return (sums / torch.bincount(cell).clamp(min=1)).max().item()
+
+
 def search(fp32_path: Path, out_path: Path, failing_subgroups: Sequence[str],
-           probe_x: Tensor, quantize: Quantize, logits: Logits, judge: Judge,
+           probe: Probe | Tensor, quantize: Quantize, logits: Logits, judge: Judge,
            latency: Latency, limits: SearchLimits,
            clock: Callable[[], float] = time.monotonic) -> SearchResult:
     """Find the fewest float nodes (see the module docstring); the chosen model is moved
-    to ``out_path``. ``failing_subgroups``: those the full INT8 model did not pass, whose
-    holdout images ``probe_x`` [P, C, H, W] uint8 are."""
+    to ``out_path``. ``failing_subgroups``: those the full INT8 model did not pass;
+    ``probe``: the holdout images to rank the nodes on (``probe_images``)."""
     start = clock()
     out_of_time = lambda: clock() - start >= limits.max_seconds  # noqa: E731
-    result = SearchResult(GAVE_UP, "", tuple(failing_subgroups), len(probe_x))
+    result = SearchResult(GAVE_UP, "", tuple(failing_subgroups), len(probe))
     workdir = out_path.parent / f".{out_path.stem}.search"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     try:
         nodes = quantizable_nodes(fp32_path)
-        result.sensitivity = measure_sensitivity(nodes, quantize, logits, fp32_path, probe_x,
+        result.sensitivity = measure_sensitivity(nodes, quantize, logits, fp32_path, probe,
                                                  workdir, out_of_time)
         if out_of_time():
             _end(result, STOPPED, f"the time limit ({limits.max_seconds:g} s) was reached "
@@ -240,12 +271,20 @@ def _candidate(float_nodes: Sequence[str], verdict: StageVerdict,
                      latency_ms)
 
 
-def probe_images(x: Tensor, group: Tensor, group_ids: Sequence[int],
-                 limit: int = 512) -> Tensor:
-    """Up to ``limit`` images of ``x`` [N, C, H, W] whose group is in ``group_ids``, spread
-    evenly; all of ``x`` (spread likewise) when none is."""
-    mask = torch.isin(group, torch.tensor(list(group_ids), dtype=group.dtype))
-    idx = torch.nonzero(mask).flatten() if bool(mask.any()) else torch.arange(len(group))
-    if len(idx) > limit:
-        idx = idx[torch.arange(limit) * len(idx) // limit]
-    return x[idx]  # indexing, not a mask: a streamed split decodes only these images
+def probe_images(x: Tensor, group: Tensor, group_ids: Sequence[int], limit: int = 512,
+                 per_group: int = 64) -> Probe:
+    """The probe the nodes are ranked on: up to ``limit`` images of ``x`` [N, C, H, W] whose
+    group is in ``group_ids`` (the failing subgroups), plus up to ``per_group`` images of
+    every other group, each spread evenly over its images; in the order of ``x``."""
+    group = group.detach().cpu().long()
+    failing = torch.isin(group, torch.tensor(sorted(set(group_ids)), dtype=torch.long))
+    picked = [_spread(torch.nonzero(failing).flatten(), limit)]
+    for g in torch.unique(group[~failing]).tolist():
+        picked.append(_spread(torch.nonzero(group == g).flatten(), per_group))
+    idx = torch.sort(torch.cat(picked)).values
+    return Probe(x[idx], group[idx])  # indexing: a streamed split decodes only these images
+
+
+def _spread(idx: Tensor, limit: int) -> Tensor:
+    """At most ``limit`` of ``idx`` [M], evenly spaced."""
+    return idx[torch.arange(limit) * len(idx) // limit] if len(idx) > limit else idx

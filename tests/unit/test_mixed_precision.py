@@ -19,13 +19,18 @@ import pytest
 import torch
 from torch import nn
 
-from compression.data.dataset import Split
+from compression.data.dataset import Dataset, Split
+from compression.errors import StageFailed
 from compression.evaluation import evaluate, predict_logits
+from compression.events import emit_nothing, never_stop
 from compression.export import OnnxModel, export_onnx, quantize_int8
-from compression.export.mixed_precision import (FOUND, GAVE_UP, STOPPED, SearchLimits,
-                                                probe_images, quantizable_nodes, search)
+from compression.export.mixed_precision import (FOUND, GAVE_UP, STOPPED, Probe, SearchLimits,
+                                                measure_sensitivity, probe_images,
+                                                quantizable_nodes, search)
 from compression.guardrails import FAIL, PASS, judge
-from compression.spec import GuardrailSpec
+from compression.pipeline.exports import export_artifacts, fastest_passed, shipping_sections
+from compression.pipeline.job import Job
+from compression.spec import ExportSpec, GuardrailSpec, JobSpec
 
 NAMES = ("left", "right", "top")
 NEEDED = ("a/Conv", "b/Conv")  # node name suffixes: the exporter may prefix a scope
@@ -174,9 +179,79 @@ def test_the_search_gives_up_when_no_candidate_passes(case):
     assert "no candidate passed" in result.reason
 
 
-def test_probe_images_take_the_failing_groups_or_everything():
-    x = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1)
-    group = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1, 2, 2])
-    assert probe_images(x, group, [2]).flatten().tolist() == [8, 9]
-    assert probe_images(x, group, [1], limit=2).flatten().tolist() == [1, 5]
-    assert len(probe_images(x, group, [7])) == 10
+def test_the_probe_takes_the_failing_groups_and_a_sample_of_every_other():
+    x = torch.arange(12, dtype=torch.uint8).view(12, 1, 1, 1)
+    group = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1, 2, 2, 0, 1])
+    probe = probe_images(x, group, [2], per_group=2)
+    assert isinstance(probe, Probe) and len(probe) == 6
+    assert probe.x.flatten().tolist() == [0, 1, 4, 5, 8, 9]  # spread within each group
+    assert probe.group.tolist() == [0, 1, 0, 1, 2, 2]
+    assert probe_images(x, group, [1], limit=2).x.flatten().tolist() == [
+        0, 1, 2, 4, 5, 6, 8, 9, 10]  # 2 of group 1's 5, every image of the others
+    assert len(probe_images(x, group, [7])) == 12  # no failing group: every group sampled
+
+
+def test_the_ranking_scores_a_node_by_its_worst_subgroup_not_the_pooled_rate(tmp_path):
+    # 100 images of group 0 and 10 of group 1. Quantizing "wide" alone changes 10 answers of
+    # group 0 (10%, pooled 9%), "narrow" 5 answers of group 1 (50%, pooled 4.5%), "none"
+    # nothing: ranked on the worst subgroup, narrow comes first; pooled, it would not.
+    x = torch.arange(110).view(110, 1, 1, 1)
+    group = (torch.arange(110) >= 100).long()
+    flipped = {"wide": torch.arange(10), "narrow": torch.arange(100, 105),
+               "none": torch.arange(0)}
+    nodes = [("wide", "Conv"), ("narrow", "Conv"), ("none", "Conv"), ("inert", "Flatten")]
+    quantized = {}
+
+    def quantize(float_nodes, out):
+        (node,) = {n for n, _ in nodes} - set(float_nodes)
+        if node == "inert":
+            raise StageFailed("quantize_int8", "nothing quantized")
+        quantized[out] = node
+        return out
+
+    def logits(path, images):
+        out = torch.zeros(len(images), 2)
+        out[:, 0] = 1
+        if path in quantized:
+            hit = torch.isin(images.flatten(), flipped[quantized.pop(path)])
+            out[hit] = torch.tensor([0.0, 2.0])
+        return out
+
+    ranked = measure_sensitivity(nodes, quantize, logits, tmp_path / "fp32.onnx",
+                                 Probe(x, group), tmp_path)
+    assert [(s.node, s.flip_rate) for s in ranked] == [
+        ("narrow", 0.5), ("wide", 0.1), ("none", 0.0)]
+    # bare images are one subgroup: the pooled rate
+    pooled = measure_sensitivity(nodes, quantize, logits, tmp_path / "fp32.onnx", x, tmp_path)
+    assert [s.node for s in pooled] == ["wide", "narrow", "none"]
+    assert pooled[0].flip_rate == pytest.approx(10 / 110)
+
+
+def test_the_export_stage_runs_the_search_when_int8_fails_and_ships_by_latency(case):
+    """The stage function a job calls: FP32 passes, full INT8 loses class 2, the search
+    keeps the two needed nodes in float, and every artifact is timed and reported."""
+    holdout, test = case["holdout"], case["test"]
+    data = Dataset(holdout, holdout, test, NAMES, NAMES)
+    spec = JobSpec(name="mixed-stage", guardrails=POLICY,
+                   export=ExportSpec(tensorrt="off", opt_batch=4, max_batch=64,
+                                     latency_warmup=0, latency_repeats=2))
+    job = Job(spec, case["folder"] / "job", torch.device("cpu"), emit_nothing, never_stop)
+    job.out_dir.mkdir()
+    student = _model()
+    reference = job.evaluate(student, data, "student")
+
+    def judged(report, stage):
+        return judge(report, POLICY, stage, student=reference)
+
+    artifacts = {a.stage: a for a in export_artifacts(job, student, data, judged)}
+    assert list(artifacts) == ["onnx", "int8", "int8_mixed"]
+    assert artifacts["onnx"].passed and not artifacts["int8"].passed
+    mixed = artifacts["int8_mixed"]
+    assert mixed.passed and mixed.path == job.out_dir / "model.int8.mixed.onnx"
+    assert set(mixed.details["float_nodes"]) == case["needed"]
+    assert mixed.search.probe_images == 90  # every holdout image: the groups are small
+    assert all(a.timing is not None for a in artifacts.values())
+    assert fastest_passed(list(artifacts.values())) in ("onnx", "int8_mixed")
+    section = shipping_sections(job, list(artifacts.values()))["mixed_precision"]
+    assert section.status == FOUND and set(section.float_nodes) == case["needed"]
+    assert section.failing_subgroups == ("top",)
