@@ -34,7 +34,8 @@ from compression import access
 from compression.data.raw import MAX_CLASSES, RawSplit, check_not_empty, require_exists
 from compression.errors import InvalidInput
 
-__all__ = ["IMAGE_SUFFIXES", "decode_image", "load_images", "read_imagefolder", "read_manifest"]
+__all__ = ["IMAGE_SUFFIXES", "decode_image", "list_imagefolder", "load_images", "parse_manifest",
+           "read_imagefolder", "read_manifest"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _FORMATS = ("PNG", "JPEG")
@@ -107,6 +108,13 @@ def read_imagefolder(root: Path, size: int, classes: tuple[str, ...] | None) -> 
 
     Each folder's entries are resolved and checked against the job's roots when listed, and
     each image again when it is opened."""
+    paths, labels, dirs = list_imagefolder(root, classes)
+    return RawSplit(load_images([Path(p) for p in paths], size), labels, None, dirs, str(root))
+
+
+def list_imagefolder(root: Path, classes: tuple[str, ...] | None
+                     ) -> tuple[list[str], np.ndarray, tuple[str, ...]]:
+    """The image files of a class-per-folder tree, their labels and the class names."""
     access.checked_path(root, "image folder")
     if not root.is_dir():
         raise InvalidInput(f"image folder {root} does not exist or is not a directory; "
@@ -120,25 +128,33 @@ def read_imagefolder(root: Path, size: int, classes: tuple[str, ...] | None) -> 
         missing, extra = sorted(set(classes) - set(dirs)), sorted(set(dirs) - set(classes))
         raise InvalidInput(f"image folder {root} has other classes than the training set: "
                            f"missing {missing}, extra {extra}")
-    paths: list[Path] = []
+    paths: list[str] = []  # strings, not Paths: a Path per image costs several times more
     labels: list[int] = []
     for c, name in enumerate(dirs):
         # Not only regular files: a FIFO named x.png is opened, and refused as what it is.
-        files = [p for p in access.walk_files(root / name, "image folder")
+        files = [str(p) for p in access.walk_files(root / name, "image folder")
                  if p.suffix.lower() in IMAGE_SUFFIXES]
         paths += files
         labels += [c] * len(files)
     check_not_empty(len(paths), f"image folder {root} (no .png/.jpg/.jpeg files)")
-    return RawSplit(load_images(paths, size), np.asarray(labels, np.int64), None, dirs, str(root))
+    return paths, np.asarray(labels, np.int64), dirs
 
 
 def read_manifest(path: Path, size: int, classes: tuple[str, ...] | None) -> RawSplit:
     """A CSV or JSONL manifest (see the module docstring)."""
+    paths, y, attr, classes = parse_manifest(path, classes)
+    return RawSplit(load_images([Path(p) for p in paths], size), y, attr, classes, str(path))
+
+
+def parse_manifest(path: Path, classes: tuple[str, ...] | None
+                   ) -> tuple[list[str], np.ndarray, np.ndarray | None, tuple[str, ...]]:
+    """A manifest's image paths, labels, attribute values (or None) and class names."""
     require_exists(path, "manifest", "check data.path / data.test_path")
     if path.suffix.lower() not in (".csv", ".jsonl", ".ndjson"):
         raise InvalidInput(f"manifest {path} must end in .csv or .jsonl")
     text = _manifest_text(path)
     rows = _csv_rows(path, text) if path.suffix.lower() == ".csv" else _jsonl_rows(path, text)
+    del text
     check_not_empty(len(rows), f"manifest {path}")
     has_group = [r.get("group") is not None for _, r in rows]
     if any(has_group) and not all(has_group):
@@ -148,9 +164,9 @@ def read_manifest(path: Path, size: int, classes: tuple[str, ...] | None) -> Raw
     classes = classes if classes is not None else _manifest_classes([lb for _, lb in labels],
                                                                     path)
     y = _resolve_labels(labels, classes, path)
-    image_paths = [_image_path(path, r["path"], line) for line, r in rows]
+    image_paths = [str(_image_path(path, r["path"], line)) for line, r in rows]
     attr = np.asarray([str(r["group"]) for _, r in rows]) if all(has_group) else None
-    return RawSplit(load_images(image_paths, size), y, attr, classes, str(path))
+    return image_paths, y, attr, classes
 
 
 def _manifest_text(path: Path) -> str:
