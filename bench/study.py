@@ -106,17 +106,9 @@ def _schedule(pool: ProcessPoolExecutor, cases: list[Case], config: StudyConfig,
     total = len(free) + sum(map(len, taught.values()))
     pending: dict[Future, tuple[str, object]] = {}
     teachers, results, trained, start = {}, [], 0, time.perf_counter()
-
-    def priority(task: tuple) -> tuple:
-        kind, item = task
-        if kind == "teacher":
-            return (rank[item], 0, 0, 0)
-        case, method, seed = item
-        tier = 0 if method.teacher_free or method.label in (REFERENCE, "auto") else 1
-        return (rank[case], 1, tier, seed, order[method.label])
     while pending or ready:
         while ready and len(pending) < jobs:
-            task = min(ready, key=priority)
+            task = min(ready, key=lambda t: _priority(t, rank, order))
             ready.remove(task)
             kind, item = task
             future = (pool.submit(ensure_case_teacher, item, config) if kind == "teacher"
@@ -134,6 +126,16 @@ def _schedule(pool: ProcessPoolExecutor, cases: list[Case], config: StudyConfig,
             trained += not reused
             _progress(item, summary, reused, len(results), total, trained, start)
     return teachers, results, trained
+
+
+def _priority(task: tuple, rank: dict, order: dict) -> tuple:
+    """Case first; in a case its teacher, then the target check's cells, then the rest."""
+    kind, item = task
+    if kind == "teacher":
+        return (rank[item], 0, 0, 0)
+    case, method, seed = item
+    tier = 0 if method.teacher_free or method.label in (REFERENCE, "auto") else 1
+    return (rank[case], 1, tier, seed, order[method.label])
 
 
 def _progress(cell: Cell, summary: dict, reused: bool, i: int, total: int, trained: int,
