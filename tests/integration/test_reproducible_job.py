@@ -15,7 +15,8 @@ from tests.integration.conftest import _bars
 pytestmark = pytest.mark.integration
 
 # figures that measure the machine, not the model
-_TIMINGS = {"seconds", "samples_per_s", "stage_seconds", "latency_ms", "files", "environment",
+_TIMINGS = {"seconds", "samples_per_s", "stage_seconds", "latency_ms", "median_ms", "max_ms",
+            "files", "environment",
             "spec", "output_dir"}
 
 
