@@ -20,13 +20,12 @@ from compression.losses import Loss, LossContext, build_loss
 from compression.losses.harm_probe import ProbePlan, cross_fit
 from compression.losses.registry import candidates_of, harm_probe_plan
 from compression.models import build_model
+from compression.models.init_weights import StudentInit, apply_init, read_init, stem_sizes
+from compression.models.timm_models import is_timm
 from compression.pipeline.job import Job, report_summary
 from compression.pipeline.teacher import TeacherView
 from compression.seeds import derived_seed
 from compression.selection import Selection, choose_mitigation
-from compression.models.init_weights import stem_sizes
-from compression.models.init_weights import StudentInit, apply_init, read_init
-from compression.models.timm_models import is_timm
 from compression.spec import MitigationSpec, TrainingSpec, spec_to_dict
 from compression.training import TrainResult, train
 
