@@ -78,6 +78,8 @@ class Selection:
 
     met_floors: the chosen candidate shows no harm and passes the policy on holdout.
     reason: why it was chosen, in words. epochs: per candidate (None: not told).
+    reference_seconds: the one-hot student trained as long as the candidates to judge them
+    against (None: the full-length baseline served).
     """
 
     chosen: MitigationSpec
@@ -87,6 +89,7 @@ class Selection:
     reason: str = ""
     epochs: int | None = None
     recommended: bool = False
+    reference_seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"chosen": self.chosen.name, "chosen_index": self.index,
@@ -100,11 +103,13 @@ class Selection:
         plans = {repr(p): p for p in map(harm_probe_plan, (c.spec for c in self.candidates))
                  if p is not None}
         probe_runs = sum(2 * p.folds for p in plans.values())
-        runs = len(self.candidates) + probe_runs
+        reference_runs = int(self.reference_seconds is not None)
+        runs = len(self.candidates) + probe_runs + reference_runs
         return {"candidates_trained": len(self.candidates), "probe_runs": probe_runs,
-                "epochs_each": self.epochs,
+                "one_hot_reference_runs": reference_runs, "epochs_each": self.epochs,
                 "epochs_total": None if self.epochs is None else self.epochs * runs,
-                "seconds": round(sum(c.seconds for c in self.candidates), 3)}
+                "seconds": round(sum(c.seconds for c in self.candidates)
+                                 + (self.reference_seconds or 0.0), 3)}
 
 
 def choose_mitigation(candidates: Sequence[MitigationSpec],

@@ -116,7 +116,8 @@ def _selection_lines(selection: dict | None) -> list[str]:
     why = selection.get("reason") or selection.get("rule")
     return [f"- Chosen by `auto` on holdout: {why} (cost: "
             f"{cost.get('candidates_trained', '?')} candidates and "
-            f"{cost.get('probe_runs', 0)} probe runs trained, "
+            f"{cost.get('probe_runs', 0)} probe runs"
+            f"{' and a one-hot reference' if cost.get('one_hot_reference_runs') else ''} trained, "
             f"{cost.get('epochs_total', '?')} epochs, {cost.get('seconds', '?')} s)"]
 
 

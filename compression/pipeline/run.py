@@ -83,8 +83,9 @@ def run(spec: JobSpec, on_event: EventSink = emit_nothing,
     selection = None
     mitigation = spec.mitigation
     if mitigation.name == "auto":
-        selection = select_mitigation(job, dataset, teacher, _holdout_gate(spec, teacher, baseline),
-                                      _harm_gate(spec, baseline))
+        selection = select_mitigation(job, dataset, teacher, baseline,
+                                      lambda one_hot: _holdout_gate(spec, teacher, one_hot),
+                                      lambda one_hot: _harm_gate(spec, one_hot))
         mitigation = selection.chosen
 
     student = train_student(job, dataset, mitigation, teacher, stage="distill", workdir="student")
@@ -162,19 +163,19 @@ def _judge(spec: JobSpec, teacher: TeacherView | None, baseline: Baseline | None
     return judge_stage
 
 
-def _holdout_gate(spec: JobSpec, teacher: TeacherView | None, baseline: Baseline | None):
-    """A candidate's verdict on holdout, paired with the teacher's and the one-hot baseline's
+def _holdout_gate(spec: JobSpec, teacher: TeacherView | None, one_hot: EvalReport | None):
+    """A candidate's verdict on holdout, paired with the teacher's and the one-hot student's
     holdout answers. Holdout subgroups are small, so insufficient evidence does not count
     against a candidate here; the test split decides."""
     policy = dataclasses.replace(spec.guardrails, block_on_insufficient_evidence=False)
 
     def gate(report: EvalReport) -> StageVerdict:
         return judge(report, policy, "selection", teacher=teacher and teacher.holdout_report,
-                     one_hot=baseline and baseline.holdout_report)
+                     one_hot=one_hot)
     return gate
 
 
-def _harm_gate(spec: JobSpec, baseline: Baseline):
+def _harm_gate(spec: JobSpec, one_hot: EvalReport):
     """Is harm against the one-hot student shown on holdout? The paired test with margin 0,
     at the job's confidence and multiplicity method; a FAIL is established harm."""
     policy = GuardrailSpec(max_drop_vs_one_hot=0.0, max_drop_vs_student=None,
@@ -184,7 +185,7 @@ def _harm_gate(spec: JobSpec, baseline: Baseline):
                            block_on_insufficient_evidence=False)
 
     def harm(report: EvalReport) -> StageVerdict:
-        return judge(report, policy, "selection_harm", one_hot=baseline.holdout_report)
+        return judge(report, policy, "selection_harm", one_hot=one_hot)
     return harm
 
 

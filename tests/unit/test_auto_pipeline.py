@@ -41,6 +41,8 @@ def job(tmp_path):
 
 
 def test_auto_runs_the_probe_judges_harm_and_reports_why_and_at_what_cost(job):
+    # candidates train 1 epoch of 2: they are judged against a one-hot student as short
+    job["training"] = {**job["training"], "epochs": 2}
     job["mitigation"] = {"name": "auto", "selection_epochs": 1, "candidates": [
         {"name": "kd", "alpha": 0.9},
         {"name": "paired_dro", "alpha": 0.9, "params": {"probe_folds": 2}}]}
@@ -48,13 +50,16 @@ def test_auto_runs_the_probe_judges_harm_and_reports_why_and_at_what_cost(job):
     report = json.loads(result.report_path.read_text())
     selection = report["selection"]
     assert selection["cost"]["candidates_trained"] == 2
-    assert selection["cost"]["probe_runs"] == 4 and selection["cost"]["epochs_total"] == 6
+    assert selection["cost"]["probe_runs"] == 4 and selection["cost"]["epochs_total"] == 7
+    assert selection["cost"]["one_hot_reference_runs"] == 1
+    assert "select_reference_one_hot" in report["stage_seconds"]
     assert [c["name"] for c in selection["candidates"]] == ["kd", "paired_dro"]
     assert all(isinstance(c["harm_shown_on"], list) for c in selection["candidates"])
     assert selection["reason"] and "one_hot" in report["evaluations"]  # baseline trained
     assert "harm_probe_1_distilled" in report["stage_seconds"]
     card = (result.output_dir / "model_card.md").read_text()
-    assert "Chosen by `auto` on holdout" in card and "4 probe runs" in card
+    assert "Chosen by `auto` on holdout" in card
+    assert "4 probe runs and a one-hot reference trained" in card
     if selection["chosen"] == "paired_dro":
         probe = report["training"]["loss_state"]["probe"]
         assert probe["harm_evidence"]["folds"] == 2
