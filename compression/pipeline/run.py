@@ -43,6 +43,7 @@ from compression.pipeline.students import (Baseline, StudentRun, evaluate_on_tes
 from compression.pipeline.teacher import TeacherView, prepare_teacher
 from compression.report import (REJECTED, SUCCEEDED, DataSummary, ExportRecord,
                                 GuardrailsReport, JobReport, TeacherSummary, TrainingSummary)
+from compression.selection import Selection
 from compression.spec import GuardrailSpec, JobSpec, spec_to_dict
 from compression.training import resolve_device
 
@@ -70,49 +71,20 @@ def run(spec: JobSpec, on_event: EventSink = emit_nothing,
     check_job(spec)  # a URI carrying a secret, or a target that cannot be written: now
     dataset = job.stage("load_data", lambda: load_dataset(spec.data), _data_summary)
     detectable = _preflight(job, dataset)
-
-    needs = requirements(spec.mitigation)
     student_init = load_student_init(job, dataset)  # a file that does not fit: before training
-    teacher = (prepare_teacher(job, dataset, needs.calibrate_teacher)
-               if needs.needs_teacher or spec.guardrails.max_drop_vs_teacher is not None
-               else None)
-    # auto needs the one-hot student too: no harm shown against it is what it selects for
-    baseline = (one_hot_baseline(job, dataset)
-                if spec.guardrails.max_drop_vs_one_hot is not None
-                or spec.mitigation.name == "auto" else None)
-    selection = None
-    mitigation = spec.mitigation
-    if mitigation.name == "auto":
-        selection = select_mitigation(job, dataset, teacher, baseline,
-                                      lambda one_hot: _holdout_gate(spec, teacher, one_hot),
-                                      lambda one_hot: _harm_gate(spec, one_hot))
-        mitigation = selection.chosen
-
+    teacher, baseline, selection = _references(job, dataset)
+    mitigation = selection.chosen if selection else spec.mitigation
     student = train_student(job, dataset, mitigation, teacher, stage="distill", workdir="student")
     if not distributed.is_primary():
         return None
     job.should_stop = should_stop  # rank 0 goes on alone
-    # the predictions stay in memory for the harm diagnosis
-    student_report, student_predictions = job.stage("evaluate_student", lambda: (
-        evaluate_on_test(job, student.model, dataset, "student",
-                         reference=teacher and teacher.test_report)),
-        lambda r: report_summary(r[0]))
-    student_verdict = _judge(spec, teacher, baseline)(student_report, "student")
-    # slices nobody named where the student is worse than its reference (found on holdout,
-    # judged on test); under the discovered_slices rule a FAIL there blocks like any other
-    slices = job.stage("discover_slices", lambda: discover_student_slices(
-        job, dataset, student.model, student_report, teacher, baseline), slices_summary)
-    student_verdict = with_slices(student_verdict, slices)
+    student_report, student_predictions, student_verdict, slices = _validate_student(
+        job, dataset, student, teacher, baseline)
     # Every artifact is also compared, pair by pair, with the student it was exported from.
     artifacts = (export_artifacts(job, student.model, dataset,
                                   _judge(spec, teacher, baseline, student_report))
                  if student_verdict.passed else [])
-    # ... and every other artifact with the FP32 ONNX model, on slices nobody named
-    artifact_slices = (job.stage("discover_artifact_slices", lambda: discover_artifact_slices(
-        job, dataset, student.model, teacher, artifacts), lambda found: {
-            "compared": [c.stage for c in found],
-            "harmed": {c.stage: [s.name for s in c.harmed] for c in found}})
-        if len(artifacts) > 1 else [])
+    artifact_slices = _artifact_slices(job, dataset, student, teacher, artifacts)
     # JobReport sections known here, by their field names (compression.report)
     sections = {"student_init": student_init,
                 "teacher": teacher and TeacherSummary.from_dict(teacher.to_dict()),
@@ -123,6 +95,51 @@ def run(spec: JobSpec, on_event: EventSink = emit_nothing,
                 "discovered_slices": slice_section(job, dataset, slices, *artifact_slices)}
     return _finish(job, dataset, student, student_report, student_verdict, artifacts,
                    [teacher and teacher.test_report, baseline and baseline.test_report], sections)
+
+
+def _references(job: Job, dataset: Dataset
+                ) -> tuple[TeacherView | None, Baseline | None, Selection | None]:
+    """The teacher, the one-hot baseline and auto's choice, each only when the job needs it."""
+    spec = job.spec
+    needs = requirements(spec.mitigation)
+    teacher = (prepare_teacher(job, dataset, needs.calibrate_teacher)
+               if needs.needs_teacher or spec.guardrails.max_drop_vs_teacher is not None
+               else None)
+    # auto needs the one-hot student too: no harm shown against it is what it selects for
+    baseline = (one_hot_baseline(job, dataset)
+                if spec.guardrails.max_drop_vs_one_hot is not None
+                or spec.mitigation.name == "auto" else None)
+    if spec.mitigation.name != "auto":
+        return teacher, baseline, None
+    return teacher, baseline, select_mitigation(
+        job, dataset, teacher, baseline, lambda one_hot: _holdout_gate(spec, teacher, one_hot),
+        lambda one_hot: _harm_gate(spec, one_hot))
+
+
+def _validate_student(job: Job, dataset: Dataset, student: StudentRun,
+                      teacher: TeacherView | None, baseline: Baseline | None):
+    """The student on test, its verdict, and slices nobody named where it is worse than its
+    reference (found on holdout, judged on test; under the discovered_slices rule a FAIL
+    there blocks like any other). The predictions stay for the harm diagnosis."""
+    report, predictions = job.stage("evaluate_student", lambda: (
+        evaluate_on_test(job, student.model, dataset, "student",
+                         reference=teacher and teacher.test_report)),
+        lambda r: report_summary(r[0]))
+    verdict = _judge(job.spec, teacher, baseline)(report, "student")
+    slices = job.stage("discover_slices", lambda: discover_student_slices(
+        job, dataset, student.model, report, teacher, baseline), slices_summary)
+    return report, predictions, with_slices(verdict, slices), slices
+
+
+def _artifact_slices(job: Job, dataset: Dataset, student: StudentRun,
+                     teacher: TeacherView | None, artifacts: list[Artifact]) -> list:
+    """Every artifact but the FP32 ONNX model compared with it, on slices nobody named."""
+    if len(artifacts) <= 1:
+        return []
+    return job.stage("discover_artifact_slices", lambda: discover_artifact_slices(
+        job, dataset, student.model, teacher, artifacts), lambda found: {
+            "compared": [c.stage for c in found],
+            "harmed": {c.stage: [s.name for s in c.harmed] for c in found}})
 
 
 def _preflight(job: Job, dataset: Dataset) -> list[str]:
