@@ -8,24 +8,16 @@ import pytest
 from compression.pipeline import run
 from compression.spec import parse_spec
 from compression.teacher_training import TeacherRecipe, train_teacher
+from tests.integration.conftest import _bars
 
 pytestmark = pytest.mark.integration  # the whole pipeline, about 10 s on an idle core
-
-
-def _bars(n: int, rng: np.random.Generator):
-    """Class c lights up a horizontal bar at row 2c of an 8x8 image, plus noise."""
-    y = np.arange(n) % 4
-    x = rng.integers(0, 60, size=(n, 8, 8))
-    for c in range(4):
-        x[y == c, 2 * c, :] += 180
-    return x.clip(0, 255).astype(np.uint8), y.astype(np.int64)
 
 
 @pytest.fixture
 def job(tmp_path):
     rng = np.random.default_rng(0)
     for name, n in (("train", 320), ("test", 120)):
-        x, y = _bars(n, rng)
+        x, y = _bars(n, 4, rng)
         np.savez(tmp_path / f"{name}.npz", x=x, y=y, class_names=np.array(list("abcd")))
     spec = {"name": "auto", "output_dir": str(tmp_path / "out"),
             "teacher": {"path": str(tmp_path / "teacher.pt2")},
