@@ -38,10 +38,9 @@ bench: install system-packages
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/service_bench.py
 
-# The reproduction study (docs/results.md). scikit-learn (its 8x8 digits) is a study-only
-# dependency: it never enters pyproject.toml.
+# The reproduction study (docs/results.md); scikit-learn (its 8x8 digits) comes with the dev
+# extra that `install` sets up.
 study: install system-packages
-	$(BIN)/pip install --quiet scikit-learn==1.9.1
 	nice -n 10 $(BIN)/python bench/study.py
 
 clean:

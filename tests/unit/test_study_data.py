@@ -55,7 +55,6 @@ def test_population_shares_only_for_the_attribute_set() -> None:
 
 
 def test_digits_split_is_stratified_and_disjoint() -> None:
-    pytest.importorskip("sklearn")
     from bench._study_data import digits_arrays
     arrays = digits_arrays(0)
     train, test = arrays["train"], arrays["test"]
