@@ -16,6 +16,7 @@ from compression.evaluation.report import EvalReport
 from compression.guardrails import INSUFFICIENT_EVIDENCE, Check, StageVerdict, describe_policy
 from compression.guardrails.rules import pct, pp
 from compression.guardrails.slices import SliceComparison, SliceDiscovery
+from compression.models.init_weights import StudentInit
 from compression.report import NOT_JUDGED, JobReport, blocks, group_label, stage_label
 
 __all__ = ["render_model_card"]
@@ -126,6 +127,8 @@ def _model_lines(report: JobReport) -> list[str]:
     params = report.student_parameters
     lines = [f"- Student: `{spec.student.arch}` (width {spec.student.width}"
              + (f", {params:,} parameters)" if params is not None else ")")]
+    if report.student_init is not None:
+        lines.append(_init_line(report.student_init))
     if spec.teacher.path:
         lines.append(f"- Teacher: `{spec.teacher.path}`")
     mitigation = report.mitigation or {}
@@ -141,6 +144,17 @@ def _model_lines(report: JobReport) -> list[str]:
     lines.append(f"- Data: {spec.data.source}; test split of "
                  f"{test.size if test else '?'} samples in {len(data.group_names)} subgroups")
     return lines
+
+
+def _init_line(init: StudentInit) -> str:
+    """Where the student's starting weights came from, and what was not taken from them."""
+    line = (f"- Started from `{init.source}` (SHA-256 `{init.sha256[:16]}`, "
+            f"{init.loaded} tensors loaded")
+    if init.replaced:
+        line += (f"; {len(init.replaced)} initialised afresh: "
+                 + ", ".join(f"`{name}`" for name in init.replaced)
+                 + (f" ({init.reason})" if init.reason else ""))
+    return line + ")"
 
 
 def _input_line(report: JobReport) -> str:

@@ -182,6 +182,8 @@ def test_a_job_starts_from_the_file_and_reports_it(tmp_path):
     assert report.student_init.source == path
     assert report.student_init.sha256 == hashlib.sha256(open(path, "rb").read()).hexdigest()
     assert report.student_init.replaced == ("fc.weight", "fc.bias")
+    card = (result.output_dir / "model_card.md").read_text()
+    assert f"Started from `{path}`" in card and "2 initialised afresh: `fc.weight`" in card
     shipped = load_file(str(result.output_dir / "student.safetensors"))
     params = [k for k, _ in trained.named_parameters() if not k.startswith("fc.")]
     for k in params:  # lr 1e-9 for one epoch: the student is still the file's weights
