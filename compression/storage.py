@@ -29,7 +29,8 @@ from urllib.parse import unquote, urlsplit
 from compression.errors import InvalidInput, StageFailed
 
 __all__ = ["READ_SCHEMES", "WRITE_SCHEMES", "Uri", "is_uri", "redact", "parse_uri",
-           "prefix_problem", "under", "stat", "exists", "open_copy", "open_write", "remove"]
+           "prefix_problem", "under", "stat", "exists", "open_copy", "read_range", "list_below",
+           "open_write", "remove"]
 
 READ_SCHEMES = ("s3", "gs", "https", "file")
 WRITE_SCHEMES = ("s3", "gs", "file")
@@ -233,6 +234,31 @@ def open_copy(uri: Uri, what: str, limit: int | None, default_limit: int) -> Bin
     except BaseException:
         copy.close()
         raise
+
+
+def read_range(uri: Uri, what: str, start: int, end: int) -> bytes:
+    """Bytes ``start`` up to ``end`` (exclusive) of the object at ``uri``; fewer where the
+    object is shorter. One ranged request: no local copy of the whole object."""
+    with _store_errors(uri, what):
+        return bytes(_filesystem(uri, what).cat_file(uri.fs_path, start=start, end=end))
+
+
+def list_below(uri: Uri, what: str) -> list[tuple[str, str, int | None]]:
+    """(path below ``uri``, 'file' or 'directory', size) of every object under the folder
+    ``uri``, and of the folders their keys imply; the path is relative ('cat/001.png')."""
+    if uri.scheme not in ("s3", "gs"):
+        raise InvalidInput(f"{what} {uri}: only a bucket (s3://, gs://) can be listed as a "
+                           "folder; list its files in a manifest instead")
+    top = uri.key.rstrip("/")
+    base = f"{uri.netloc}/{top}".rstrip("/")
+    with _store_errors(uri, what, "list"):
+        found = _filesystem(uri, what).find(base, withdirs=True, detail=True)
+    out = []
+    for name, info in found.items():
+        if name.startswith(base + "/") and name != base + "/":
+            out.append((name[len(base) + 1:].rstrip("/"), info.get("type", "file"),
+                        info.get("size")))
+    return out
 
 
 def _copy(src: BinaryIO, dst: BinaryIO, n: int) -> int:

@@ -3,7 +3,8 @@
 The counterpart of ``sources.read_split`` for the streaming path: the same files in the same
 order, the same labels, class names and attribute values, the same checks (every file is
 opened through ``compression.access``; every image header is read and checked), but the
-split's ``x`` is an ``ImageIndex`` that decodes a sample when a batch needs it.
+split's ``x`` is an ``ImageIndex`` that decodes a sample when a batch needs it. An image
+folder or manifest at an object URI is indexed by ``remote_files``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from compression import access
 from compression.data.images import list_imagefolder, parse_manifest
 from compression.data.index import ImageIndex
 from compression.data.raw import RawSplit
+from compression.data.remote_files import index_remote
 from compression.data.webdataset import index_webdataset
 from compression.errors import InvalidInput
 from compression.spec import DataSpec
@@ -31,9 +33,8 @@ def index_split(spec: DataSpec, role: str, classes: tuple[str, ...] | None) -> R
     if spec.source == "webdataset":
         return index_webdataset(path, spec.image_size, classes, _FIELDS[role])
     where = access.local_or_uri(path)
-    if isinstance(where, str):
-        raise InvalidInput(f"{_FIELDS[role]} {where!r}: source {spec.source} reads local paths "
-                           "only; copy the data to the server, or store it as webdataset shards")
+    if isinstance(where, str) and spec.source in ("imagefolder", "manifest"):
+        return index_remote(spec.source, where, spec.image_size, classes, spec.workers)
     if spec.source == "imagefolder":
         return index_imagefolder(where, spec.image_size, classes, spec.workers)
     if spec.source == "manifest":

@@ -1,0 +1,227 @@
+"""The ``imagefolder`` and ``manifest`` sources in object storage, for the streaming path.
+
+``data.path`` (test_path, holdout_path) may be a URI (``s3://bucket/prefix/``,
+``gs://bucket/prefix/``; a manifest also ``https://host/path.csv``). An image folder is
+listed through fsspec: the first path segment below the prefix is the class, sorted, and the
+images under it are taken in the order a local folder's would be (``images.list_imagefolder``).
+A manifest is read as a local one is (``images.parse_manifest``: the same rows, checks and
+label rules); its image paths may be full URIs, or keys relative to the manifest's own folder
+(``cat/001.png``, ``../shared/x.png``; ``/key`` starts at the bucket's root).
+
+``index_remote`` decodes nothing (``read_remote`` decodes the split it indexed, for the
+in-memory path). Each image's header is read with one ranged request (the whole object only
+when its header runs past the first ``_HEAD_BYTES``) to learn the split's shape and refuse a
+bad file now; the image itself is read when a batch needs it, in a DataLoader
+worker, through ``compression.access``, which checks it against the job's URI prefixes at
+that moment. The prefixes are checked here too, for every image, before its header is read:
+a manifest line outside them is refused, naming the line and the URI.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import posixpath
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from compression import access, storage
+# The row checks and label rules are the local manifest's own, so that both read alike.
+from compression.data.images import (IMAGE_SUFFIXES, _check_row, _manifest_classes,
+                                     _resolve_labels)
+from compression.data.index import ImageIndex, PackedNames, image_shape, probe_image
+from compression.data.raw import RawSplit, check_not_empty
+from compression.errors import InvalidInput
+
+__all__ = ["index_remote", "read_remote", "list_remote_imagefolder", "parse_remote_manifest"]
+
+_HEAD_BYTES = 1 << 16  # enough for a PNG header, and a JPEG's but for large EXIF / ICC blocks
+_PROBE_THREADS = 16  # probing waits on the network, not the CPU
+_MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson")
+
+Probe = tuple[str, str, int | None]  # (URI, what it is in messages, size when known)
+
+
+def index_remote(source: str, path: str, size: int, classes: tuple[str, ...] | None,
+                 workers: int = 0) -> RawSplit:
+    """Split of an ``imagefolder`` or ``manifest`` at the URI ``path``, x an ``ImageIndex``."""
+    if source == "imagefolder":
+        probes, y, names = list_remote_imagefolder(path, classes)
+        attr = None
+    elif source == "manifest":
+        probes, y, attr, names = parse_remote_manifest(path, classes)
+    else:
+        raise InvalidInput(f"data.source {source!r} cannot read image files from {path}")
+    shapes = _probe_all(probes, size, max(workers, _PROBE_THREADS))
+    uris = [uri for uri, _, _ in probes]
+    n = len(uris)
+    index = ImageIndex(files=PackedNames.of(uris), file_of=np.arange(n, dtype=np.int64),
+                       offset=np.full(n, -1, np.int64), length=np.full(n, -1, np.int64),
+                       sample_shape=image_shape(shapes, uris), resize=size, origin=path)
+    return RawSplit(index, y, attr, names, path)
+
+
+def read_remote(source: str, path: str, size: int, classes: tuple[str, ...] | None
+                ) -> RawSplit:
+    """As ``index_remote``, every image then decoded: x [N, C, H, W] uint8 in memory."""
+    split = index_remote(source, path, size, classes)
+    index, limit = split.x, access.decoded_limit()
+    if index.nbytes > limit:
+        raise InvalidInput(f"the {len(index)} images of {path} take {index.nbytes} bytes "
+                           f"decoded, more than the {limit} bytes a job may load; stream them "
+                           "(data.in_memory: never), use fewer or smaller images, or set "
+                           "data.image_size")
+    with ThreadPoolExecutor(_PROBE_THREADS) as pool:  # each read waits on the store
+        x = np.stack(list(pool.map(index.decode, range(len(index)))))
+    return RawSplit(x, split.y, split.attr, split.class_names, split.origin)
+
+
+def list_remote_imagefolder(path: str, classes: tuple[str, ...] | None
+                            ) -> tuple[list[Probe], np.ndarray, tuple[str, ...]]:
+    """The images of a class-per-folder tree under the URI ``path``, their labels and the
+    class names; ``classes`` (train's names) must match its folders exactly."""
+    root = _allowed(storage.parse_uri(path, "image folder"), "image folder")
+    shown = str(root).rstrip("/")
+    entries = storage.list_below(root, "image folder")
+    dirs = tuple(sorted({p.split("/")[0] for p, kind, _ in entries
+                         if ("/" in p or kind == "directory") and not p.startswith(".")}))
+    if not dirs:
+        raise InvalidInput(f"image folder {shown} has no class folders (no objects under "
+                           "that prefix); expected root/<class_name>/*.png")
+    if classes is not None and dirs != classes:
+        missing, extra = sorted(set(classes) - set(dirs)), sorted(set(dirs) - set(classes))
+        raise InvalidInput(f"image folder {shown} has other classes than the training set: "
+                           f"missing {missing}, extra {extra}")
+    label = {name: c for c, name in enumerate(dirs)}
+    # Sorted by path segments, as a local folder's Paths sort: 'b/x' before 'b-c/x'.
+    files = sorted((p.split("/"), p, nbytes) for p, kind, nbytes in entries
+                   if kind != "directory" and "/" in p and p.split("/")[0] in label
+                   and posixpath.splitext(p)[1].lower() in IMAGE_SUFFIXES)
+    files.sort(key=lambda f: label[f[0][0]])  # stable: classes in order, sorted within
+    check_not_empty(len(files), f"image folder {shown} (no .png/.jpg/.jpeg files)")
+    probes = [(str(root.join(p)), "image", nbytes) for _, p, nbytes in files]
+    return probes, np.asarray([label[parts[0]] for parts, _, _ in files], np.int64), dirs
+
+
+def parse_remote_manifest(path: str, classes: tuple[str, ...] | None
+                          ) -> tuple[list[Probe], np.ndarray, np.ndarray | None,
+                                     tuple[str, ...]]:
+    """A manifest at the URI ``path``: its images, labels, attribute values (or None) and
+    class names, checked as ``images.parse_manifest`` checks a local one."""
+    uri = storage.parse_uri(path, "manifest")
+    suffix = posixpath.splitext(uri.key)[1].lower()
+    if suffix not in _MANIFEST_SUFFIXES:
+        raise InvalidInput(f"manifest {uri} must end in .csv or .jsonl")
+    try:
+        text = access.read_input(str(uri), "manifest").decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"cannot read manifest {uri}: it is not UTF-8 text ({exc})") from None
+    rows = _csv_rows(str(uri), text) if suffix == ".csv" else _jsonl_rows(str(uri), text)
+    del text
+    check_not_empty(len(rows), f"manifest {uri}")
+    has_group = [r.get("group") is not None for _, r in rows]
+    if any(has_group) and not all(has_group):
+        line = rows[has_group.index(False)][0]
+        raise InvalidInput(f"manifest {uri} line {line}: no group, while other rows have one")
+    labels = [(line, str(r["label"]).strip()) for line, r in rows]
+    classes = classes if classes is not None else _manifest_classes([lb for _, lb in labels],
+                                                                    str(uri))
+    y = _resolve_labels(labels, classes, str(uri))
+    probes: list[Probe] = [(_image_uri(uri, r["path"], line),
+                            f"image (manifest {uri} line {line})", None) for line, r in rows]
+    attr = np.asarray([str(r["group"]) for _, r in rows]) if all(has_group) else None
+    return probes, y, attr, classes
+
+
+def _csv_rows(where: str, text: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line, row) of a CSV manifest, each row checked as a local manifest's."""
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        fields = reader.fieldnames or []
+        if "path" not in fields or "label" not in fields:
+            raise InvalidInput(f"manifest {where}: header is {fields}; it must be "
+                               "path,label[,group]")
+        return [(reader.line_num, _check_row(row, where, reader.line_num)) for row in reader]
+    except csv.Error as exc:
+        raise InvalidInput(f"cannot read manifest {where}: {exc}") from None
+
+
+def _jsonl_rows(where: str, text: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line, row) of a JSONL manifest, numbered as ``str.splitlines`` breaks lines."""
+    rows = []
+    for line, body in enumerate(text.splitlines(), start=1):
+        if not body.strip():
+            continue
+        try:
+            row = json.loads(body)
+        except (ValueError, RecursionError) as exc:  # deep nesting, or an int too long to parse
+            raise InvalidInput(f"manifest {where} line {line} is not valid JSON: "
+                               f"{type(exc).__name__}: {exc}") from None
+        if not isinstance(row, dict):
+            raise InvalidInput(f"manifest {where} line {line}: expected an object with path, "
+                               "label")
+        rows.append((line, _check_row(row, where, line)))
+    return rows
+
+
+def _image_uri(manifest: storage.Uri, value: Any, line: int) -> str:
+    """The URI of the image a manifest row names: a full URI as it is, a key relative to the
+    manifest's folder (or, starting with '/', to its bucket's root) joined to it."""
+    text = str(value).strip()
+    what = f"image (manifest {manifest} line {line})"
+    if "\0" in text or any(ord(c) < 32 for c in text):
+        raise InvalidInput(f"manifest {manifest} line {line}: path contains a control character")
+    if storage.is_uri(text):
+        return str(storage.parse_uri(text, what))
+    joined = (text.lstrip("/") if text.startswith("/")
+              else posixpath.join(posixpath.dirname(manifest.key), text))
+    key = posixpath.normpath(joined)
+    if key in (".", "..") or key.startswith("../"):
+        raise InvalidInput(f"manifest {manifest} line {line}: path {text!r} leads out of "
+                           f"the bucket {manifest.netloc!r}; give a key inside it or a full URI")
+    return str(storage.parse_uri(str(storage.Uri(manifest.scheme, manifest.netloc, key)), what))
+
+
+def _allowed(uri: storage.Uri, what: str) -> storage.Uri:
+    """``uri`` when the job's policy allows it (a file:// URI: checked when opened)."""
+    policy = access.current()
+    if uri.scheme != "file" and not policy.allows_uri(uri):
+        raise access.AccessDenied(
+            f"{what} {uri} is outside the allowed data roots and URI prefixes "
+            f"({', '.join(policy.roots or ())}); ask the operator to add its bucket or prefix "
+            "(e.g. s3://bucket/prefix/) to data_roots")
+    return uri
+
+
+def _probe_all(probes: list[Probe], size: int, threads: int) -> list[tuple[int, int, int]]:
+    if len(probes) < 2 or threads < 2:
+        return [_probe(p, size) for p in probes]
+    with ThreadPoolExecutor(min(threads, len(probes))) as pool:
+        return list(pool.map(lambda p: _probe(p, size), probes))
+
+
+def _probe(probe: Probe, size: int) -> tuple[int, int, int]:
+    """(H, W, C) of one image, from its header: the object's first bytes, or all of them
+    when the header runs further."""
+    text, what, nbytes = probe
+    uri = _allowed(storage.parse_uri(text, what), what)
+    if uri.scheme == "file":  # a local file named in a remote manifest: the local checks
+        with access.open_input(text, what) as f:
+            return probe_image(f, text, f"{what} {text}", size)
+    limit = access.current().max_bytes
+    if nbytes is None:
+        nbytes = storage.stat(uri, what)["size"]
+    if limit is not None and nbytes is not None and nbytes > limit:
+        raise InvalidInput(f"{what} {uri} is {nbytes} bytes, over the limit of {limit} bytes; "
+                           "use a smaller file or ask the operator to raise max_data_bytes")
+    head = storage.read_range(uri, what, 0, _HEAD_BYTES)
+    try:
+        return probe_image(io.BytesIO(head), text, f"{what} {uri}", size)
+    except InvalidInput:
+        if len(head) < _HEAD_BYTES:
+            raise
+    with access.open_input(text, what) as f:  # the whole object, its size checked again
+        return probe_image(f, text, f"{what} {uri}", size)
