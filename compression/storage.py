@@ -10,7 +10,9 @@ report, a log line or an event. ``redact`` strips both from any URI a message sh
 
 Reads go through ``open_copy``: the object's metadata is checked first (a file, not a
 folder; no larger than the limit), then at most that many bytes are copied into an unnamed
-temporary file, so readers get a real, seekable local file whatever the store.
+temporary file, so readers get a real, seekable local file whatever the store. Streamed
+image folders add two: ``list_below`` lists the objects under a prefix, and ``read_range``
+reads an image's first bytes (its header) without copying the rest.
 
 Store errors become ``InvalidInput`` naming the URI: a missing bucket, a missing key, denied
 or absent credentials. Anything else (an unreachable endpoint) is a failed stage, not the

@@ -205,6 +205,11 @@ def test_folder_listing_and_manifest_keys_follow_the_local_rules(s3, data):
     with pytest.raises(InvalidInput, match=r"line 1: path '../../../x.png' leads out of the "
                                            r"bucket 'data'"):
         _load("manifest", ROOT, "never", "", path=f"{ROOT}/lists/climb.jsonl")
+    s3.put("data", "imgs/lists/secret.csv", b"path,label\n"
+           b"s3://AKIA1:hunter2@data/imgs/train/cat/000.png,cat\n")
+    with pytest.raises(InvalidInput, match="line 2.* carries credentials") as caught:
+        _load("manifest", ROOT, "never", "", path=f"{ROOT}/lists/secret.csv")
+    assert "hunter2" not in str(caught.value)
     s3.put("data", "imgs/two/cat/0.png", png(np.zeros((4, 4), np.uint8)))
     s3.put("data", "imgs/two/.hidden/0.png", png(np.zeros((4, 4), np.uint8)))
     with pytest.raises(InvalidInput, match=r"s3://data/imgs/two has other classes than the "
