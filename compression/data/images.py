@@ -18,14 +18,14 @@ opened), and image dimensions are checked against the job's memory limit before 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import re
 import struct
 import zlib
+from array import array
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
 
 import numpy as np
 from PIL import Image
@@ -33,6 +33,9 @@ from PIL import Image
 from compression import access
 from compression.data.raw import MAX_CLASSES, RawSplit, check_not_empty, require_exists
 from compression.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from compression.data.index import NamePacker, PackedNames
 
 __all__ = ["IMAGE_SUFFIXES", "decode_image", "list_imagefolder", "load_images", "parse_manifest",
            "read_imagefolder", "read_manifest"]
@@ -113,8 +116,10 @@ def read_imagefolder(root: Path, size: int, classes: tuple[str, ...] | None) -> 
 
 
 def list_imagefolder(root: Path, classes: tuple[str, ...] | None
-                     ) -> tuple[list[str], np.ndarray, tuple[str, ...]]:
+                     ) -> tuple[PackedNames, np.ndarray, tuple[str, ...]]:
     """The image files of a class-per-folder tree, their labels and the class names."""
+    from compression.data.index import NamePacker  # index imports this module
+
     access.checked_path(root, "image folder")
     if not root.is_dir():
         raise InvalidInput(f"image folder {root} does not exist or is not a directory; "
@@ -128,16 +133,55 @@ def list_imagefolder(root: Path, classes: tuple[str, ...] | None
         missing, extra = sorted(set(classes) - set(dirs)), sorted(set(dirs) - set(classes))
         raise InvalidInput(f"image folder {root} has other classes than the training set: "
                            f"missing {missing}, extra {extra}")
-    paths: list[str] = []  # strings, not Paths: a Path per image costs several times more
-    labels: list[int] = []
-    for c, name in enumerate(dirs):
-        # Not only regular files: a FIFO named x.png is opened, and refused as what it is.
-        files = [str(p) for p in access.walk_files(root / name, "image folder")
-                 if p.suffix.lower() in IMAGE_SUFFIXES]
-        paths += files
-        labels += [c] * len(files)
+    paths = NamePacker()  # one byte buffer, not a Path or a string per image
+    counts = []
+    for name in dirs:
+        before = len(paths)
+        _list_images(root / name, paths)
+        counts.append(len(paths) - before)
     check_not_empty(len(paths), f"image folder {root} (no .png/.jpg/.jpeg files)")
-    return paths, np.asarray(labels, np.int64), dirs
+    return paths.packed(), np.repeat(np.arange(len(dirs), dtype=np.int64), counts), dirs
+
+
+def _list_images(top: Path, out: NamePacker) -> None:
+    """Append the image files below ``top`` to ``out``, in the order ``access.walk_files``
+    sorts them (by path components), and with its checks, one folder listed at a time.
+
+    Not only regular files: a FIFO named x.png is listed, and refused when it is opened. As
+    ``walk_files`` (and ``Path.rglob``), a symlinked folder is not descended into."""
+    stack = [(os.fspath(top), iter(_entries(os.fspath(top))))]
+    while stack:
+        folder, entries = stack[-1]
+        for shown, descend, keep in entries:
+            if descend:
+                stack.append((shown, iter(_entries(shown))))
+                break
+            if keep:
+                out.append(shown)
+        else:
+            stack.pop()
+
+
+def _entries(folder: str) -> list[tuple[str, bool, bool]]:
+    """(path as listed, whether to descend, whether it is an image file) per entry of
+    ``folder``, sorted by name, each entry checked against the roots by ``list_dir``."""
+    listed = access.list_dir(folder, "image folder")
+    real_folder = os.path.realpath(os.path.expanduser(folder))  # as list_dir resolves it
+    out = []
+    for name, real in listed:
+        real = os.fspath(real)
+        # list_dir resolves only symlinks: an entry whose real path is not its own is one.
+        link = real != os.path.join(real_folder, name)
+        is_dir = os.path.isdir(real)
+        keep = not is_dir and _suffix(name).lower() in IMAGE_SUFFIXES
+        out.append((os.path.join(folder, name), is_dir and not link, keep))
+    return out
+
+
+def _suffix(name: str) -> str:
+    """``PurePath(name).suffix``, without making a path."""
+    i = name.rfind(".")
+    return name[i:] if 0 < i < len(name) - 1 else ""
 
 
 def read_manifest(path: Path, size: int, classes: tuple[str, ...] | None) -> RawSplit:
@@ -147,26 +191,75 @@ def read_manifest(path: Path, size: int, classes: tuple[str, ...] | None) -> Raw
 
 
 def parse_manifest(path: Path, classes: tuple[str, ...] | None
-                   ) -> tuple[list[str], np.ndarray, np.ndarray | None, tuple[str, ...]]:
-    """A manifest's image paths, labels, attribute values (or None) and class names."""
+                   ) -> tuple[PackedNames, np.ndarray, np.ndarray | None, tuple[str, ...]]:
+    """A manifest's image paths, labels, attribute values (or None) and class names.
+
+    Rows are read one at a time into packed arrays (the paths' bytes, a code per row for its
+    label and its group) rather than kept as parsed rows: the memory it takes grows by a few
+    bytes per row beyond the paths themselves. The checks and their order are those of
+    reading every row first: the rows' own, then the groups, the labels, and the paths."""
+    from compression.data.index import NamePacker  # index imports this module
+
     require_exists(path, "manifest", "check data.path / data.test_path")
     if path.suffix.lower() not in (".csv", ".jsonl", ".ndjson"):
         raise InvalidInput(f"manifest {path} must end in .csv or .jsonl")
+    rows = _Rows()
     text = _manifest_text(path)
-    rows = _csv_rows(path, text) if path.suffix.lower() == ".csv" else _jsonl_rows(path, text)
+    if path.suffix.lower() == ".csv":
+        _csv_rows(path, text, rows)
+    else:
+        _jsonl_rows(path, text, rows)
     del text
-    check_not_empty(len(rows), f"manifest {path}")
-    has_group = [r.get("group") is not None for _, r in rows]
-    if any(has_group) and not all(has_group):
-        line = rows[has_group.index(False)][0]
-        raise InvalidInput(f"manifest {path} line {line}: no group, while other rows have one")
-    labels = [(line, str(r["label"]).strip()) for line, r in rows]
-    classes = classes if classes is not None else _manifest_classes([lb for _, lb in labels],
-                                                                    path)
-    y = _resolve_labels(labels, classes, path)
-    image_paths = [str(_image_path(path, r["path"], line)) for line, r in rows]
-    attr = np.asarray([str(r["group"]) for _, r in rows]) if all(has_group) else None
-    return image_paths, y, attr, classes
+    n = len(rows.lines)
+    check_not_empty(n, f"manifest {path}")
+    if rows.without_group and rows.without_group < n:
+        first = rows.lines[rows.group_code.index(-1)]
+        raise InvalidInput(f"manifest {path} line {first}: no group, while other rows have one")
+    labels = list(rows.labels)  # the distinct labels, in the order first seen
+    classes = classes if classes is not None else _manifest_classes(labels, path)
+    ids = _resolve_labels(list(zip(rows.label_line, labels)), classes, path)
+    y = ids[np.frombuffer(rows.label_code, np.int32)]
+    listed, image_paths = rows.packer.packed(), NamePacker()
+    for i in range(n):
+        image_paths.append(str(_image_path(path, listed[i], rows.lines[i])))
+    del listed
+    attr = None
+    if not rows.without_group:
+        attr = np.asarray(list(rows.groups))[np.frombuffer(rows.group_code, np.int32)]
+    return image_paths.packed(), y, attr, classes
+
+
+class _Rows:
+    """A manifest's rows as they are read: the paths' text packed, a code per row for its
+    label and group (an index into the distinct values, -1 for no group), its line number."""
+
+    def __init__(self) -> None:
+        from compression.data.index import NamePacker  # index imports this module
+
+        self.packer = NamePacker()
+        self.lines = array("q")
+        self.labels: dict[str, int] = {}  # distinct label -> its code
+        self.label_line = array("q")  # per distinct label: the first line that has it
+        self.label_code = array("i")
+        self.groups: dict[str, int] = {}
+        self.group_code = array("i")
+        self.without_group = 0
+
+    def add(self, row: dict[str, Any], line: int) -> None:
+        self.packer.append(row["path"])
+        self.lines.append(line)
+        label = str(row["label"]).strip()
+        code = self.labels.setdefault(label, len(self.labels))
+        if code == len(self.label_line):
+            self.label_line.append(line)
+        self.label_code.append(code)
+        group = row.get("group")
+        if group is None:
+            self.without_group += 1
+            self.group_code.append(-1)
+        else:
+            group = str(group)
+            self.group_code.append(self.groups.setdefault(group, len(self.groups)))
 
 
 def _manifest_text(path: Path) -> str:
@@ -176,21 +269,21 @@ def _manifest_text(path: Path) -> str:
         raise InvalidInput(f"cannot read manifest {path}: it is not UTF-8 text ({exc})") from None
 
 
-def _csv_rows(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+def _csv_rows(path: Path, text: str, rows: _Rows) -> None:
     try:
-        reader = csv.DictReader(io.StringIO(text, newline=""))
+        reader = csv.DictReader(_lines(text, _CSV_LINE_BREAKS, keep_ends=True))
         fields = reader.fieldnames or []
         if "path" not in fields or "label" not in fields:
             raise InvalidInput(f"manifest {path}: header is {fields}; it must be "
                                "path,label[,group]")
-        return [(reader.line_num, _check_row(row, path, reader.line_num)) for row in reader]
+        for row in reader:
+            rows.add(_check_row(row, path, reader.line_num), reader.line_num)
     except csv.Error as exc:
         raise InvalidInput(f"cannot read manifest {path}: {exc}") from exc
 
 
-def _jsonl_rows(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
-    rows = []
-    for line, text in enumerate(text.splitlines(), start=1):
+def _jsonl_rows(path: Path, text: str, rows: _Rows) -> None:
+    for line, text in enumerate(_lines(text, _LINE_BREAKS), start=1):
         if not text.strip():
             continue
         try:
@@ -200,8 +293,23 @@ def _jsonl_rows(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
                                f"{type(exc).__name__}: {exc}") from None
         if not isinstance(row, dict):
             raise InvalidInput(f"manifest {path} line {line}: expected an object with path, label")
-        rows.append((line, _check_row(row, path, line)))
-    return rows
+        rows.add(_check_row(row, path, line), line)
+
+
+# Where str.splitlines() breaks, and where a text file opened with newline="" does.
+_LINE_BREAKS = re.compile(r"\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
+_CSV_LINE_BREAKS = re.compile(r"\r\n|[\n\r]")
+
+
+def _lines(text: str, breaks: re.Pattern[str], keep_ends: bool = False) -> Iterator[str]:
+    """The lines of ``text`` one at a time (as ``splitlines`` or a file's lines give them),
+    without a list of every line or a copy of the text."""
+    start = 0
+    for brk in breaks.finditer(text):
+        yield text[start:brk.end() if keep_ends else brk.start()]
+        start = brk.end()
+    if start < len(text):
+        yield text[start:]
 
 
 def _check_row(row: dict[str, Any], path: Path, line: int) -> dict[str, Any]:

@@ -12,10 +12,11 @@ change (a list of 200k strings would be copied into every worker).
 from __future__ import annotations
 
 import io
+from array import array
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO, Sequence
+from typing import BinaryIO, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -26,7 +27,7 @@ from compression.data.images import (_DECODE_ERRORS, _FORMATS, _GRAY_MODES, _che
 from compression.data.raw import to_channels
 from compression.errors import InvalidInput
 
-__all__ = ["PackedNames", "ImageIndex", "image_shape", "probe_image"]
+__all__ = ["PackedNames", "NamePacker", "ImageIndex", "image_shape", "probe_image"]
 
 
 @dataclass(frozen=True)
@@ -37,17 +38,53 @@ class PackedNames:
     ends: np.ndarray
 
     @classmethod
-    def of(cls, names: Sequence[str]) -> PackedNames:
-        encoded = [n.encode("utf-8", "surrogateescape") for n in names]
-        ends = np.cumsum([len(e) for e in encoded], dtype=np.int64)
-        return cls(np.frombuffer(b"".join(encoded), np.uint8).copy(), ends)
+    def of(cls, names: Iterable[str]) -> PackedNames:
+        if isinstance(names, PackedNames):
+            return names
+        packer = NamePacker()
+        for name in names:
+            packer.append(name)
+        return packer.packed()
 
     def __len__(self) -> int:
         return len(self.ends)
 
     def __getitem__(self, i: int) -> str:
         lo = int(self.ends[i - 1]) if i else 0
-        return self.blob[lo:int(self.ends[i])].tobytes().decode("utf-8", "surrogateescape")
+        return self.blob[lo:int(self.ends[i])].tobytes().decode("utf-8", "surrogatepass")
+
+    def __iter__(self) -> Iterator[str]:
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def nbytes(self) -> int:
+        return self.blob.nbytes + self.ends.nbytes
+
+
+class NamePacker:
+    """Builds a ``PackedNames`` one string at a time: a growing byte buffer and an array of
+    ends, never a Python object per string (a data set of millions of files indexes in a few
+    bytes per file more than its names' lengths)."""
+
+    def __init__(self) -> None:
+        self._blob = bytearray()
+        self._ends = array("q")
+
+    def append(self, name: str) -> None:
+        self._blob += name.encode("utf-8", "surrogatepass")
+        self._ends.append(len(self._blob))
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def packed(self) -> PackedNames:
+        """The strings so far; the packer is emptied (its buffers are handed over, not
+        copied twice)."""
+        blob = np.frombuffer(self._blob, np.uint8).copy() if self._blob else np.zeros(0, np.uint8)
+        ends = (np.frombuffer(self._ends, np.int64).copy() if self._ends
+                else np.zeros(0, np.int64))
+        self._blob, self._ends = bytearray(), array("q")
+        return PackedNames(blob, ends)
 
 
 @dataclass(frozen=True)
@@ -70,15 +107,14 @@ class ImageIndex:
     origin: str
 
     @classmethod
-    def of_files(cls, paths: Sequence[Path | str], resize: int, origin: str,
+    def of_files(cls, paths: PackedNames | Iterable[Path | str], resize: int, origin: str,
                  workers: int = 0) -> ImageIndex:
         """An index of whole image files; each header is read (not decoded) to learn the
         split's shape and to refuse a bad file now rather than mid-training."""
-        names = [str(p) for p in paths]
-        shape = image_shape([_probe_file(p, resize) for p in names]
-                            if workers < 2 else _probe_files(names, resize, workers), names)
+        names = paths if isinstance(paths, PackedNames) else PackedNames.of(map(str, paths))
+        shape = image_shape(_probe_files(names, resize, workers), names)
         n = len(names)
-        return cls(PackedNames.of(names), np.arange(n, dtype=np.int64),
+        return cls(names, np.arange(n, dtype=np.int64),
                    np.full(n, -1, np.int64), np.full(n, -1, np.int64), shape, resize, origin)
 
     def __len__(self) -> int:
@@ -170,21 +206,43 @@ def probe_image(source: BinaryIO, where: Path | str, what: str, size: int) -> tu
                            "PNG or JPEG file") from None
 
 
-def _probe_files(paths: Sequence[str], resize: int, workers: int) -> list[tuple[int, int, int]]:
+_PROBE_CHUNK = 512  # files per task: a few hundred tasks for a large split, not one per file
+
+
+def _probe_files(names: PackedNames, resize: int, workers: int) -> np.ndarray:
+    """(H, W, C) of every file's header, [N, 3] int64. On a bad file, the error of the first
+    bad one in order, as a sequential pass would raise it."""
+    shapes = np.zeros((len(names), 3), np.int64)
+
+    def probe(lo: int) -> None:
+        for i in range(lo, min(lo + _PROBE_CHUNK, len(names))):
+            shapes[i] = _probe_file(names[i], resize)
+
+    starts = range(0, len(names), _PROBE_CHUNK)
+    if workers < 2:
+        for lo in starts:
+            probe(lo)
+        return shapes
     # Opening and parsing a header is mostly waiting on the file system: threads overlap it.
+    # A task per chunk keeps the futures few; their results are taken in order, so the first
+    # error raised is the first bad file's.
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda p: _probe_file(p, resize), paths, chunksize=256))
+        for _ in pool.map(probe, starts):
+            pass
+    return shapes
 
 
-def image_shape(shapes: Sequence[tuple[int, int, int]],
-                where: Sequence[str]) -> tuple[int, int, int]:
+def image_shape(shapes: Sequence[tuple[int, int, int]] | np.ndarray,
+                where: Sequence[str] | PackedNames) -> tuple[int, int, int]:
     """(C, H, W) of a split whose images are ``shapes`` ((H, W, C) each, as decoded): one
     size for all, gray promoted to RGB when the split mixes both (as ``load_images``)."""
-    first = shapes[0][:2]
-    for i, (h, w, _) in enumerate(shapes):
-        if (h, w) != first:
-            raise InvalidInput(
-                f"images have different sizes: {where[0]} is {first[1]}x{first[0]} but "
-                f"{where[i]} is {w}x{h}; set data.image_size to resize them all")
-    channels = max(c for _, _, c in shapes)
-    return channels, first[0], first[1]
+    hwc = np.asarray(shapes, np.int64).reshape(-1, 3)
+    first = (int(hwc[0, 0]), int(hwc[0, 1]))
+    other = np.flatnonzero((hwc[:, :2] != hwc[0, :2]).any(axis=1))
+    if len(other):
+        i = int(other[0])
+        h, w = int(hwc[i, 0]), int(hwc[i, 1])
+        raise InvalidInput(
+            f"images have different sizes: {where[0]} is {first[1]}x{first[0]} but "
+            f"{where[i]} is {w}x{h}; set data.image_size to resize them all")
+    return int(hwc[:, 2].max()), first[0], first[1]
