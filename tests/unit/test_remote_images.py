@@ -4,6 +4,7 @@ through DataLoader workers; store errors and the allowed URI prefixes name the U
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 
@@ -91,6 +92,10 @@ def s3(data, monkeypatch):
     s3fs.S3FileSystem.clear_instance_cache()  # clients made with other credentials
     yield server
     s3fs.S3FileSystem.clear_instance_cache()
+    # A loader that raised is kept alive by its traceback's cycle. Collected here, its workers
+    # are stopped now, in this thread, not whenever a collection next runs, which may be in
+    # the S3 server's thread while it answers the next test's request.
+    gc.collect()
 
 
 PATHS = {"imagefolder": ("train", "test"),
