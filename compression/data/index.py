@@ -32,7 +32,8 @@ __all__ = ["PackedNames", "NamePacker", "ImageIndex", "image_shape", "probe_imag
 
 @dataclass(frozen=True)
 class PackedNames:
-    """Strings as one UTF-8 byte array: blob [total bytes] uint8, ends [M] int64."""
+    """Strings as one UTF-8 byte array: blob [total bytes] uint8, ends [M] int64. Any
+    Python string round-trips, lone surrogates (undecodable file names) included."""
 
     blob: np.ndarray
     ends: np.ndarray
@@ -78,8 +79,8 @@ class NamePacker:
         return len(self._ends)
 
     def packed(self) -> PackedNames:
-        """The strings so far; the packer is emptied (its buffers are handed over, not
-        copied twice)."""
+        """The strings so far, copied out once into arrays of their exact size; the packer
+        is emptied."""
         blob = np.frombuffer(self._blob, np.uint8).copy() if self._blob else np.zeros(0, np.uint8)
         ends = (np.frombuffer(self._ends, np.int64).copy() if self._ends
                 else np.zeros(0, np.int64))
