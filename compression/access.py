@@ -13,8 +13,9 @@ on the way for a symlink between the check and the open does not help either.
 A path may also be a URI (``compression.storage``): ``file://`` names a local file and takes
 the local checks; an object (``s3://``, ``gs://``, ``https://``) must lie under one of the
 policy's URI prefixes, which sit among its roots (``s3://bucket/prefix/``), and is read into
-a local unnamed copy after its declared size is checked, so readers see a real file. Objects
-are single files: folders (imagefolder, Fashion-MNIST) are read from local paths only.
+a local unnamed copy after its declared size is checked, so readers see a real file. A folder
+of objects (an image folder, a manifest's images) is listed and read object by object
+(``compression.data.remote_files``); Fashion-MNIST's folder is read from a local path only.
 
 Every function takes an optional ``access``: a caller that checks on behalf of a job without
 running it (the server, at submission) passes its policy instead of installing it.
@@ -133,7 +134,7 @@ def _local_only(path: str | os.PathLike, what: str, access: InputAccess) -> str 
     _require_uri(uri, what, access)
     raise InvalidInput(f"{what} {uri} is in object storage, but this input is read as a local "
                        "folder or file tree; copy it to a local path, or use a source that "
-                       "reads single files (npz, webdataset)")
+                       "reads objects (npz, webdataset, imagefolder, manifest)")
 
 
 def local_or_uri(path: str | os.PathLike) -> Path | str:

@@ -2,8 +2,9 @@
 
 The npz reader lives in ``compression.data.npz``, the image readers in
 ``compression.data.images``, the WebDataset reader in ``compression.data.webdataset``. Every
-file is opened through ``compression.access``; the sources in ``URI_SOURCES`` read single
-files, which may be objects (``s3://``, ``gs://``, ``https://``), the others local folders.
+file is opened through ``compression.access``; the sources in ``URI_SOURCES`` may read
+objects (``s3://``, ``gs://``, ``https://``; image folders and manifests through
+``compression.data.remote_files``), Fashion-MNIST a local folder only.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from compression import access
 from compression.data.images import read_imagefolder, read_manifest
 from compression.data.npz import read_npz
 from compression.data.raw import RawSplit, check_declared, check_labels, check_not_empty
+from compression.data.remote_files import read_remote
 from compression.data.webdataset import read_webdataset
 from compression.errors import InvalidInput
 from compression.spec import DataSpec
@@ -32,7 +34,7 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
                          "Shirt", "Sneaker", "Bag", "Ankle boot")
 _IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-URI_SOURCES = ("npz", "webdataset")  # their paths may be object URIs
+URI_SOURCES = ("npz", "webdataset", "imagefolder", "manifest")  # paths may be URIs
 _FIELDS = {"train": "data.path", "test": "data.test_path", "holdout": "data.holdout_path"}
 _INSTALL_HINT = ("install the Debian package dataset-fashion-mnist "
                  "(sudo apt-get install dataset-fashion-mnist) or point data.path at a directory "
@@ -57,11 +59,12 @@ def read_split(spec: DataSpec, role: str, classes: tuple[str, ...] | None) -> Ra
         return read_npz(access.local_or_uri(path), classes)
     if spec.source == "webdataset":
         return read_webdataset(path, spec.image_size, classes, _FIELDS[role])
-    if spec.source == "imagefolder":
-        return read_imagefolder(_local(path, spec.source, _FIELDS[role]), spec.image_size,
-                                classes)
-    if spec.source == "manifest":
-        return read_manifest(_local(path, spec.source, _FIELDS[role]), spec.image_size, classes)
+    if spec.source in ("imagefolder", "manifest"):
+        where = access.local_or_uri(path)
+        if isinstance(where, str):  # an object store's folder or manifest
+            return read_remote(spec.source, where, spec.image_size, classes)
+        reader = read_imagefolder if spec.source == "imagefolder" else read_manifest
+        return reader(where, spec.image_size, classes)
     raise InvalidInput(f"data.source {spec.source!r} is not one of fashion-mnist, npz, "
                        "imagefolder, manifest, webdataset")
 

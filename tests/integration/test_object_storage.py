@@ -160,7 +160,7 @@ def test_compress_refuses_uris_outside_the_allowed_prefixes(tmp_path):
         code, details = refused("teacher", {"path": "s3://AKIA:hunter2@data/teachers/t.pt2"})
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "carries credentials" in details
         assert "hunter2" not in details
-        code, details = refused("data", {"source": "imagefolder"})
+        code, details = refused("data", {"source": "fashion-mnist", "test_path": ""})
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "reads local paths only" in details
     finally:
         server.stop(grace_s=1)

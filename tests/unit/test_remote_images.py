@@ -133,6 +133,17 @@ def test_splits_in_s3_stream_the_samples_of_their_local_copies(s3, data, source)
     assert torch.equal(remote.test.x[[0, 2]], local.test.x[[0, 2]])  # decoded in this process
 
 
+@pytest.mark.parametrize("source", ["imagefolder", "manifest", "webdataset"])
+def test_splits_in_s3_load_in_memory_as_their_local_copies(s3, data, source):
+    local = _load(source, str(data[1]), "always", "local")
+    remote = _load(source, ROOT, "always", "remote")
+    assert loading(remote) == "in_memory" and remote.class_names == local.class_names
+    for name in ("train", "holdout", "test"):
+        held, read = getattr(local, name), getattr(remote, name)
+        assert torch.equal(read.x, held.x) and torch.equal(read.y, held.y)
+        assert torch.equal(read.group, held.group)
+
+
 @pytest.mark.parametrize("source, read", [("imagefolder", read_imagefolder),
                                           ("manifest", read_manifest)])
 def test_read_remote_decodes_what_the_local_reader_decodes(s3, data, source, read):
