@@ -279,3 +279,19 @@ def test_every_shard_of_a_pattern_is_checked_at_submission(tmp_path):
             source="webdataset", path=path, test_path=spec.data.test_path))
         with pytest.raises(PermissionDenied, match="data.path .*(passwd|other/x.tar)"):
             policy.check(escaping)
+
+
+def test_image_folders_and_manifests_in_object_storage_pass_submission_within_the_prefixes():
+    from service.errors import PermissionDenied
+    from service.security import InputPolicy
+
+    policy = InputPolicy.of(["s3://data/images/"], max_bytes=2**20)
+    teacher = TeacherSpec(path="s3://data/images/t.safetensors", arch="tiny_cnn")
+    for source, path in (("imagefolder", "s3://data/images/train/"),
+                         ("manifest", "s3://data/images/train.csv")):
+        policy.check(JobSpec(teacher=teacher, data=DataSpec(source=source, path=path)))
+        with pytest.raises(PermissionDenied, match="data.path s3://data/other/ is outside"):
+            policy.check(JobSpec(teacher=teacher,
+                                 data=DataSpec(source=source, path="s3://data/other/")))
+    with pytest.raises(InvalidInput, match="source fashion-mnist reads local paths only"):
+        policy.check(JobSpec(teacher=teacher, data=DataSpec(path="s3://data/images/fm/")))
