@@ -25,7 +25,7 @@ import struct
 import zlib
 from array import array
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from compression.data.index import NamePacker, PackedNames
 
 __all__ = ["IMAGE_SUFFIXES", "decode_image", "list_imagefolder", "load_images", "parse_manifest",
-           "read_imagefolder", "read_manifest"]
+           "parse_manifest_rows", "read_imagefolder", "read_manifest"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _FORMATS = ("PNG", "JPEG")
@@ -192,7 +192,23 @@ def read_manifest(path: Path, size: int, classes: tuple[str, ...] | None) -> Raw
 
 def parse_manifest(path: Path, classes: tuple[str, ...] | None
                    ) -> tuple[PackedNames, np.ndarray, np.ndarray | None, tuple[str, ...]]:
-    """A manifest's image paths, labels, attribute values (or None) and class names.
+    """A manifest's image paths, labels, attribute values (or None) and class names."""
+    require_exists(path, "manifest", "check data.path / data.test_path")
+    if path.suffix.lower() not in (".csv", ".jsonl", ".ndjson"):
+        raise InvalidInput(f"manifest {path} must end in .csv or .jsonl")
+    return parse_manifest_rows(_manifest_text(path), path, path.suffix.lower() == ".csv",
+                               classes, lambda value, line: str(_image_path(path, value, line)))
+
+
+def parse_manifest_rows(text: str, where: Path | str, is_csv: bool,
+                        classes: tuple[str, ...] | None, resolve: Callable[[str, int], str]
+                        ) -> tuple[PackedNames, np.ndarray, np.ndarray | None, tuple[str, ...]]:
+    """The rows of a manifest's ``text`` (CSV when ``is_csv``, else JSONL): the file each
+    row names, its label, its attribute value (or None) and the class names.
+
+    ``where`` names the manifest in messages. ``resolve(path, line)`` maps a row's path, as
+    written on its (1-based) line, to the name stored for it, refusing one it cannot take;
+    it is called once a row, in order, after every other check has passed.
 
     Rows are read one at a time into packed arrays (the paths' bytes, a code per row for its
     label and its group) rather than kept as parsed rows: the memory it takes grows by a few
@@ -200,33 +216,29 @@ def parse_manifest(path: Path, classes: tuple[str, ...] | None
     reading every row first: the rows' own, then the groups, the labels, and the paths."""
     from compression.data.index import NamePacker  # index imports this module
 
-    require_exists(path, "manifest", "check data.path / data.test_path")
-    if path.suffix.lower() not in (".csv", ".jsonl", ".ndjson"):
-        raise InvalidInput(f"manifest {path} must end in .csv or .jsonl")
     rows = _Rows()
-    text = _manifest_text(path)
-    if path.suffix.lower() == ".csv":
-        _csv_rows(path, text, rows)
+    if is_csv:
+        _csv_rows(where, text, rows)
     else:
-        _jsonl_rows(path, text, rows)
-    del text
+        _jsonl_rows(where, text, rows)
+    del text  # a caller that passed it without keeping it frees it here
     n = len(rows.lines)
-    check_not_empty(n, f"manifest {path}")
+    check_not_empty(n, f"manifest {where}")
     if rows.without_group and rows.without_group < n:
         first = rows.lines[rows.group_code.index(-1)]
-        raise InvalidInput(f"manifest {path} line {first}: no group, while other rows have one")
+        raise InvalidInput(f"manifest {where} line {first}: no group, while other rows have one")
     labels = list(rows.labels)  # the distinct labels, in the order first seen
-    classes = classes if classes is not None else _manifest_classes(labels, path)
-    ids = _resolve_labels(list(zip(rows.label_line, labels)), classes, path)
+    classes = classes if classes is not None else _manifest_classes(labels, where)
+    ids = _resolve_labels(list(zip(rows.label_line, labels)), classes, where)
     y = ids[np.frombuffer(rows.label_code, np.int32)]
-    listed, image_paths = rows.packer.packed(), NamePacker()
+    listed, names = rows.packer.packed(), NamePacker()
     for i in range(n):
-        image_paths.append(str(_image_path(path, listed[i], rows.lines[i])))
+        names.append(resolve(listed[i], rows.lines[i]))
     del listed
     attr = None
     if not rows.without_group:
         attr = np.asarray(list(rows.groups))[np.frombuffer(rows.group_code, np.int32)]
-    return image_paths.packed(), y, attr, classes
+    return names.packed(), y, attr, classes
 
 
 class _Rows:
@@ -269,31 +281,32 @@ def _manifest_text(path: Path) -> str:
         raise InvalidInput(f"cannot read manifest {path}: it is not UTF-8 text ({exc})") from None
 
 
-def _csv_rows(path: Path, text: str, rows: _Rows) -> None:
+def _csv_rows(where: Path | str, text: str, rows: _Rows) -> None:
     try:
         reader = csv.DictReader(_lines(text, _CSV_LINE_BREAKS, keep_ends=True))
         fields = reader.fieldnames or []
         if "path" not in fields or "label" not in fields:
-            raise InvalidInput(f"manifest {path}: header is {fields}; it must be "
+            raise InvalidInput(f"manifest {where}: header is {fields}; it must be "
                                "path,label[,group]")
         for row in reader:
-            rows.add(_check_row(row, path, reader.line_num), reader.line_num)
+            rows.add(_check_row(row, where, reader.line_num), reader.line_num)
     except csv.Error as exc:
-        raise InvalidInput(f"cannot read manifest {path}: {exc}") from exc
+        raise InvalidInput(f"cannot read manifest {where}: {exc}") from exc
 
 
-def _jsonl_rows(path: Path, text: str, rows: _Rows) -> None:
-    for line, text in enumerate(_lines(text, _LINE_BREAKS), start=1):
-        if not text.strip():
+def _jsonl_rows(where: Path | str, text: str, rows: _Rows) -> None:
+    for line, body in enumerate(_lines(text, _LINE_BREAKS), start=1):
+        if not body.strip():
             continue
         try:
-            row = json.loads(text)
+            row = json.loads(body)
         except (ValueError, RecursionError) as exc:  # deep nesting, or an int too long to parse
-            raise InvalidInput(f"manifest {path} line {line} is not valid JSON: "
+            raise InvalidInput(f"manifest {where} line {line} is not valid JSON: "
                                f"{type(exc).__name__}: {exc}") from None
         if not isinstance(row, dict):
-            raise InvalidInput(f"manifest {path} line {line}: expected an object with path, label")
-        rows.add(_check_row(row, path, line), line)
+            raise InvalidInput(f"manifest {where} line {line}: expected an object with path, "
+                               "label")
+        rows.add(_check_row(row, where, line), line)
 
 
 # Where str.splitlines() breaks, and where a text file opened with newline="" does.
@@ -312,18 +325,18 @@ def _lines(text: str, breaks: re.Pattern[str], keep_ends: bool = False) -> Itera
         yield text[start:]
 
 
-def _check_row(row: dict[str, Any], path: Path, line: int) -> dict[str, Any]:
+def _check_row(row: dict[str, Any], where: Path | str, line: int) -> dict[str, Any]:
     for key in ("path", "label"):
         value = row.get(key)
         if value is None or isinstance(value, bool) or str(value).strip() == "":
-            raise InvalidInput(f"manifest {path} line {line}: {key} is missing or empty")
+            raise InvalidInput(f"manifest {where} line {line}: {key} is missing or empty")
     for key, kinds in (("path", str), ("label", (str, int)), ("group", (str, int))):
         value = row.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
-            raise InvalidInput(f"manifest {path} line {line}: {key} is {value!r}; give a "
+            raise InvalidInput(f"manifest {where} line {line}: {key} is {value!r}; give a "
                                f"{'string' if kinds is str else 'string or an integer'}")
     if row.get("group") == "":
-        raise InvalidInput(f"manifest {path} line {line}: group is empty")
+        raise InvalidInput(f"manifest {where} line {line}: group is empty")
     return row
 
 
@@ -331,18 +344,18 @@ def _is_int(label: str) -> bool:
     return _INT_LABEL.fullmatch(label) is not None
 
 
-def _manifest_classes(labels: list[str], path: Path) -> tuple[str, ...]:
+def _manifest_classes(labels: list[str], where: Path | str) -> tuple[str, ...]:
     if all(_is_int(lb) for lb in labels):
         top = max(int(lb) for lb in labels) + 1
         if top > MAX_CLASSES:
-            raise InvalidInput(f"manifest {path}: label {top - 1} would make {top} classes, "
+            raise InvalidInput(f"manifest {where}: label {top - 1} would make {top} classes, "
                                f"more than {MAX_CLASSES}; use class ids 0..C-1 or class names")
         return tuple(str(i) for i in range(max(top, 1)))
     return tuple(sorted(set(labels)))
 
 
 def _resolve_labels(labels: list[tuple[int, str]], classes: tuple[str, ...],
-                    path: Path) -> np.ndarray:
+                    where: Path | str) -> np.ndarray:
     """Class ids [N] for (line, label) pairs: a class name, else an index into ``classes``."""
     index = {name: i for i, name in enumerate(classes)}
     ids = []
@@ -353,7 +366,7 @@ def _resolve_labels(labels: list[tuple[int, str]], classes: tuple[str, ...],
             ids.append(int(label))
         else:
             shown = list(classes) if len(classes) <= 20 else list(classes[:20]) + ["..."]
-            raise InvalidInput(f"manifest {path} line {line}: label {label!r} is not a class "
+            raise InvalidInput(f"manifest {where} line {line}: label {label!r} is not a class "
                                f"name or index 0..{len(classes) - 1}; classes: {shown}")
     return np.asarray(ids, np.int64)
 

@@ -4,9 +4,9 @@
 ``gs://bucket/prefix/``; a manifest also ``https://host/path.csv``). An image folder is
 listed through fsspec: the first path segment below the prefix is the class, sorted, and the
 images under it are taken in the order a local folder's would be (``images.list_imagefolder``).
-A manifest is read as a local one is (``images.parse_manifest``: the same rows, checks and
-label rules); its image paths may be full URIs, or keys relative to the manifest's own folder
-(``cat/001.png``, ``../shared/x.png``; ``/key`` starts at the bucket's root).
+A manifest is read as a local one is (``images.parse_manifest_rows``: the same rows, checks
+and label rules); its image paths may be full URIs, or keys relative to the manifest's own
+folder (``cat/001.png``, ``../shared/x.png``; ``/key`` starts at the bucket's root).
 
 ``index_remote`` decodes nothing (``read_remote`` decodes the split it indexed, for the
 in-memory path). Each image's header is read with one ranged request (the whole object only
@@ -19,19 +19,17 @@ a manifest line outside them is refused, naming the line and the URI.
 
 from __future__ import annotations
 
-import csv
 import io
-import json
 import posixpath
+from array import array
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from compression import access, storage
-# The row checks and label rules are the local manifest's own, so that both read alike.
-from compression.data.images import (IMAGE_SUFFIXES, _check_row, _manifest_classes,
-                                     _resolve_labels)
+# The rows, their checks and the label rules are the local manifest's own: both read alike.
+from compression.data.images import IMAGE_SUFFIXES, parse_manifest_rows
 from compression.data.index import ImageIndex, PackedNames, image_shape, probe_image
 from compression.data.raw import RawSplit, check_not_empty
 from compression.errors import InvalidInput
@@ -110,61 +108,29 @@ def parse_remote_manifest(path: str, classes: tuple[str, ...] | None
                           ) -> tuple[list[Probe], np.ndarray, np.ndarray | None,
                                      tuple[str, ...]]:
     """A manifest at the URI ``path``: its images, labels, attribute values (or None) and
-    class names, checked as ``images.parse_manifest`` checks a local one."""
+    class names, read and checked by ``images.parse_manifest_rows`` as a local one is."""
     uri = storage.parse_uri(path, "manifest")
     suffix = posixpath.splitext(uri.key)[1].lower()
     if suffix not in _MANIFEST_SUFFIXES:
         raise InvalidInput(f"manifest {uri} must end in .csv or .jsonl")
-    try:
-        text = access.read_input(str(uri), "manifest").decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(f"cannot read manifest {uri}: it is not UTF-8 text ({exc})") from None
-    rows = _csv_rows(str(uri), text) if suffix == ".csv" else _jsonl_rows(str(uri), text)
-    del text
-    check_not_empty(len(rows), f"manifest {uri}")
-    has_group = [r.get("group") is not None for _, r in rows]
-    if any(has_group) and not all(has_group):
-        line = rows[has_group.index(False)][0]
-        raise InvalidInput(f"manifest {uri} line {line}: no group, while other rows have one")
-    labels = [(line, str(r["label"]).strip()) for line, r in rows]
-    classes = classes if classes is not None else _manifest_classes([lb for _, lb in labels],
-                                                                    str(uri))
-    y = _resolve_labels(labels, classes, str(uri))
-    probes: list[Probe] = [(_image_uri(uri, r["path"], line),
-                            f"image (manifest {uri} line {line})", None) for line, r in rows]
-    attr = np.asarray([str(r["group"]) for _, r in rows]) if all(has_group) else None
+    lines = array("q")  # each row's line, for the messages about its image
+
+    def resolve(value: str, line: int) -> str:
+        lines.append(line)
+        return _image_uri(uri, value, line)
+
+    uris, y, attr, classes = parse_manifest_rows(_manifest_text(uri), str(uri), suffix == ".csv",
+                                                 classes, resolve)
+    probes: list[Probe] = [(image, f"image (manifest {uri} line {line})", None)
+                           for image, line in zip(uris, lines)]
     return probes, y, attr, classes
 
 
-def _csv_rows(where: str, text: str) -> list[tuple[int, dict[str, Any]]]:
-    """(line, row) of a CSV manifest, each row checked as a local manifest's."""
+def _manifest_text(uri: storage.Uri) -> str:
     try:
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        fields = reader.fieldnames or []
-        if "path" not in fields or "label" not in fields:
-            raise InvalidInput(f"manifest {where}: header is {fields}; it must be "
-                               "path,label[,group]")
-        return [(reader.line_num, _check_row(row, where, reader.line_num)) for row in reader]
-    except csv.Error as exc:
-        raise InvalidInput(f"cannot read manifest {where}: {exc}") from None
-
-
-def _jsonl_rows(where: str, text: str) -> list[tuple[int, dict[str, Any]]]:
-    """(line, row) of a JSONL manifest, numbered as ``str.splitlines`` breaks lines."""
-    rows = []
-    for line, body in enumerate(text.splitlines(), start=1):
-        if not body.strip():
-            continue
-        try:
-            row = json.loads(body)
-        except (ValueError, RecursionError) as exc:  # deep nesting, or an int too long to parse
-            raise InvalidInput(f"manifest {where} line {line} is not valid JSON: "
-                               f"{type(exc).__name__}: {exc}") from None
-        if not isinstance(row, dict):
-            raise InvalidInput(f"manifest {where} line {line}: expected an object with path, "
-                               "label")
-        rows.append((line, _check_row(row, where, line)))
-    return rows
+        return access.read_input(str(uri), "manifest").decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"cannot read manifest {uri}: it is not UTF-8 text ({exc})") from None
 
 
 def _image_uri(manifest: storage.Uri, value: Any, line: int) -> str:
