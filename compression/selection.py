@@ -74,12 +74,14 @@ class CandidateScore:
 
 @dataclass(frozen=True)
 class Selection:
-    """chosen: the spec to train in full; index: its position among ``candidates``.
+    """chosen: the student's objective; index: its position among ``candidates``.
 
     met_floors: the chosen candidate shows no harm and passes the policy on holdout.
     reason: why it was chosen, in words. epochs: per candidate (None: not told).
     reference_seconds: the one-hot student trained as long as the candidates to judge them
     against (None: the full-length baseline served).
+    reused: the chosen candidate's run is the student (candidates trained in full), so
+    choosing cost the other candidates only; else the chosen spec is trained again in full.
     """
 
     chosen: MitigationSpec
@@ -90,6 +92,7 @@ class Selection:
     epochs: int | None = None
     recommended: bool = False
     reference_seconds: float | None = None
+    reused: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"chosen": self.chosen.name, "chosen_index": self.index,
@@ -106,7 +109,8 @@ class Selection:
         reference_runs = int(self.reference_seconds is not None)
         runs = len(self.candidates) + probe_runs + reference_runs
         return {"candidates_trained": len(self.candidates), "probe_runs": probe_runs,
-                "one_hot_reference_runs": reference_runs, "epochs_each": self.epochs,
+                "one_hot_reference_runs": reference_runs, "chosen_run_is_student": self.reused,
+                "epochs_each": self.epochs,
                 "epochs_total": None if self.epochs is None else self.epochs * runs,
                 "seconds": round(sum(c.seconds for c in self.candidates)
                                  + (self.reference_seconds or 0.0), 3)}

@@ -224,7 +224,7 @@ class MitigationSpec:
     params: dict[str, Any] = field(default_factory=dict)  # mitigation-specific parameters
     calibrate_teacher: bool = False  # per-class post-hoc calibration on holdout first
     candidates: tuple[MitigationSpec, ...] = ()  # for name "auto"
-    selection_epochs: int = _num(0, 0, 100_000)  # epochs per candidate for "auto"; 0: a third
+    selection_epochs: int = _num(0, 0, 100_000)  # epochs per candidate for "auto"; 0: as long as the student
 
     def problems(self) -> list[str]:
         out = []

@@ -37,13 +37,12 @@ from compression.pipeline.discovery import (discover_artifact_slices,
 from compression.pipeline.exports import (Artifact, export_artifacts, fastest_passed,
                                           shipping_sections)
 from compression.pipeline.job import Job, report_summary
-from compression.pipeline.students import (Baseline, StudentRun, evaluate_on_test,
+from compression.pipeline.students import (Baseline, Selected, StudentRun, evaluate_on_test,
                                            harm_diagnosis, load_student_init, one_hot_baseline,
                                            select_mitigation, train_student)
 from compression.pipeline.teacher import TeacherView, prepare_teacher
 from compression.report import (REJECTED, SUCCEEDED, DataSummary, ExportRecord,
                                 GuardrailsReport, JobReport, TeacherSummary, TrainingSummary)
-from compression.selection import Selection
 from compression.spec import GuardrailSpec, JobSpec, spec_to_dict
 from compression.training import resolve_device
 
@@ -72,9 +71,12 @@ def run(spec: JobSpec, on_event: EventSink = emit_nothing,
     dataset = job.stage("load_data", lambda: load_dataset(spec.data), _data_summary)
     detectable = _preflight(job, dataset)
     student_init = load_student_init(job, dataset)  # a file that does not fit: before training
-    teacher, baseline, selection = _references(job, dataset)
+    teacher, baseline, selected = _references(job, dataset)
+    selection = selected.selection if selected else None
     mitigation = selection.chosen if selection else spec.mitigation
-    student = train_student(job, dataset, mitigation, teacher, stage="distill", workdir="student")
+    student = (_reused_student(job, selected) if selected and selected.student else
+               train_student(job, dataset, mitigation, teacher, stage="distill",
+                             workdir="student"))
     if not distributed.is_primary():
         return None
     job.should_stop = should_stop  # rank 0 goes on alone
@@ -98,7 +100,7 @@ def run(spec: JobSpec, on_event: EventSink = emit_nothing,
 
 
 def _references(job: Job, dataset: Dataset
-                ) -> tuple[TeacherView | None, Baseline | None, Selection | None]:
+                ) -> tuple[TeacherView | None, Baseline | None, Selected | None]:
     """The teacher, the one-hot baseline and auto's choice, each only when the job needs it."""
     spec = job.spec
     needs = requirements(spec.mitigation)
@@ -114,6 +116,14 @@ def _references(job: Job, dataset: Dataset
     return teacher, baseline, select_mitigation(
         job, dataset, teacher, baseline, lambda one_hot: _holdout_gate(spec, teacher, one_hot),
         lambda one_hot: _harm_gate(spec, one_hot))
+
+
+def _reused_student(job: Job, selected: Selected) -> StudentRun:
+    """The chosen candidate, trained as long as the student: it is the student."""
+    index = selected.selection.index
+    return job.stage("distill", lambda: selected.student,
+                     lambda r: {"reused": f"candidate {index} ({selected.selection.chosen.name})",
+                                "epochs_run": r.training.epochs_run})
 
 
 def _validate_student(job: Job, dataset: Dataset, student: StudentRun,

@@ -30,8 +30,8 @@ from compression.selection import Selection, choose_mitigation
 from compression.spec import MitigationSpec, TrainingSpec, spec_to_dict
 from compression.training import TrainResult, train
 
-__all__ = ["Baseline", "StudentRun", "train_student", "one_hot_baseline", "select_mitigation",
-           "evaluate_on_test", "harm_diagnosis", "load_student_init"]
+__all__ = ["Baseline", "StudentRun", "Selected", "train_student", "one_hot_baseline",
+           "select_mitigation", "evaluate_on_test", "harm_diagnosis", "load_student_init"]
 
 
 @dataclass(frozen=True)
@@ -193,28 +193,43 @@ def harm_diagnosis(dataset: Dataset, student_predictions: Tensor, baseline: Base
                          members=[g.cells for g in layout.groups])
 
 
+@dataclass(frozen=True)
+class Selected:
+    """``auto``'s choice; ``student``: the chosen candidate's own run when the candidates
+    trained as long as the student does (it then is the student), else None."""
+
+    selection: Selection
+    student: StudentRun | None = None
+
+
 def select_mitigation(job: Job, dataset: Dataset, teacher: TeacherView | None,
                       baseline: Baseline | None,
                       gate_for: Callable[[EvalReport | None], Callable[[EvalReport], StageVerdict]],
                       harm_for: Callable[[EvalReport], Callable[[EvalReport], StageVerdict]]
-                      ) -> Selection:
-    """``auto``: train each candidate briefly, judge it on holdout against a one-hot student
-    trained as long (``harm_for``: harm shown; ``gate_for``: the policy), keep the most
-    accurate that does no harm. No candidates in the spec: the recommended set."""
+                      ) -> Selected:
+    """``auto``: train each candidate (for ``selection_epochs``; 0: as long as the student),
+    judge it on holdout against a one-hot student trained as long (``harm_for``: harm shown;
+    ``gate_for``: the policy), keep the most accurate that does no harm. No candidates in
+    the spec: the recommended set."""
     training = _selection_training(job.spec.training, job.spec.mitigation.selection_epochs)
+    full_length = training.epochs == job.spec.training.epochs
     candidates = candidates_of(job.spec.mitigation)
+    runs: dict[int | str, StudentRun] = {}
 
     def train_candidate(candidate: MitigationSpec, index: int | str) -> EvalReport:
         run = train_student(job, dataset, candidate, teacher, training=training,
                             stage=f"select_{index}_{candidate.name}",
                             workdir=f"candidate_{index}_{candidate.name}")
-        return job.evaluate(run.model, dataset, candidate.name, split=dataset.holdout)
+        report = job.evaluate(run.model, dataset, candidate.name, split=dataset.holdout)
+        if full_length and index != "reference":  # kept off the device until chosen
+            runs[index] = dataclasses.replace(run, model=run.model.cpu())
+        return report
 
     def choose() -> Selection:
-        # A candidate trained for a third of the epochs is compared with a one-hot student
-        # trained as long, never with the full-length baseline: shorter training is no harm.
+        # A candidate trained for fewer epochs is compared with a one-hot student trained as
+        # long, never with the full-length baseline: shorter training is no harm.
         start, seconds = time.perf_counter(), None
-        if baseline is not None and training.epochs == job.spec.training.epochs:
+        if baseline is not None and full_length:
             one_hot = baseline.holdout_report
         else:
             one_hot = train_candidate(MitigationSpec(name="one_hot"), "reference")
@@ -224,15 +239,19 @@ def select_mitigation(job: Job, dataset: Dataset, teacher: TeacherView | None,
             candidates, lambda c: train_candidate(c, candidates.index(c)), gate_for(one_hot),
             harm_for(one_hot), epochs=training.epochs,
             recommended=not job.spec.mitigation.candidates)
-        return dataclasses.replace(selection, reference_seconds=seconds)
+        return dataclasses.replace(selection, reference_seconds=seconds, reused=full_length)
 
     # Every rank trains every candidate; rank 0's choice holds, so all go on with one student.
-    return job.stage("select_mitigation", lambda: distributed.from_primary(choose()),
-                     _selection_summary)
+    selection = job.stage("select_mitigation", lambda: distributed.from_primary(choose()),
+                          _selection_summary)
+    chosen = runs.get(candidates.index(selection.chosen))  # equal candidates share one run
+    if chosen is None:
+        return Selected(selection)
+    return Selected(selection, dataclasses.replace(chosen, model=chosen.model.to(job.device)))
 
 
 def _selection_training(training: TrainingSpec, selection_epochs: int) -> TrainingSpec:
-    epochs = selection_epochs or max(1, training.epochs // 3)
+    epochs = selection_epochs or training.epochs
     return dataclasses.replace(training, epochs=epochs,
                                warmup_epochs=min(training.warmup_epochs, epochs - 1))
 

@@ -58,3 +58,26 @@ def test_auto_runs_the_probe_judges_harm_and_reports_why_and_at_what_cost(job):
         n = sum(g["n"] for g in probe["harm_evidence"]["groups"])
         assert n == report["data"]["splits"]["train"]["size"] + \
             report["data"]["splits"]["holdout"]["size"]  # every example counted once
+
+
+def test_candidates_trained_in_full_make_the_chosen_one_the_student(job):
+    import torch
+    from safetensors.torch import load_file
+
+    job["mitigation"] = {"name": "auto", "candidates": [{"name": "kd", "alpha": 0.9},
+                                                        {"name": "one_hot"}]}
+    result = run(parse_spec(job))
+    report = json.loads(result.report_path.read_text())
+    selection = report["selection"]
+    cost = selection["cost"]
+    assert cost["chosen_run_is_student"] and cost["epochs_each"] == 1
+    assert cost["one_hot_reference_runs"] == 0  # the full-length baseline is the reference
+    assert "select_reference_one_hot" not in report["stage_seconds"]
+    index, name = selection["chosen_index"], selection["chosen"]
+    assert not (result.output_dir / "checkpoints" / "student").exists()  # not trained again
+    candidate = torch.load(result.output_dir / "checkpoints" / f"candidate_{index}_{name}"
+                           / "last.pt", weights_only=True)["model"]
+    shipped = load_file(str(result.output_dir / "student.safetensors"))
+    assert shipped.keys() <= candidate.keys() and shipped
+    for key, value in shipped.items():
+        torch.testing.assert_close(value, candidate[key].cpu(), rtol=0, atol=0)
