@@ -33,7 +33,8 @@ from bench._study_data import data_spec, prepare_data, teacher_data_spec
 from bench._study_teachers import ensure_teacher, onnx_path, teacher_summary
 
 __all__ = ["StudyConfig", "Case", "CASES", "Method", "methods", "STRONG_ALPHA", "REFERENCE",
-           "run_cell", "run_dir", "cell_teacher", "ensure_case_teacher", "case_teacher_summary"]
+           "run_cell", "run_dir", "cell_spec", "cell_teacher", "ensure_case_teacher",
+           "case_teacher_summary"]
 
 STRONG_ALPHA = 0.9  # the teacher weight every mitigation is run at
 REFERENCE = f"kd a={STRONG_ALPHA:.1f}"
@@ -180,6 +181,18 @@ def run_dir(case: Case, method: Method, seed: int, config: StudyConfig) -> Path:
     return config.out_dir / config.tag() / where / slug / f"seed{seed}"
 
 
+def cell_spec(case: Case, method: Method, seed: int, config: StudyConfig) -> JobSpec:
+    """The job a cell runs."""
+    return JobSpec(
+        name=f"study-{case.dataset}-{seed}", output_dir=str(run_dir(case, method, seed, config)),
+        teacher=TeacherSpec(path=str(onnx_path(cell_teacher(case, config)))),
+        data=config.data(case.dataset),
+        student=StudentSpec(arch=config.student_arch, width=config.student_width),
+        training=config.training(case.dataset, seed), mitigation=method.mitigation,
+        guardrails=GuardrailSpec(max_drop_vs_student=None),  # no rule: the study judges
+        export=ExportSpec(onnx=False, int8=False, tensorrt="off"))
+
+
 def run_cell(case: Case, method: Method, seed: int,
              config: StudyConfig) -> tuple[dict[str, Any], bool]:
     """One (case, method, seed) run; returns (its summary, whether it was reused)."""
@@ -189,16 +202,8 @@ def run_cell(case: Case, method: Method, seed: int,
         return json.loads(result_path.read_text()), True
     prepare_data(case.dataset, config.out_dir / "data",
                  balanced_max_train=config.balanced_max_train, seed=config.data_seed)
-    spec = JobSpec(
-        name=f"study-{case.dataset}-{seed}", output_dir=str(out),
-        teacher=TeacherSpec(path=str(onnx_path(cell_teacher(case, config)))),
-        data=config.data(case.dataset),
-        student=StudentSpec(arch=config.student_arch, width=config.student_width),
-        training=config.training(case.dataset, seed), mitigation=method.mitigation,
-        guardrails=GuardrailSpec(max_drop_vs_student=None),  # no rule: the study judges
-        export=ExportSpec(onnx=False, int8=False, tensorrt="off"))
     start, cpu = time.perf_counter(), time.process_time()
-    result = run(spec)
+    result = run(cell_spec(case, method, seed, config))
     summary = _summarize(case, method, seed, result, time.perf_counter() - start)
     summary["cpu_seconds"] = time.process_time() - cpu  # what it would take on an idle core
     outcomes = result.reports["student"].outcomes

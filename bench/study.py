@@ -34,6 +34,9 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 import torch  # noqa: E402
 
+from compression.losses.registry import AUTO  # noqa: E402
+
+from bench._study_auto import derive_auto  # noqa: E402
 from bench._study_report import write_outputs  # noqa: E402
 from bench._study_runs import (CASES, REFERENCE, Case, Method, StudyConfig,  # noqa: E402
                                case_teacher_summary, ensure_case_teacher, methods, run_cell,
@@ -61,6 +64,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--teachers-only", action="store_true", help="train the teachers and stop")
     p.add_argument("--report-only", action="store_true",
                    help="no training: rebuild outputs from the runs already finished")
+    p.add_argument("--derive-auto", action="store_true",
+                   help="compute the auto cells from their candidates' runs instead of "
+                        "training them (the same students; bench/_study_auto.py)")
     return p.parse_args(argv)
 
 
@@ -76,10 +82,12 @@ def _pool(jobs: int, threads: int) -> ProcessPoolExecutor:
                                initializer=_init_worker, initargs=(threads,))
 
 
-def _cells(cases: list[Case], config: StudyConfig) -> tuple[list[Cell], dict[Case, list[Cell]]]:
+def _cells(cases: list[Case], config: StudyConfig, derive_auto: bool = False
+           ) -> tuple[list[Cell], dict[Case, list[Cell]]]:
     """Teacher-free cells (one case per dataset stands for all: they ignore the teacher) and,
-    per case, the cells that need its teacher; seed-major."""
-    rows = methods()
+    per case, the cells that need its teacher (auto's left out when it is derived);
+    seed-major."""
+    rows = [m for m in methods() if not (derive_auto and m.label == AUTO)]
     first = {}
     for case in cases:
         first.setdefault(case.dataset, case)
@@ -91,13 +99,14 @@ def _cells(cases: list[Case], config: StudyConfig) -> tuple[list[Cell], dict[Cas
 
 
 def _schedule(pool: ProcessPoolExecutor, cases: list[Case], config: StudyConfig,
-              teachers_only: bool, jobs: int) -> tuple[dict[str, dict], list[dict], int]:
+              teachers_only: bool, jobs: int, derive_auto: bool = False
+              ) -> tuple[dict[str, dict], list[dict], int]:
     """Run teachers and cells, at most ``jobs`` at a time, in case order: a case's teacher
     first, then the cells its target check reads (one_hot, the rebalanced students, kd at
     0.9, auto) for every seed, then the rest, lowest seed first; a cell waits for its
     teacher. A study cut short has whole cases, and within a case the target check first.
     Returns (teacher summaries, run summaries, runs trained)."""
-    free, taught = _cells(cases, config)
+    free, taught = _cells(cases, config, derive_auto)
     rank = {c: i for i, c in enumerate(cases)}
     order = {m.label: i for i, m in enumerate(methods())}
     ready: list[tuple] = [("teacher", c) for c in cases]
@@ -148,6 +157,20 @@ def _progress(cell: Cell, summary: dict, reused: bool, i: int, total: int, train
         f"acc {summary['accuracy']:.4f} worst {worst:.4f} {note}")
 
 
+def _derived(cases: list[Case], config: StudyConfig) -> list[dict]:
+    """The auto cells computed from their candidates' runs (``--derive-auto``)."""
+    auto = next(m for m in methods() if m.label == AUTO)
+    out = []
+    for case in cases:
+        for seed in config.seeds:
+            summary, reused = derive_auto(case, auto, seed, config)
+            if not reused:
+                log(f"{case.name} auto seed {seed}: derived, chose "
+                    f"{summary['selection']['chosen']} ({summary['derived_from']})")
+            out.append(summary)
+    return out
+
+
 def _finished(cases: list[Case], config: StudyConfig) -> tuple[dict[str, dict], list[dict]]:
     """``--report-only``: the teachers and runs already on disk."""
     free, taught = _cells(cases, config)
@@ -192,9 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with _pool(args.jobs, args.threads) as pool:
             teachers, results, trained = _schedule(pool, cases, config, args.teachers_only,
-                                                     args.jobs)
+                                                     args.jobs, args.derive_auto)
         if args.teachers_only:
             return 0
+    if args.derive_auto:
+        results = [r for r in results if r["method"] != AUTO] + _derived(cases, config)
     invocation = _invocation(config, args, time.perf_counter() - start, trained)
     paths = write_outputs(results, teachers, cases, config, args.results, args.doc, invocation)
     log("wrote " + ", ".join(str(p) for p in paths))

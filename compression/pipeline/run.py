@@ -14,7 +14,7 @@ import dataclasses
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -46,7 +46,7 @@ from compression.report import (REJECTED, SUCCEEDED, DataSummary, ExportRecord,
 from compression.spec import GuardrailSpec, JobSpec, spec_to_dict
 from compression.training import resolve_device
 
-__all__ = ["RunResult", "run", "SUCCEEDED", "REJECTED"]
+__all__ = ["RunResult", "run", "holdout_gate", "harm_gate", "SUCCEEDED", "REJECTED"]
 
 
 @dataclass(frozen=True)
@@ -114,8 +114,9 @@ def _references(job: Job, dataset: Dataset
     if spec.mitigation.name != "auto":
         return teacher, baseline, None
     return teacher, baseline, select_mitigation(
-        job, dataset, teacher, baseline, lambda one_hot: _holdout_gate(spec, teacher, one_hot),
-        lambda one_hot: _harm_gate(spec, one_hot))
+        job, dataset, teacher, baseline,
+        lambda one_hot: holdout_gate(spec, teacher and teacher.holdout_report, one_hot),
+        lambda one_hot: harm_gate(spec, one_hot))
 
 
 def _reused_student(job: Job, selected: Selected) -> StudentRun:
@@ -190,19 +191,19 @@ def _judge(spec: JobSpec, teacher: TeacherView | None, baseline: Baseline | None
     return judge_stage
 
 
-def _holdout_gate(spec: JobSpec, teacher: TeacherView | None, one_hot: EvalReport | None):
+def holdout_gate(spec: JobSpec, teacher_holdout: EvalReport | None,
+                 one_hot: EvalReport | None) -> Callable[[EvalReport], StageVerdict]:
     """A candidate's verdict on holdout, paired with the teacher's and the one-hot student's
     holdout answers. Holdout subgroups are small, so insufficient evidence does not count
     against a candidate here; the test split decides."""
     policy = dataclasses.replace(spec.guardrails, block_on_insufficient_evidence=False)
 
     def gate(report: EvalReport) -> StageVerdict:
-        return judge(report, policy, "selection", teacher=teacher and teacher.holdout_report,
-                     one_hot=one_hot)
+        return judge(report, policy, "selection", teacher=teacher_holdout, one_hot=one_hot)
     return gate
 
 
-def _harm_gate(spec: JobSpec, one_hot: EvalReport):
+def harm_gate(spec: JobSpec, one_hot: EvalReport) -> Callable[[EvalReport], StageVerdict]:
     """Is harm against the one-hot student shown on holdout? The paired test with margin 0,
     at the job's confidence and multiplicity method; a FAIL is established harm."""
     policy = GuardrailSpec(max_drop_vs_one_hot=0.0, max_drop_vs_student=None,

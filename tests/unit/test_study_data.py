@@ -63,3 +63,12 @@ def test_digits_split_is_stratified_and_disjoint() -> None:
     assert np.all(np.abs(share - 0.4) < 0.01)
     assert train["x"].dtype == np.uint8 and train["x"].shape[1:] == (8, 8)
     assert train["x"].max() == 255
+
+
+def test_every_recommended_auto_candidate_is_a_study_row():
+    from bench._study_auto import candidate_methods
+    from compression.losses.registry import RECOMMENDED_CANDIDATES
+
+    rows = candidate_methods()
+    assert [m.mitigation.name for m in rows] == [c.name for c in RECOMMENDED_CANDIDATES]
+    assert [m.mitigation.alpha for m in rows] == [c.alpha for c in RECOMMENDED_CANDIDATES]
