@@ -5,9 +5,12 @@ Fashion-MNIST and its long tail come from the job's own ``data`` settings. The o
 written once as .npz files (``x``, ``y``, ``class_names`` and, for the attribute set, a
 ``group`` column) under the study's folder and read through ``data.source: npz``:
 
-- ``digits_lt``: scikit-learn's 8x8 digits, split once (seeded, stratified) into a training
-  pool and a test set of 40% of each class; the job makes the pool long-tailed (exp,
-  imbalance 20: with about 108 images a class, imbalance 100 would leave one tail image).
+- ``digits_lt``: scikit-learn's 8x8 digits, split once (seeded, stratified) into a test set
+  of 35% of each class, a balanced holdout of 15% and a training pool of the rest; the job
+  makes the pool long-tailed (exp, imbalance 20: with about 90 images a class, imbalance 100
+  would leave one tail image). The holdout stays balanced, as a user protecting rare classes
+  must give the validation set enough of them to measure: carved from the long-tailed pool it
+  would hold 0 to 1 images of each tail class, and no harm to them could be shown there.
 - ``fmnist_attr``: the balanced Fashion-MNIST split (``fmnist_bal``: the same train, holdout
   and test images) with a stratified 5% of train and holdout, and 30% of test, replaced by a
   defocused copy (``blur``; the rest ``clean``). Why defocus: a camera out of focus or shaken
@@ -41,7 +44,8 @@ ATTRIBUTE_DATASETS = ("fmnist_attr",)
 BLUR_SIGMA = 2.0  # pixels of a 28-pixel image
 MINORITY_SHARE = 0.05  # of train
 TEST_MINORITY_SHARE = 0.30  # of holdout and test
-DIGITS_TEST_FRACTION = 0.4
+DIGITS_TEST_FRACTION = 0.35
+DIGITS_HOLDOUT_FRACTION = 0.15
 DIGITS_IMBALANCE = 20.0
 MINORITY, MAJORITY = "blur", "clean"
 
@@ -70,16 +74,21 @@ def minority_mask(y: np.ndarray, share: float, rng: np.random.Generator) -> np.n
 
 
 def digits_arrays(seed: int) -> dict[str, dict[str, np.ndarray]]:
-    """scikit-learn's 8x8 digits (values 0..16 scaled to 0..255) as a train pool and a test
-    set holding 40% of each class."""
+    """scikit-learn's 8x8 digits (values 0..16 scaled to 0..255) as a train pool, a holdout
+    of 15% and a test set of 35% of each class."""
     from sklearn.datasets import load_digits  # bench-only dependency (make study)
     digits = load_digits()
     x = np.rint(digits.images * (255 / 16)).astype(np.uint8)  # [N, 8, 8]
     y = digits.target.astype(np.int64)
     is_test = minority_mask(y, DIGITS_TEST_FRACTION, np.random.default_rng([seed, 1]))
+    rest = np.flatnonzero(~is_test)
+    is_holdout = np.zeros(len(y), dtype=bool)
+    is_holdout[rest[minority_mask(y[rest], DIGITS_HOLDOUT_FRACTION / (1 - DIGITS_TEST_FRACTION),
+                                  np.random.default_rng([seed, 3]))]] = True
     names = np.array([str(c) for c in range(10)])
     return {split: {"x": x[keep], "y": y[keep], "class_names": names}
-            for split, keep in (("train", ~is_test), ("test", is_test))}
+            for split, keep in (("train", ~is_test & ~is_holdout), ("holdout", is_holdout),
+                                ("test", is_test))}
 
 
 def _attribute_arrays(bal: DataSpec, seed: int) -> dict[str, dict[str, np.ndarray]]:
@@ -131,6 +140,7 @@ def data_spec(dataset: str, data_dir: Path, *, imbalance: float, lt_max_train: i
         return DataSpec(max_train=balanced_max_train, seed=seed)
     if dataset == "digits_lt":
         return DataSpec(source="npz", path=str(folder / "train.npz"),
+                        holdout_path=str(folder / "holdout.npz"),
                         test_path=str(folder / "test.npz"), seed=seed,
                         long_tail=LongTailSpec(profile="exp", imbalance=DIGITS_IMBALANCE))
     if dataset == "fmnist_attr":

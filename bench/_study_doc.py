@@ -19,10 +19,10 @@ _DATA = {
     "fmnist_lt": "Fashion-MNIST long-tailed: a stratified 20,000 of the training images, then "
                  "exp profile, imbalance 100",
     "fmnist_bal": "Fashion-MNIST balanced: a stratified 4,000 of the training images",
-    "digits_lt": "scikit-learn's 8x8 digits, 40% of each class held out as test, the rest "
-                 "long-tailed (exp, imbalance 20)",
+    "digits_lt": "scikit-learn's 8x8 digits: 35% of each class as test, 15% as a balanced "
+                 "holdout, the rest long-tailed (exp, imbalance 20)",
     "fmnist_attr": "fmnist_bal's images with a defocused minority (Gaussian blur, sigma 2 px): "
-                   "5% of each class in train and holdout, 30% of each class in test; subgroups "
+                   "5% of each class in train, 30% of each class in holdout and test; subgroups "
                    "by this attribute (`group` column, `subgroups.by: attribute`)"}
 
 

@@ -57,10 +57,13 @@ def test_population_shares_only_for_the_attribute_set() -> None:
 def test_digits_split_is_stratified_and_disjoint() -> None:
     from bench._study_data import digits_arrays
     arrays = digits_arrays(0)
-    train, test = arrays["train"], arrays["test"]
-    assert len(train["y"]) + len(test["y"]) == 1797
-    share = np.bincount(test["y"]) / (np.bincount(test["y"]) + np.bincount(train["y"]))
-    assert np.all(np.abs(share - 0.4) < 0.01)
+    train, holdout, test = arrays["train"], arrays["holdout"], arrays["test"]
+    counts = [np.bincount(a["y"]) for a in (train, holdout, test)]
+    assert sum(c.sum() for c in counts) == 1797
+    assert np.all(np.abs(counts[2] / sum(counts) - 0.35) < 0.01)
+    assert np.all(np.abs(counts[1] / sum(counts) - 0.15) < 0.01)  # balanced, every class
+    rows = {a.tobytes() + bytes([int(y)]) for a, y in zip(train["x"], train["y"])}
+    assert not any(a.tobytes() + bytes([int(y)]) in rows for a, y in zip(test["x"], test["y"]))
     assert train["x"].dtype == np.uint8 and train["x"].shape[1:] == (8, 8)
     assert train["x"].max() == 255
 
