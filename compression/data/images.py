@@ -37,8 +37,9 @@ from compression.errors import InvalidInput
 if TYPE_CHECKING:
     from compression.data.index import NamePacker, PackedNames
 
-__all__ = ["IMAGE_SUFFIXES", "decode_image", "list_imagefolder", "load_images", "parse_manifest",
-           "parse_manifest_rows", "read_imagefolder", "read_manifest"]
+__all__ = ["IMAGE_SUFFIXES", "check_class_folders", "decode_image", "list_imagefolder",
+           "load_images", "parse_manifest", "parse_manifest_rows", "read_imagefolder",
+           "read_manifest"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _FORMATS = ("PNG", "JPEG")
@@ -115,6 +116,15 @@ def read_imagefolder(root: Path, size: int, classes: tuple[str, ...] | None) -> 
     return RawSplit(load_images([Path(p) for p in paths], size), labels, None, dirs, str(root))
 
 
+def check_class_folders(root: object, dirs: tuple[str, ...],
+                        classes: tuple[str, ...] | None) -> None:
+    """An evaluation split's class folders must be the training set's, exactly."""
+    if classes is not None and dirs != classes:
+        missing, extra = sorted(set(classes) - set(dirs)), sorted(set(dirs) - set(classes))
+        raise InvalidInput(f"image folder {root} has other classes than the training set: "
+                           f"missing {missing}, extra {extra}")
+
+
 def list_imagefolder(root: Path, classes: tuple[str, ...] | None
                      ) -> tuple[PackedNames, np.ndarray, tuple[str, ...]]:
     """The image files of a class-per-folder tree, their labels and the class names."""
@@ -129,10 +139,7 @@ def list_imagefolder(root: Path, classes: tuple[str, ...] | None
     if not dirs:
         raise InvalidInput(f"image folder {root} has no class folders; "
                            "expected root/<class_name>/*.png")
-    if classes is not None and dirs != classes:
-        missing, extra = sorted(set(classes) - set(dirs)), sorted(set(dirs) - set(classes))
-        raise InvalidInput(f"image folder {root} has other classes than the training set: "
-                           f"missing {missing}, extra {extra}")
+    check_class_folders(root, dirs, classes)
     paths = NamePacker()  # one byte buffer, not a Path or a string per image
     counts = []
     for name in dirs:

@@ -29,7 +29,7 @@ import numpy as np
 
 from compression import access, storage
 # The rows, their checks and the label rules are the local manifest's own: both read alike.
-from compression.data.images import IMAGE_SUFFIXES, parse_manifest_rows
+from compression.data.images import IMAGE_SUFFIXES, check_class_folders, parse_manifest_rows
 from compression.data.index import ImageIndex, PackedNames, image_shape, probe_image
 from compression.data.raw import RawSplit, check_not_empty
 from compression.errors import InvalidInput
@@ -89,10 +89,7 @@ def list_remote_imagefolder(path: str, classes: tuple[str, ...] | None
     if not dirs:
         raise InvalidInput(f"image folder {shown} has no class folders (no objects under "
                            "that prefix); expected root/<class_name>/*.png")
-    if classes is not None and dirs != classes:
-        missing, extra = sorted(set(classes) - set(dirs)), sorted(set(dirs) - set(classes))
-        raise InvalidInput(f"image folder {shown} has other classes than the training set: "
-                           f"missing {missing}, extra {extra}")
+    check_class_folders(shown, dirs, classes)
     label = {name: c for c, name in enumerate(dirs)}
     # Sorted by path segments, as a local folder's Paths sort: 'b/x' before 'b-c/x'.
     files = sorted((p.split("/"), p, nbytes) for p, kind, nbytes in entries
