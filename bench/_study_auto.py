@@ -85,8 +85,10 @@ def derive_auto(case: Case, method: Method, seed: int,
     selection = dataclasses.replace(selection, reused=True)  # the chosen run is the student
     chosen = run_dir(case, candidates[selection.index], seed, config)
     summary = json.loads((chosen / "result.json").read_text())
+    # its training is the chosen run's, counted there: the wall and CPU sums count it once
     summary.update(case=case.name, method=method.label, mitigation=spec_to_dict(method.mitigation),
-                   selection=selection.to_dict(), derived_from=str(chosen))
+                   selection=selection.to_dict(), derived_from=str(chosen), seconds=0.0,
+                   cpu_seconds=0.0)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(chosen / "outcomes.npz", out / "outcomes.npz")
     (out / "result.json").write_text(json.dumps(summary, indent=1))

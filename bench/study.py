@@ -187,6 +187,7 @@ def _invocation(config: StudyConfig, args: argparse.Namespace, seconds: float,
     path = config.out_dir / config.tag() / "invocation.json"
     if trained:
         record = {"seconds": seconds, "trained_runs": trained, "jobs": args.jobs,
+                  "derive_auto": args.derive_auto,
                   "threads": args.threads, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                   "load_average_at_end": list(_loadavg())}
         path.parent.mkdir(parents=True, exist_ok=True)
