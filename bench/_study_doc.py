@@ -94,13 +94,13 @@ def _teachers(study: dict[str, Any]) -> list[str]:
 def _wall(study: dict[str, Any]) -> list[str]:
     w = study["wall"]
     cmd = w["study_command"]
-    derived = bool(cmd and cmd.get("derive_auto"))
+    derived = bool(w.get("derived_auto"))
     lines = ["## Command and wall time", "", "```", "nice -n 10 .venv/bin/python bench/study.py"
              + (" --derive-auto" if derived else ""), "```", ""]
     if derived:
-        lines += ["With `--derive-auto` the auto cells are computed from their candidates' own "
-                  "runs (`bench/_study_auto.py`): the same students a pipeline run of auto "
-                  "trains, without training them twice.", ""]
+        lines += [f"With `--derive-auto` the {w['derived_auto']} auto cells are computed from "
+                  "their candidates' own runs (`bench/_study_auto.py`): the same students a "
+                  "pipeline run of auto trains, without training them twice.", ""]
     if cmd:
         load = cmd.get("load_average_at_end")
         lines.append(f"The last invocation that trained ran {cmd['trained_runs']} runs in "

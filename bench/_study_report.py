@@ -211,6 +211,7 @@ def write_outputs(runs: list[dict[str, Any]], teachers: dict[str, Any], cases: l
         _plot(plot, case.name, agg, first["group_names"], first["group_n"])
         written.append(plot)
     study["wall"] = {"study_command": invocation, "runs": len(runs),
+                     "derived_auto": sum(bool(r.get("derived_from")) for r in runs),
                      "sum_of_run_seconds": sum(r["seconds"] for r in runs),
                      "sum_of_run_cpu_seconds": sum(r.get("cpu_seconds", 0.0) for r in runs),
                      "teacher_seconds": {c: t["seconds"] for c, t in teachers.items()},
