@@ -228,8 +228,7 @@ def _probe_files(names: PackedNames, resize: int, workers: int) -> np.ndarray:
     # A task per chunk keeps the futures few; their results are taken in order, so the first
     # error raised is the first bad file's.
     with ThreadPoolExecutor(workers) as pool:
-        for _ in pool.map(probe, starts):
-            pass
+        list(pool.map(probe, starts))  # each task fills ``shapes``; this re-raises its error
     return shapes
 
 
