@@ -24,6 +24,7 @@ import argparse
 import json
 import multiprocessing
 import sys
+import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -36,7 +37,7 @@ import torch  # noqa: E402
 
 from compression.losses.registry import AUTO  # noqa: E402
 
-from bench._study_auto import derive_auto  # noqa: E402
+from bench._study_auto import derive_auto, verify_derived  # noqa: E402
 from bench._study_report import write_outputs  # noqa: E402
 from bench._study_runs import (CASES, REFERENCE, Case, Method, StudyConfig,  # noqa: E402
                                case_teacher_summary, ensure_case_teacher, methods, run_cell,
@@ -67,6 +68,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--derive-auto", action="store_true",
                    help="compute the auto cells from their candidates' runs instead of "
                         "training them (the same students; bench/_study_auto.py)")
+    p.add_argument("--verify-auto", nargs=2, metavar=("CASE", "SEED"),
+                   help="train one derived auto cell through the pipeline and check it gives "
+                        "the derived cell's test outcomes")
     return p.parse_args(argv)
 
 
@@ -171,6 +175,19 @@ def _derived(cases: list[Case], config: StudyConfig) -> list[dict]:
     return out
 
 
+def _verify(cell: list[str], config: StudyConfig) -> int:
+    """``--verify-auto CASE SEED``: 0 when the pipeline's auto matches the derived cell."""
+    case = next((c for c in CASES if c.name == cell[0]), None)
+    if case is None:
+        raise SystemExit(f"--verify-auto: unknown case {cell[0]!r}")
+    auto = next(m for m in methods() if m.label == AUTO)
+    with tempfile.TemporaryDirectory() as scratch:
+        same = verify_derived(case, auto, int(cell[1]), config, Path(scratch))
+    log(f"{case.name} auto seed {cell[1]}: pipeline run and derived cell "
+        + ("agree on every test example" if same else "DIFFER"))
+    return 0 if same else 1
+
+
 def _finished(cases: list[Case], config: StudyConfig) -> tuple[dict[str, dict], list[dict]]:
     """``--report-only``: the teachers and runs already on disk."""
     free, taught = _cells(cases, config)
@@ -210,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     log(f"study settings {config.tag()}: {config}; {args.jobs} worker(s) x "
         f"{args.threads} thread(s); methods: {', '.join(m.label for m in methods())}")
+    if args.verify_auto:
+        _init_worker(args.threads)  # as the runs were trained
+        return _verify(args.verify_auto, config)
     if args.report_only:
         teachers, results = _finished(cases, config)
         trained = 0

@@ -34,8 +34,8 @@ from compression import storage
 from compression.errors import ErrorKind, InvalidInput
 
 __all__ = ["InputAccess", "AccessDenied", "DEFAULT_DECODED_BYTES", "current", "install",
-           "granted", "open_input", "read_input", "read_upto", "checked_path", "list_dir",
-           "walk_files", "special_kind", "decoded_limit", "exists", "local_or_uri",
+           "require_uri", "granted", "open_input", "read_input", "read_upto", "checked_path",
+           "list_dir", "walk_files", "special_kind", "decoded_limit", "exists", "local_or_uri",
            "checked_target"]
 
 # The most bytes one split may decode into memory when the policy sets no max_bytes: a header
@@ -115,11 +115,13 @@ def checked_target(text: str, what: str, access: InputAccess | None = None) -> s
     if uri.scheme == "file":
         checked_path(uri.fs_path, what, access)
     else:
-        _require_uri(uri, what, access)
+        require_uri(uri, what, access)
     return uri
 
 
-def _require_uri(uri: storage.Uri, what: str, access: InputAccess) -> None:
+def require_uri(uri: storage.Uri, what: str, access: InputAccess | None = None) -> None:
+    """Refuse an object outside the policy's URI prefixes (the installed policy by default)."""
+    access = access or current()
     if not access.allows_uri(uri):
         raise AccessDenied(f"{what} {uri} is outside the allowed data roots and URI prefixes "
                            f"({', '.join(access.roots or ())}); ask the operator to add its "
@@ -131,7 +133,7 @@ def _local_only(path: str | os.PathLike, what: str, access: InputAccess) -> str 
     uri = _remote(path, what)
     if uri is None:
         return _local(path)
-    _require_uri(uri, what, access)
+    require_uri(uri, what, access)
     raise InvalidInput(f"{what} {uri} is in object storage, but this input is read as a local "
                        "folder or file tree; copy it to a local path, or use a source that "
                        "reads objects (npz, webdataset, imagefolder, manifest)")
@@ -150,7 +152,7 @@ def exists(path: str | os.PathLike, what: str, access: InputAccess | None = None
     uri = _remote(path, what)
     if uri is None:
         return os.path.exists(checked_path(path, what, access))
-    _require_uri(uri, what, access)
+    require_uri(uri, what, access)
     return storage.exists(uri, what)
 
 
@@ -228,7 +230,7 @@ def open_input(path: str | os.PathLike, what: str,
     access = access or current()
     uri = _remote(path, what)
     if uri is not None:
-        _require_uri(uri, what, access)
+        require_uri(uri, what, access)
         return storage.open_copy(uri, what, access.max_bytes, DEFAULT_DECODED_BYTES)
     shown = os.fspath(path)
     real = str(checked_path(path, what, access))

@@ -37,11 +37,12 @@ from compression.errors import InvalidInput
 if TYPE_CHECKING:
     from compression.data.index import NamePacker, PackedNames
 
-__all__ = ["IMAGE_SUFFIXES", "check_class_folders", "decode_image", "list_imagefolder",
-           "load_images", "parse_manifest", "parse_manifest_rows", "read_imagefolder",
-           "read_manifest"]
+__all__ = ["IMAGE_SUFFIXES", "MANIFEST_SUFFIXES", "check_class_folders", "decode_image",
+           "list_imagefolder", "load_images", "manifest_text", "parse_manifest",
+           "parse_manifest_rows", "read_imagefolder", "read_manifest"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 _FORMATS = ("PNG", "JPEG")
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 _PIXEL_BYTES = 4  # the widest mode PIL decodes into (RGBA, CMYK, I, F): a bound on its buffer
@@ -201,9 +202,9 @@ def parse_manifest(path: Path, classes: tuple[str, ...] | None
                    ) -> tuple[PackedNames, np.ndarray, np.ndarray | None, tuple[str, ...]]:
     """A manifest's image paths, labels, attribute values (or None) and class names."""
     require_exists(path, "manifest", "check data.path / data.test_path")
-    if path.suffix.lower() not in (".csv", ".jsonl", ".ndjson"):
+    if path.suffix.lower() not in MANIFEST_SUFFIXES:
         raise InvalidInput(f"manifest {path} must end in .csv or .jsonl")
-    return parse_manifest_rows(_manifest_text(path), path, path.suffix.lower() == ".csv",
+    return parse_manifest_rows(manifest_text(path), path, path.suffix.lower() == ".csv",
                                classes, lambda value, line: str(_image_path(path, value, line)))
 
 
@@ -281,7 +282,8 @@ class _Rows:
             self.group_code.append(self.groups.setdefault(group, len(self.groups)))
 
 
-def _manifest_text(path: Path) -> str:
+def manifest_text(path: Path | str) -> str:
+    """A manifest's text (a local path or an object URI), through ``access``: UTF-8 only."""
     try:
         return access.read_input(path, "manifest").decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -29,7 +29,8 @@ import numpy as np
 
 from compression import access, storage
 # The rows, their checks and the label rules are the local manifest's own: both read alike.
-from compression.data.images import IMAGE_SUFFIXES, check_class_folders, parse_manifest_rows
+from compression.data.images import (IMAGE_SUFFIXES, MANIFEST_SUFFIXES, check_class_folders,
+                                     manifest_text, parse_manifest_rows)
 from compression.data.index import ImageIndex, PackedNames, image_shape, probe_image
 from compression.data.raw import RawSplit, check_not_empty
 from compression.errors import InvalidInput
@@ -38,7 +39,6 @@ __all__ = ["index_remote", "read_remote", "list_remote_imagefolder", "parse_remo
 
 _HEAD_BYTES = 1 << 16  # enough for a PNG header, and a JPEG's but for large EXIF / ICC blocks
 _PROBE_THREADS = 16  # probing waits on the network, not the CPU
-_MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 
 Probe = tuple[str, str, int | None]  # (URI, what it is in messages, size when known)
 
@@ -108,7 +108,7 @@ def parse_remote_manifest(path: str, classes: tuple[str, ...] | None
     class names, read and checked by ``images.parse_manifest_rows`` as a local one is."""
     uri = storage.parse_uri(path, "manifest")
     suffix = posixpath.splitext(uri.key)[1].lower()
-    if suffix not in _MANIFEST_SUFFIXES:
+    if suffix not in MANIFEST_SUFFIXES:
         raise InvalidInput(f"manifest {uri} must end in .csv or .jsonl")
     lines = array("q")  # each row's line, for the messages about its image
 
@@ -116,18 +116,11 @@ def parse_remote_manifest(path: str, classes: tuple[str, ...] | None
         lines.append(line)
         return _image_uri(uri, value, line)
 
-    uris, y, attr, classes = parse_manifest_rows(_manifest_text(uri), str(uri), suffix == ".csv",
-                                                 classes, resolve)
+    uris, y, attr, classes = parse_manifest_rows(manifest_text(str(uri)), str(uri),
+                                                 suffix == ".csv", classes, resolve)
     probes: list[Probe] = [(image, f"image (manifest {uri} line {line})", None)
                            for image, line in zip(uris, lines)]
     return probes, y, attr, classes
-
-
-def _manifest_text(uri: storage.Uri) -> str:
-    try:
-        return access.read_input(str(uri), "manifest").decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(f"cannot read manifest {uri}: it is not UTF-8 text ({exc})") from None
 
 
 def _image_uri(manifest: storage.Uri, value: Any, line: int) -> str:
@@ -150,12 +143,8 @@ def _image_uri(manifest: storage.Uri, value: Any, line: int) -> str:
 
 def _allowed(uri: storage.Uri, what: str) -> storage.Uri:
     """``uri`` when the job's policy allows it (a file:// URI: checked when opened)."""
-    policy = access.current()
-    if uri.scheme != "file" and not policy.allows_uri(uri):
-        raise access.AccessDenied(
-            f"{what} {uri} is outside the allowed data roots and URI prefixes "
-            f"({', '.join(policy.roots or ())}); ask the operator to add its bucket or prefix "
-            "(e.g. s3://bucket/prefix/) to data_roots")
+    if uri.scheme != "file":
+        access.require_uri(uri, what)
     return uri
 
 
