@@ -15,15 +15,32 @@ __all__ = ["write_doc", "READING_START", "READING_END"]
 
 READING_START, READING_END = "<!-- reading:start -->", "<!-- reading:end -->"
 _PLACEHOLDER = "(Not written yet: read the tables below, then write what they show here.)"
-_DATA = {
-    "fmnist_lt": "Fashion-MNIST long-tailed: a stratified 20,000 of the training images, then "
-                 "exp profile, imbalance 100",
-    "fmnist_bal": "Fashion-MNIST balanced: a stratified 4,000 of the training images",
-    "digits_lt": "scikit-learn's 8x8 digits: 35% of each class as test, 15% as a balanced "
-                 "holdout, the rest long-tailed (exp, imbalance 20)",
-    "fmnist_attr": "fmnist_bal's images with a defocused minority (Gaussian blur, sigma 2 px): "
-                   "5% of each class in train, 30% of each class in holdout and test; subgroups "
-                   "by this attribute (`group` column, `subgroups.by: attribute`)"}
+
+
+def _data_text(dataset: str, c: dict[str, Any]) -> str:
+    """How the study builds ``dataset`` (bench/_study_data.py), from the study's settings."""
+    f = c["fmnist"]
+    holdout = (f"a balanced holdout of {f['holdout_per_class']} images a class from the "
+               "remaining training images, the 10,000 test images")
+    return {
+        "fmnist_lt": f"Fashion-MNIST long-tailed: a stratified {f['lt_pool']:,} of the training "
+                     f"images, made long-tailed by the job (exp profile, imbalance "
+                     f"{c['imbalance']:g}); {holdout}",
+        "fmnist_bal": f"Fashion-MNIST balanced: a stratified {f['balanced_train']:,} of the "
+                      f"training images; {holdout}",
+        "digits_lt": "scikit-learn's 8x8 digits: 35% of each class as test, 15% as a balanced "
+                     "holdout, the rest long-tailed (exp, imbalance 20)",
+        "fmnist_attr": "fmnist_bal's images with a defocused minority (Gaussian blur, sigma 2 "
+                       "px): 5% of each class in train, 30% of each class in holdout and test; "
+                       "subgroups by this attribute (`group` column, `subgroups.by: "
+                       "attribute`)"}.get(dataset, dataset)
+
+
+def _teacher_text(recipe: list[Any]) -> str:
+    arch, epochs, augment, *width = recipe
+    crops = "random crops" if augment == "crop" else "no augmentation"
+    return (f"{arch}{f' at width {width[0]:g}' if width and width[0] != 1 else ''}, "
+            f"{epochs} epochs, {crops}")
 
 
 def _pts(stats: dict[str, float], signed: bool = False) -> str:
@@ -51,8 +68,8 @@ def _setup(study: dict[str, Any]) -> list[str]:
             continue
         seen.add(d)
         counts = ", ".join(f"{n} {k}" for n, k in zip(case["class_names"], case["train_counts"]))
-        lines.append(f"- **{d}**: {_DATA.get(d, d)}. Training images per class after the "
-                     f"holdout: {counts}. Test subgroup sizes: "
+        lines.append(f"- **{d}**: {_data_text(d, c)}. Training images per class: "
+                     f"{counts}. Test subgroup sizes: "
                      + ", ".join(f"{n} {k}" for n, k in zip(case["group_names"], case["group_n"]))
                      + f". Data seed {c['data_seed']}, fixed for every run.")
     lines += [
@@ -61,11 +78,10 @@ def _setup(study: dict[str, Any]) -> list[str]:
         f"{c['digits_epochs']} (batch {c['digits_batch_size']}) on digits, SGD momentum 0.9, "
         f"lr {c['lr']:g}, cosine with 1 warmup epoch, weight decay 5e-4, no augmentation "
         "(teacher logits cached). Temperature 4.",
-        "- **Regimes**: *present*, the weak teacher of the first study (resnet8, 8 epochs, no "
-        "augmentation); *paper*, a teacher trained to be clearly better than the student "
-        "(resnet20, 10 epochs with random crops; on 8x8 digits the student's tiny_cnn at width 2, "
-        "60 epochs, no augmentation, since resnet20 and resnet32 were no better than the "
-        "student there). "
+        f"- **Regimes**: *present*, a weak teacher ({_teacher_text(c['present_teacher'])}); "
+        f"*paper*, a teacher trained to be clearly better than the student "
+        f"({_teacher_text(c['paper_teacher'])}; on 8x8 digits "
+        f"{_teacher_text(c['digits_teacher'])}). "
         "The student is the same in both, so the regimes differ in the teacher alone.",
         f"- **Seeds**: {', '.join(map(str, c['seeds']))} (student init and batch order).",
         "- **Methods**: one_hot; the teacher-free rebalanced students (balanced_softmax, "

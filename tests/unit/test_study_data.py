@@ -75,3 +75,26 @@ def test_every_recommended_auto_candidate_is_a_study_row():
     rows = candidate_methods()
     assert [m.mitigation.name for m in rows] == [c.name for c in RECOMMENDED_CANDIDATES]
     assert [m.mitigation.alpha for m in rows] == [c.alpha for c in RECOMMENDED_CANDIDATES]
+
+
+def test_fashion_mnist_holdout_is_balanced_and_apart_from_train() -> None:
+    from bench._study_data import fmnist_arrays
+    arrays = fmnist_arrays(train_size=600, holdout_per_class=30, seed=0)
+    train, holdout, test = arrays["train"], arrays["holdout"], arrays["test"]
+    assert np.bincount(train["y"]).tolist() == [60] * 10
+    assert np.bincount(holdout["y"]).tolist() == [30] * 10
+    assert len(test["y"]) == 10000 and test["x"].shape[1:] == (28, 28)
+    rows = {x.tobytes() for x in train["x"]}
+    assert not any(x.tobytes() in rows for x in holdout["x"])
+    again = fmnist_arrays(train_size=600, holdout_per_class=30, seed=0)
+    assert np.array_equal(again["holdout"]["x"], holdout["x"])
+
+
+def test_every_study_set_is_read_as_npz_with_its_own_holdout(tmp_path) -> None:
+    from bench._study_data import DATASETS, data_spec
+    for name in DATASETS:
+        spec = data_spec(name, tmp_path, imbalance=100.0, seed=0)
+        assert spec.source == "npz" and spec.holdout_path == str(tmp_path / name / "holdout.npz")
+        assert (spec.long_tail.profile != "none") == name.endswith("_lt")
+    with pytest.raises(ValueError, match="unknown dataset"):
+        data_spec("cifar", tmp_path, imbalance=1.0, seed=0)
