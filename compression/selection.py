@@ -82,6 +82,9 @@ class Selection:
     against (None: the full-length baseline served).
     reused: the chosen candidate's run is the student (candidates trained in full), so
     choosing cost the other candidates only; else the chosen spec is trained again in full.
+    holdout_power: per holdout subgroup, its n and the smallest drop the harm test can show
+    there (``min_detectable_drop``, None: none): no harm shown is no evidence of no harm
+    where the holdout is too small to show it.
     """
 
     chosen: MitigationSpec
@@ -93,12 +96,14 @@ class Selection:
     recommended: bool = False
     reference_seconds: float | None = None
     reused: bool = False
+    holdout_power: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"chosen": self.chosen.name, "chosen_index": self.index,
                 "met_floors": self.met_floors, "split": "holdout", "rule": RULE,
                 "reason": self.reason, "recommended_candidates": self.recommended,
-                "cost": self.cost(), "candidates": [c.to_dict() for c in self.candidates]}
+                "cost": self.cost(), "holdout_power": list(self.holdout_power),
+                "candidates": [c.to_dict() for c in self.candidates]}
 
     def cost(self) -> dict[str, Any]:
         """The extra training the choice took: every candidate, and the harm probes they ran

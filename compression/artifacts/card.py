@@ -119,7 +119,18 @@ def _selection_lines(selection: dict | None) -> list[str]:
             f"{cost.get('candidates_trained', '?')} candidates and "
             f"{cost.get('probe_runs', 0)} probe runs"
             f"{' and a one-hot reference' if cost.get('one_hot_reference_runs') else ''} trained, "
-            f"{cost.get('epochs_total', '?')} epochs, {cost.get('seconds', '?')} s)"]
+            f"{cost.get('epochs_total', '?')} epochs, {cost.get('seconds', '?')} s)"
+            ] + _blind_spots(selection.get("holdout_power") or [])
+
+
+def _blind_spots(power: list[dict]) -> list[str]:
+    """The holdout subgroups where auto's harm test can show no drop at all."""
+    blind = [f"{p['subgroup']} (n={p['n']})" for p in power if p["min_detectable_drop"] is None]
+    if not blind:
+        return []
+    return [f"- The holdout cannot show harm on {len(blind)} subgroup(s): {', '.join(blind)}; "
+            "auto's choice protects them only by chance. Give the holdout more of their "
+            "examples (data.holdout_path)"]
 
 
 def _model_lines(report: JobReport) -> list[str]:

@@ -9,7 +9,8 @@ turns the tests into verdicts.
 
 from compression.guardrails.judge import WHOLE_MODEL_RULES, judge
 from compression.guardrails.multiplicity import METHODS as MULTIPLICITY_METHODS
-from compression.guardrails.policy import check_policy, describe_policy, preflight_notes
+from compression.guardrails.policy import (check_policy, describe_policy, detectable_drops,
+                                           preflight_notes)
 from compression.guardrails.rules import FAIL, INSUFFICIENT_EVIDENCE, PASS, VERDICTS
 from compression.guardrails.verdict import (Check, GroupResult, StageVerdict,
                                             first_failing_stage, summarize)
@@ -17,5 +18,5 @@ from compression.guardrails.verdict import (Check, GroupResult, StageVerdict,
 __all__ = [
     "PASS", "FAIL", "INSUFFICIENT_EVIDENCE", "VERDICTS", "WHOLE_MODEL_RULES",
     "MULTIPLICITY_METHODS", "Check", "GroupResult", "StageVerdict", "judge", "check_policy",
-    "describe_policy", "preflight_notes", "first_failing_stage", "summarize",
+    "describe_policy", "preflight_notes", "detectable_drops", "first_failing_stage", "summarize",
 ]

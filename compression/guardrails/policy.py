@@ -20,7 +20,7 @@ and how much disagreement it tolerates, for the job log and the report.
 from __future__ import annotations
 
 import math
-from typing import Callable, Collection, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 from compression.evaluation.stats import tango_interval, wilson_interval, z_for
 from compression.guardrails.evidence import bisect_first, paired_mde
@@ -28,7 +28,7 @@ from compression.guardrails.rules import (DROP_RULES, TOLERANCE, absolute_floor,
                                           alpha_of, judging_rules, pct, pp)
 from compression.spec import GuardrailSpec
 
-__all__ = ["check_policy", "describe_policy", "preflight_notes", "family_size"]
+__all__ = ["check_policy", "describe_policy", "preflight_notes", "family_size", "detectable_drops"]
 
 _USER_DROP_RULES = ("max_drop_vs_teacher", "max_drop_vs_one_hot")  # independently trained
 
@@ -128,6 +128,18 @@ def preflight_notes(spec: GuardrailSpec, group_names: Sequence[str],
              and (artifacts or r != "max_drop_vs_student")]
     return [_note(rule, name, int(n), getattr(spec, rule), alpha, strictest)
             for rule in rules for name, n in zip(group_names, test_group_counts) if n]
+
+
+def detectable_drops(spec: GuardrailSpec, rule: str, group_names: Sequence[str],
+                     counts: Sequence[int]) -> list[dict[str, Any]]:
+    """Per subgroup with samples: the smallest drop ``rule``'s paired test could show there
+    at the strictest FAIL threshold (every disagreement against the candidate); None where
+    it can show none."""
+    strictest = alpha_of(spec) / family_size(spec, group_names, counts)
+    margin = getattr(spec, rule)
+    return [{"subgroup": name, "n": int(n),
+             "min_detectable_drop": paired_mde(int(n), margin, strictest)}
+            for name, n in zip(group_names, counts) if n]
 
 
 def _note(rule: str, name: str, n: int, margin: float, alpha: float, strictest: float) -> str:

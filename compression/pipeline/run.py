@@ -27,7 +27,8 @@ from compression.data.loader import loading
 from compression.errors import InvalidInput
 from compression.evaluation import EvalReport
 from compression.events import EventSink, StopCheck, emit_nothing, never_stop
-from compression.guardrails import StageVerdict, check_policy, judge, preflight_notes
+from compression.guardrails import (StageVerdict, check_policy, detectable_drops, judge,
+                                   preflight_notes)
 from compression.losses import check_mitigation, requirements
 from compression.models import count_parameters, save_exported, save_weights
 from compression.models.zoo import arch_problem
@@ -113,10 +114,13 @@ def _references(job: Job, dataset: Dataset
                 or spec.mitigation.name == "auto" else None)
     if spec.mitigation.name != "auto":
         return teacher, baseline, None
-    return teacher, baseline, select_mitigation(
+    power = holdout_harm_power(job, dataset)
+    selected = select_mitigation(
         job, dataset, teacher, baseline,
         lambda one_hot: holdout_gate(spec, teacher and teacher.holdout_report, one_hot),
         lambda one_hot: harm_gate(spec, one_hot))
+    return teacher, baseline, dataclasses.replace(
+        selected, selection=dataclasses.replace(selected.selection, holdout_power=power))
 
 
 def _reused_student(job: Job, selected: Selected) -> StudentRun:
@@ -203,14 +207,32 @@ def holdout_gate(spec: JobSpec, teacher_holdout: EvalReport | None,
     return gate
 
 
+def harm_policy(spec: JobSpec) -> GuardrailSpec:
+    """auto's notion of harm: the paired test against the one-hot student with margin 0, at
+    the job's confidence and multiplicity method."""
+    return GuardrailSpec(max_drop_vs_one_hot=0.0, max_drop_vs_student=None,
+                         confidence=spec.guardrails.confidence,
+                         multiplicity=spec.guardrails.multiplicity,
+                         min_samples=spec.guardrails.min_samples,
+                         block_on_insufficient_evidence=False)
+
+
+def holdout_harm_power(job: Job, dataset: Dataset) -> tuple[dict[str, Any], ...]:
+    """The smallest drop auto's harm test can show on each holdout subgroup; a subgroup where
+    it can show none is logged, since harm there cannot steer the choice."""
+    drops = detectable_drops(harm_policy(job.spec), "max_drop_vs_one_hot", dataset.layout.names,
+                             dataset.group_counts(dataset.holdout))
+    for d in drops:
+        if d["min_detectable_drop"] is None:
+            job.log("select_mitigation", f"holdout subgroup {d['subgroup']!r} (n={d['n']}): "
+                    "the harm test can show no drop there at all; auto cannot see harm to it")
+    return tuple(drops)
+
+
 def harm_gate(spec: JobSpec, one_hot: EvalReport) -> Callable[[EvalReport], StageVerdict]:
-    """Is harm against the one-hot student shown on holdout? The paired test with margin 0,
-    at the job's confidence and multiplicity method; a FAIL is established harm."""
-    policy = GuardrailSpec(max_drop_vs_one_hot=0.0, max_drop_vs_student=None,
-                           confidence=spec.guardrails.confidence,
-                           multiplicity=spec.guardrails.multiplicity,
-                           min_samples=spec.guardrails.min_samples,
-                           block_on_insufficient_evidence=False)
+    """Is harm against the one-hot student shown on holdout? A FAIL under ``harm_policy`` is
+    established harm."""
+    policy = harm_policy(spec)
 
     def harm(report: EvalReport) -> StageVerdict:
         return judge(report, policy, "selection_harm", one_hot=one_hot)

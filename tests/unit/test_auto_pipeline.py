@@ -52,6 +52,11 @@ def test_auto_runs_the_probe_judges_harm_and_reports_why_and_at_what_cost(job):
     card = (result.output_dir / "model_card.md").read_text()
     assert "Chosen by `auto` on holdout" in card
     assert "4 probe runs and a one-hot reference trained" in card
+    holdout = report["data"]["splits"]["holdout"]["group_counts"]
+    power = selection["holdout_power"]
+    assert [(p["subgroup"], p["n"]) for p in power] == list(holdout.items())
+    assert all(0 < p["min_detectable_drop"] < 1 for p in power)  # about 20 images a class
+    assert "cannot show harm" not in card
     if selection["chosen"] == "paired_dro":
         probe = report["training"]["loss_state"]["probe"]
         assert probe["harm_evidence"]["folds"] == 2
@@ -81,3 +86,16 @@ def test_candidates_trained_in_full_make_the_chosen_one_the_student(job):
     assert shipped.keys() <= candidate.keys() and shipped
     for key, value in shipped.items():
         torch.testing.assert_close(value, candidate[key].cpu(), rtol=0, atol=0)
+
+
+def test_a_holdout_too_small_to_show_harm_is_named_in_the_report_and_the_card(job):
+    job["data"] = {**job["data"], "holdout_fraction": 0.03}  # 2 images a class
+    job["mitigation"] = {"name": "auto", "candidates": [{"name": "one_hot"}]}
+    result = run(parse_spec(job))
+    report = json.loads(result.report_path.read_text())
+    power = report["selection"]["holdout_power"]
+    assert [p["n"] for p in power] == [2, 2, 2, 2]
+    assert all(p["min_detectable_drop"] is None for p in power)
+    card = (result.output_dir / "model_card.md").read_text()
+    assert ("The holdout cannot show harm on 4 subgroup(s): a (n=2), b (n=2), c (n=2), d (n=2)"
+            in card)

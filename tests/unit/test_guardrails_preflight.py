@@ -3,8 +3,8 @@
 import re
 
 from compression.evaluation.stats import tango_interval, z_for
-from compression.guardrails import check_policy, preflight_notes
-from compression.guardrails.evidence import paired_mde
+from compression.guardrails import check_policy, detectable_drops, preflight_notes
+from compression.guardrails.evidence import paired_mde, tango_pvalue
 from compression.guardrails.policy import family_size
 from compression.spec import GuardrailSpec
 
@@ -52,3 +52,18 @@ def test_notes_cover_the_artifact_rule_only_when_artifacts_are_built():
     notes = preflight_notes(GuardrailSpec(), ["a"], [400])
     assert len(notes) == 1 and notes[0].startswith("max_drop_vs_student on 'a'")
     assert preflight_notes(GuardrailSpec(), ["a"], [400], artifacts=False) == []
+
+
+def test_detectable_drops_are_the_smallest_drop_shown_under_holm_over_the_judged_subgroups():
+    harm = GuardrailSpec(max_drop_vs_one_hot=0.0, max_drop_vs_student=None)
+    drops = detectable_drops(harm, "max_drop_vs_one_hot", ["tail", "mid", "head", "none"],
+                             [4, 40, 400, 0])
+    assert [d["subgroup"] for d in drops] == ["tail", "mid", "head"]  # no samples: not judged
+    strictest = 0.05 / 3
+    # b flips against the candidate and none for it: b must reach the Holm-adjusted level
+    for d, n in zip(drops, (4, 40, 400)):
+        assert d["n"] == n and d["min_detectable_drop"] == paired_mde(n, 0.0, strictest)
+    assert drops[0]["min_detectable_drop"] is None  # 4 images can show no drop at all
+    assert drops[1]["min_detectable_drop"] > drops[2]["min_detectable_drop"] > 0
+    b = round(drops[2]["min_detectable_drop"] * 400)
+    assert tango_pvalue(b, 0, 400, 0.0) <= strictest < tango_pvalue(b - 1, 0, 400, 0.0)
