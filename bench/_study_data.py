@@ -59,9 +59,10 @@ MINORITY, MAJORITY = "blur", "clean"
 class FmnistSizes:
     """How many Fashion-MNIST training images each split takes.
 
-    holdout_per_class: 200 images a class let the paired test on holdout show a drop of about
-    7 points in one class under Holm over 10 classes (a class where 15% of the images change
-    answer between the two models); 40, the old carved holdout, showed only drops of 20.
+    holdout_per_class: with 200 images a class the paired test on holdout shows a drop of 6
+    to 8 points in one class under Holm over 10 classes, when 10 to 15% of the class's images
+    change answer between the two models; with 40 (the holdout once carved from train) it
+    shows none at that rate, and 17.5 points at best.
     """
 
     balanced_train: int = 3600
