@@ -52,6 +52,11 @@ def _seeds(values: list[float]) -> str:
     return " / ".join(f"{100 * v:+.1f}" for v in values)
 
 
+def _seeds_ci(values: list[float], cis: list[list[float]]) -> str:
+    return " / ".join(f"{100 * v:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+                      for v, (lo, hi) in zip(values, cis))
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
             *("| " + " | ".join(r) + " |" for r in rows), ""]
@@ -209,11 +214,11 @@ def _summary(study: dict[str, Any]) -> list[str]:
                                                 if not a[k]) + ")"))
         rows.append([name, f"{100 * teacher.get('accuracy', float('nan')):.1f}",
                      _pts(agg["one_hot"]["overall"]) if "one_hot" in agg else "-",
-                     _seeds(kd["per_seed"]["d_overall"]) if kd else "-",
+                     _seeds_ci(kd["per_seed"]["d_overall"], kd["overall_ci"]) if kd else "-",
                      "; ".join(f"s{s}: {', '.join(g)}" for s, g in kd["harmed"].items() if g)
                      if kd else "-", "; ".join(verdicts) or "-"])
     return ["## Summary", ""] + _table(
-        ["case", "teacher %", "one_hot overall", "kd a=0.9 Δ overall per seed",
+        ["case", "teacher %", "one_hot overall", "kd a=0.9 Δ overall per seed [95% CI]",
          "kd a=0.9 below one_hot", "auto: target per seed"], rows)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from bench._study_data import population_shares
 from bench._study_doc import write_doc
 from bench._study_runs import REFERENCE, Case, StudyConfig, methods, run_dir
-from bench._study_stats import harmed, paired_groups, target_check
+from bench._study_stats import harmed, paired_groups, paired_overall, target_check
 
 __all__ = ["case_rows", "summarize", "case_target", "write_outputs"]
 
@@ -85,6 +85,7 @@ def _row(case: Case, r: dict[str, Any], ref: dict[str, Any], config: StudyConfig
             "group_delta": [a - b for a, b in zip(acc, ref_acc)],
             "group_n": [g["n"] for g in r["groups"]],
             "paired_vs_one_hot": paired, "harmed_vs_one_hot": harmed(paired),
+            "overall_vs_one_hot": paired_overall(paired, population_shares(case.dataset)),
             "chosen": (r.get("selection") or {}).get("chosen"), "seconds": r["seconds"]}
 
 
@@ -99,6 +100,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                                for k in ("overall", "worst", "d_overall", "d_worst")}
         agg.update(alpha=mine[0]["alpha"], seeds=[r["seed"] for r in mine],
                    per_seed={k: [r[k] for r in mine] for k in ("d_overall", "d_worst")},
+                   overall_ci=[r["overall_vs_one_hot"]["ci"] for r in mine],
                    harmed={r["seed"]: r["harmed_vs_one_hot"] for r in mine},
                    chosen=[r["chosen"] for r in mine if r["chosen"]],
                    groups=[_stats(list(c)) for c in zip(*(r["groups"] for r in mine))],
@@ -141,7 +143,9 @@ def _csv_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     flat = []
     for r in rows:
         f = {k: v for k, v in r.items() if k not in (
-            "groups", "group_delta", "group_names", "group_n", "paired_vs_one_hot")}
+            "groups", "group_delta", "group_names", "group_n", "paired_vs_one_hot",
+            "overall_vs_one_hot")}
+        f["d_overall_ci_low"], f["d_overall_ci_high"] = r["overall_vs_one_hot"]["ci"]
         f["harmed_vs_one_hot"] = ";".join(r["harmed_vs_one_hot"])
         f.update({f"acc[{n}]": a for n, a in zip(r["group_names"], r["groups"])})
         f.update({f"delta[{n}]": d for n, d in zip(r["group_names"], r["group_delta"])})

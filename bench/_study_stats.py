@@ -16,8 +16,8 @@ import numpy as np
 from compression.evaluation.stats import tango_interval, tango_pvalue
 from compression.guardrails.multiplicity import adjust
 
-__all__ = ["LEVEL", "TARGET_WORST_GAIN", "TARGET_MAX_ACC_LOSS", "paired_groups", "harmed",
-           "target_check"]
+__all__ = ["LEVEL", "TARGET_WORST_GAIN", "TARGET_MAX_ACC_LOSS", "paired_groups",
+           "paired_overall", "harmed", "target_check"]
 
 LEVEL = 0.05  # family-wise rate of false "significantly below" over a run's subgroups
 TARGET_WORST_GAIN = 0.03  # worst subgroup at least this far above kd's
@@ -46,6 +46,29 @@ def paired_groups(candidate: dict[str, np.ndarray], reference: dict[str, np.ndar
                                                        LEVEL, "holm")):
         row["threshold"], row["below"] = threshold, rejected
     return rows
+
+
+def paired_overall(paired: list[dict[str, Any]],
+                   shares: dict[str, float] | None = None) -> dict[str, Any]:
+    """The overall accuracy difference of ``paired_groups``' two runs with its 95% interval.
+
+    shares None: every test example counts once (the paired score interval on the pooled
+    b, c and n). Otherwise overall accuracy is the ``shares``-weighted mean of the subgroups'
+    (a test split that oversamples a minority): the weighted sum of their differences, with
+    a normal interval from the paired variances ((b + c) / n - delta^2) / n, subgroups being
+    disjoint samples."""
+    if shares is None:
+        n = sum(r["n"] for r in paired)
+        b, c = sum(r["b"] for r in paired), sum(r["c"] for r in paired)
+        low, high = tango_interval(b, c, n)
+        return {"delta": (c - b) / n, "ci": [-high, -low], "n": n}
+    rows = {r["group"]: r for r in paired}
+    delta = sum(w * rows[g]["delta"] for g, w in shares.items())
+    var = sum(w ** 2 * ((rows[g]["b"] + rows[g]["c"]) / rows[g]["n"] - rows[g]["delta"] ** 2)
+              / rows[g]["n"] for g, w in shares.items())
+    half = 1.959963984540054 * var ** 0.5
+    return {"delta": delta, "ci": [delta - half, delta + half],
+            "n": sum(rows[g]["n"] for g in shares)}
 
 
 def harmed(paired: list[dict[str, Any]]) -> list[str]:

@@ -98,3 +98,17 @@ def test_every_study_set_is_read_as_npz_with_its_own_holdout(tmp_path) -> None:
         assert (spec.long_tail.profile != "none") == name.endswith("_lt")
     with pytest.raises(ValueError, match="unknown dataset"):
         data_spec("cifar", tmp_path, imbalance=1.0, seed=0)
+
+
+def test_overall_difference_pools_examples_or_weights_subgroups_by_their_shares() -> None:
+    from bench._study_stats import paired_overall
+    from compression.evaluation.stats import tango_interval
+    paired = [{"group": "a", "n": 100, "b": 10, "c": 4, "delta": -0.06},
+              {"group": "b", "n": 50, "b": 2, "c": 7, "delta": 0.10}]
+    pooled = paired_overall(paired)
+    low, high = tango_interval(12, 11, 150)
+    assert pooled["delta"] == pytest.approx(-1 / 150) and pooled["ci"] == [-high, -low]
+    # 0.9 * -0.06 + 0.1 * 0.10, variances 0.81 * (0.14 - 0.0036) / 100 + 0.01 * (0.18 - 0.01) / 50
+    weighted = paired_overall(paired, {"a": 0.9, "b": 0.1})
+    assert weighted["delta"] == pytest.approx(-0.044)
+    assert weighted["ci"] == pytest.approx([-0.044 - 0.066142, -0.044 + 0.066142], abs=1e-5)
