@@ -105,10 +105,12 @@ def _cells(cases: list[Case], config: StudyConfig, derive_auto: bool = False
 def _schedule(pool: ProcessPoolExecutor, cases: list[Case], config: StudyConfig,
               teachers_only: bool, jobs: int, derive_auto: bool = False
               ) -> tuple[dict[str, dict], list[dict], int]:
-    """Run teachers and cells, at most ``jobs`` at a time, in case order: a case's teacher
-    first, then the cells its target check reads (one_hot, the rebalanced students, kd at
-    0.9, auto) for every seed, then the rest, lowest seed first; a cell waits for its
-    teacher. A study cut short has whole cases, and within a case the target check first.
+    """Run teachers and cells, at most ``jobs`` at a time: every teacher first, then the
+    cells in case order, in a case the cells its target check reads (one_hot, the
+    rebalanced students, kd at 0.9, auto) for every seed, then the rest, lowest seed first;
+    a cell waits for its teacher. Teachers are the longest tasks: started last, one would
+    leave a worker idle at the end while the cells of its case wait for it. A study cut short
+    has whole cases, and within a case the target check first.
     Returns (teacher summaries, run summaries, runs trained)."""
     free, taught = _cells(cases, config, derive_auto)
     rank = {c: i for i, c in enumerate(cases)}
@@ -142,13 +144,13 @@ def _schedule(pool: ProcessPoolExecutor, cases: list[Case], config: StudyConfig,
 
 
 def _priority(task: tuple, rank: dict, order: dict) -> tuple:
-    """Case first; in a case its teacher, then the target check's cells, then the rest."""
+    """Teachers first, in case order; then cells by case, the target check's first."""
     kind, item = task
     if kind == "teacher":
-        return (rank[item], 0, 0, 0)
+        return (0, rank[item], 0, 0, 0)
     case, method, seed = item
     tier = 0 if method.teacher_free or method.label in (REFERENCE, "auto") else 1
-    return (rank[case], 1, tier, seed, order[method.label])
+    return (1, rank[case], tier, seed, order[method.label])
 
 
 def _progress(cell: Cell, summary: dict, reused: bool, i: int, total: int, trained: int,
