@@ -116,7 +116,7 @@ def _wall(study: dict[str, Any]) -> list[str]:
     w = study["wall"]
     cmd = w["study_command"]
     derived = bool(w.get("derived_auto"))
-    lines = ["## Command and wall time", "", "```", "nice -n 10 .venv/bin/python bench/study.py"
+    lines = ["## Command and wall time", "", "```", ".venv/bin/python bench/study.py"
              + (" --derive-auto" if derived else ""), "```", ""]
     if derived:
         lines += [f"With `--derive-auto` the {w['derived_auto']} auto cells are computed from "
