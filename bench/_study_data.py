@@ -10,7 +10,7 @@ holds a handful of images of each tail class (2 to 9 on fmnist_lt at imbalance 1
 harm to them can be shown.
 
 - ``fmnist_bal``: a stratified 3,600 of Fashion-MNIST's 60,000 training images; the holdout,
-  ``FMNIST_HOLDOUT_PER_CLASS`` images a class from the rest; the 10,000 test images.
+  ``FmnistSizes.holdout_per_class`` images a class from the rest; the 10,000 test images.
 - ``fmnist_lt``: a stratified pool of ``lt_pool`` training images that the job makes
   long-tailed (``data.long_tail``); holdout and test as for fmnist_bal.
 - ``digits_lt``: scikit-learn's 8x8 digits, split once (seeded, stratified) into a test set
