@@ -127,8 +127,9 @@ def _wall(study: dict[str, Any]) -> list[str]:
         lines.append(f"The last invocation that trained ran {cmd['trained_runs']} runs in "
                      f"{cmd['seconds'] / 60:.1f} min of wall time ({cmd['jobs']} worker "
                      f"processes of {cmd['threads']} torch thread, finished {cmd['finished']}"
-                     + (f", 1/5/15-min load average at the end {', '.join(f'{v:.1f}' for v in load)}"
-                        if load else "") + ") on the shared 2-core CPU.")
+                     + (", 1/5/15-min load average at the end "
+                        + ", ".join(f"{v:.1f}" for v in load) if load else "")
+                     + ") on the shared 2-core CPU.")
     lines += ["Teacher training: " + ", ".join(f"{c} {s / 60:.1f} min" for c, s in
                                                  w["teacher_seconds"].items()) +
               f". Sum of the runs' own wall times: {w['sum_of_run_seconds'] / 60:.1f} min over "
