@@ -41,7 +41,7 @@ bench: install system-packages
 # The reproduction study (docs/results.md); scikit-learn (its 8x8 digits) comes with the dev
 # extra that `install` sets up.
 study: install system-packages
-	nice -n 10 $(BIN)/python bench/study.py
+	nice -n 10 $(BIN)/python bench/study.py --derive-auto
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
