@@ -62,7 +62,7 @@ class FmnistSizes:
     holdout_per_class: with 200 images a class the paired test on holdout shows a drop of 6
     to 8 points in one class under Holm over 10 classes, when 10 to 15% of the class's images
     change answer between the two models; with 40 (the holdout once carved from train) it
-    shows none at that rate, and 17.5 points at best.
+    shows none at that rate, and 17.5 points at best (tests/unit/test_guardrails_preflight.py).
     """
 
     balanced_train: int = 3600

@@ -2,6 +2,8 @@
 
 import re
 
+import pytest
+
 from compression.evaluation.stats import tango_interval, z_for
 from compression.guardrails import check_policy, detectable_drops, preflight_notes
 from compression.guardrails.evidence import paired_mde, tango_pvalue
@@ -67,3 +69,18 @@ def test_detectable_drops_are_the_smallest_drop_shown_under_holm_over_the_judged
     assert drops[1]["min_detectable_drop"] > drops[2]["min_detectable_drop"] > 0
     b = round(drops[2]["min_detectable_drop"] * 400)
     assert tango_pvalue(b, 0, 400, 0.0) <= strictest < tango_pvalue(b - 1, 0, 400, 0.0)
+
+
+def test_the_holdout_power_figures_the_docs_quote():
+    """README, docs/results.md and the study's holdout size cite these numbers."""
+    harm = GuardrailSpec(max_drop_vs_one_hot=0.0, max_drop_vs_student=None)
+    names = [str(c) for c in range(10)]
+    for n, drop in ((200, 0.035), (40, 0.175)):
+        drops = detectable_drops(harm, "max_drop_vs_one_hot", names, [n] * 10)
+        assert drops[0]["min_detectable_drop"] == pytest.approx(drop)
+    strictest = 0.05 / 10  # Holm's first threshold over 10 classes
+    # 10% and 15% of 200 images change answer: a 6- and an 8-point drop are the smallest shown
+    assert tango_pvalue(16, 4, 200, 0.0) <= strictest < tango_pvalue(15, 5, 200, 0.0)
+    assert tango_pvalue(23, 7, 200, 0.0) <= strictest < tango_pvalue(22, 8, 200, 0.0)
+    # 15% of 40 images: no split of the 6 changed answers is shown
+    assert all(tango_pvalue(b, 6 - b, 40, 0.0) > strictest for b in range(7))
