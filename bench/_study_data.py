@@ -18,7 +18,9 @@ harm to them can be shown.
   makes the pool long-tailed (exp, imbalance 20: with about 90 images a class, imbalance 100
   would leave one tail image).
 - ``fmnist_attr``: the fmnist_bal splits with a stratified 5% of train, and 30% of holdout and
-  test, replaced by a defocused copy (``blur``; the rest ``clean``). Why defocus: a camera out
+  test, replaced by a defocused copy (``blur``; the rest ``clean``). A teacher that never saw
+  the minority is the fmnist_bal teacher: trained on these images before any was defocused,
+  as a teacher trained on yesterday's camera meets a student trained on today's. Why defocus: a camera out
   of focus or shaken produces it, it wipes out the texture and edges (collars, buttons,
   prints) that separate T-shirt, Shirt, Pullover and Coat while the silhouette survives, and
   no intensity normalisation undoes it (a global brightness or gamma change is largely undone
@@ -29,7 +31,6 @@ harm to them can be shown.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,7 @@ from compression.spec import FASHION_MNIST_DIR, DataSpec, LongTailSpec, Subgroup
 
 __all__ = ["DATASETS", "ATTRIBUTE_DATASETS", "BLUR_SIGMA", "MINORITY_SHARE", "TEST_MINORITY_SHARE",
            "FmnistSizes", "gaussian_blur", "minority_mask", "digits_arrays", "fmnist_arrays",
-           "data_spec", "teacher_data_spec", "prepare_data", "population_shares"]
+           "data_spec", "teacher_dataset", "prepare_data", "population_shares"]
 
 DATASETS = ("fmnist_lt", "fmnist_bal", "digits_lt", "fmnist_attr")
 ATTRIBUTE_DATASETS = ("fmnist_attr",)
@@ -141,9 +142,6 @@ def _attribute_arrays(bal: dict[str, dict[str, np.ndarray]],
         x[blur] = gaussian_blur(x[blur])
         out[split] = {"x": x, "y": y, "group": np.where(blur, MINORITY, MAJORITY),
                       "class_names": bal[split]["class_names"]}
-    keep = out["train"]["group"] == MAJORITY  # what a teacher that never saw the minority had
-    out["train_clean"] = {k: v[keep] if k != "class_names" else v
-                          for k, v in out["train"].items()}
     return out
 
 
@@ -192,12 +190,15 @@ def _check(dataset: str) -> None:
         raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
 
 
-def teacher_data_spec(student: DataSpec, saw_minority: bool) -> DataSpec:
-    """The teacher's data: the student's, or for a teacher that never saw the minority the
-    same splits with the minority's training images removed (holdout and test unchanged)."""
+def teacher_dataset(dataset: str, saw_minority: bool) -> str:
+    """The set a case's teacher trains on: the student's own, or for a teacher that never saw
+    the minority the set the attribute set was made from, before the defocus."""
+    _check(dataset)
     if saw_minority:
-        return student
-    return dataclasses.replace(student, path=student.path.replace("train.npz", "train_clean.npz"))
+        return dataset
+    if dataset not in ATTRIBUTE_DATASETS:
+        raise ValueError(f"{dataset} has no minority a teacher could have missed")
+    return "fmnist_bal"
 
 
 def population_shares(dataset: str) -> dict[str, float] | None:

@@ -33,7 +33,8 @@ def _data_text(dataset: str, c: dict[str, Any]) -> str:
         "fmnist_attr": "fmnist_bal's images with a defocused minority (Gaussian blur, sigma 2 "
                        "px): 5% of each class in train, 30% of each class in holdout and test; "
                        "subgroups by this attribute (`group` column, `subgroups.by: "
-                       "attribute`)"}.get(dataset, dataset)
+                       "attribute`). The teacher that never saw the minority is fmnist_bal's: "
+                       "trained on these images before any was defocused"}.get(dataset, dataset)
 
 
 def _teacher_text(recipe: list[Any]) -> str:
@@ -92,7 +93,9 @@ def _setup(study: dict[str, Any]) -> list[str]:
         "- **Methods**: one_hot; the teacher-free rebalanced students (balanced_softmax, "
         "class_balanced, group_dro_one_hot, logit_adjusted; run once per dataset and seed and "
         "shared by its cases); kd at alpha 0.5, 0.9, 1.0; every registered mitigation at alpha "
-        "0.9 with default params (docs/mitigations.md); auto as the README recommends it.",
+        "0.9 with default params (docs/mitigations.md); auto as the README recommends it. "
+        "paired_alpha and paired_dro run the same harm probe: the study trains it once per "
+        "case and seed and the second reuses it, as they share it inside one auto job.",
         "- **Tests**: per subgroup, the run against the one_hot run of the same seed on the same "
         "test images: paired difference with its 95% score interval, and *below* when the "
         "one-sided paired test rejects at 5% with Holm over the case's subgroups.", ""]
@@ -106,10 +109,11 @@ def _teachers(study: dict[str, Any]) -> list[str]:
         groups = ", ".join(f"{g['name']} {100 * g['accuracy']:.1f}" for g in rep["groups"]
                            if g["accuracy"] is not None)
         rows.append([name, f"{r['arch']}, {r['epochs']} ep, {r['augment']}",
-                     f"{100 * rep['overall']['accuracy']:.1f}", groups,
-                     f"{t['seconds'] / 60:.1f}"])
-    return ["## Teachers", ""] + _table(
-        ["case", "teacher", "test acc %", "per subgroup %", "train min"], rows)
+                     t["label"].split("/")[0], f"{100 * rep['overall']['accuracy']:.1f}",
+                     groups, f"{t['seconds'] / 60:.1f}"])
+    return ["## Teachers", "", "A teacher shared by two cases is trained once; its training "
+            "time shows on both rows and counts once in the totals.", ""] + _table(
+        ["case", "teacher", "trained on", "test acc %", "per subgroup %", "train min"], rows)
 
 
 def _wall(study: dict[str, Any]) -> list[str]:

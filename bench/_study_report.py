@@ -214,13 +214,13 @@ def write_outputs(runs: list[dict[str, Any]], teachers: dict[str, Any], cases: l
         plot = results_dir / f"delta_{case.name.replace('/', '__')}.png"
         _plot(plot, case.name, agg, first["group_names"], first["group_n"])
         written.append(plot)
+    trained = list({t["path"]: t for t in teachers.values()}.values())  # cases share some
     study["wall"] = {"study_command": invocation, "runs": len(runs),
                      "derived_auto": sum(bool(r.get("derived_from")) for r in runs),
                      "sum_of_run_seconds": sum(r["seconds"] for r in runs),
                      "sum_of_run_cpu_seconds": sum(r.get("cpu_seconds", 0.0) for r in runs),
-                     "teacher_seconds": {c: t["seconds"] for c, t in teachers.items()},
-                     "teacher_cpu_seconds": sum(t.get("cpu_seconds", 0.0)
-                                                for t in teachers.values())}
+                     "teacher_seconds": {t["label"]: t["seconds"] for t in trained},
+                     "teacher_cpu_seconds": sum(t.get("cpu_seconds", 0.0) for t in trained)}
     study["runs"] = runs
     study["rows"] = all_rows
     _write_csv(results_dir / "study.csv", _csv_rows(all_rows))

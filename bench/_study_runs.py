@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,19 +24,21 @@ import numpy as np
 
 from compression.errors import InvalidInput
 from compression.losses import known_losses
-from compression.losses.registry import AUTO, BASELINES, REBALANCING, check_mitigation
+from compression.losses.registry import (AUTO, BASELINES, REBALANCING, check_mitigation,
+                                         harm_probe_plan)
 from compression.pipeline import run
 from compression.report import JobReport
 from compression.spec import (DataSpec, ExportSpec, GuardrailSpec, JobSpec, MitigationSpec,
-                              StudentSpec, TeacherSpec, TrainingSpec, spec_to_dict)
+                              SliceDiscoverySpec, StudentSpec, TeacherSpec, TrainingSpec,
+                              spec_to_dict)
 from compression.teacher_training import TeacherRecipe
 
-from bench._study_data import FmnistSizes, data_spec, prepare_data, teacher_data_spec
+from bench._study_data import FmnistSizes, data_spec, prepare_data, teacher_dataset
 from bench._study_teachers import ensure_teacher, onnx_path, teacher_summary
 
 __all__ = ["StudyConfig", "Case", "CASES", "Method", "methods", "STRONG_ALPHA", "REFERENCE",
            "run_cell", "run_dir", "cell_spec", "cell_teacher", "ensure_case_teacher",
-           "case_teacher_summary"]
+           "case_teacher_summary", "probe_sources"]
 
 STRONG_ALPHA = 0.9  # the teacher weight every mitigation is run at
 REFERENCE = f"kd a={STRONG_ALPHA:.1f}"
@@ -86,8 +90,8 @@ def _auto_available() -> bool:
 
 def methods() -> tuple[Method, ...]:
     """one_hot, the teacher-free rebalanced baselines, kd at three weights, every other
-    registered mitigation at alpha 0.9 with its default params (adaptive_alpha also with
-    per_example), and auto when the registry's auto needs no candidate list."""
+    registered mitigation at alpha 0.9 with its default params, and auto when the registry's
+    auto needs no candidate list."""
     rows = [Method("one_hot", _m("one_hot", 0.0))]
     rows += [Method(n, _m(n, 0.0)) for n in sorted(REBALANCING)]
     rows += [Method(f"kd a={a:.1f}", _m("kd", a)) for a in (0.5, 0.9, 1.0)]
@@ -95,8 +99,6 @@ def methods() -> tuple[Method, ...]:
         if name in (*BASELINES, *REBALANCING, AUTO):
             continue
         rows.append(Method(name, _m(name)))
-        if name == "adaptive_alpha":
-            rows.append(Method("adaptive_alpha per_example", _m(name, per_example=True)))
     if _auto_available():
         rows.append(Method(AUTO, MitigationSpec(name=AUTO)))  # the recommended candidates
     return tuple(rows)
@@ -125,6 +127,7 @@ class StudyConfig:
     imbalance: float = 100.0
     fmnist: FmnistSizes = FmnistSizes()
     data_seed: int = 0
+    slice_discovery: bool = False  # no figure reads the slices; it costs a second a run
     out_dir: Path = Path("runs/study")
 
     def tag(self) -> str:
@@ -164,29 +167,55 @@ def _recipe(case: Case, config: StudyConfig) -> TeacherRecipe:
 
 
 def cell_teacher(case: Case, config: StudyConfig) -> Path:
+    """The teacher's file; cases whose teacher trains on the same data in the same regime
+    share it (the teacher that never saw the attribute minority is fmnist_bal's)."""
     r = _recipe(case, config)
-    seen = "" if case.teacher_saw_minority else "_majority_only"
+    trained_on = teacher_dataset(case.dataset, case.teacher_saw_minority)
     width = "" if r.width == 1.0 else f"_w{r.width:g}"
-    return (config.out_dir / "teachers" / f"{case.dataset}{seen}_{r.arch}{width}_e{r.epochs}"
+    return (config.out_dir / "teachers" / f"{trained_on}_{r.arch}{width}_e{r.epochs}"
             f"_{r.augment}_{config.tag()}.pt2")
 
 
 def ensure_case_teacher(case: Case, config: StudyConfig) -> dict[str, Any]:
-    config.prepare(case.dataset)
-    data = config.data(case.dataset)
-    return ensure_teacher(case.name, cell_teacher(case, config),
-                          teacher_data_spec(data, case.teacher_saw_minority),
-                          config.training(case.dataset, 0), _recipe(case, config), data)
+    """Train the case's teacher unless it exists; its summary, evaluated on the case's data."""
+    trained_on = teacher_dataset(case.dataset, case.teacher_saw_minority)
+    for dataset in {case.dataset, trained_on}:
+        config.prepare(dataset)
+    return ensure_teacher(f"{trained_on}/{case.regime}", cell_teacher(case, config),
+                          config.data(trained_on), config.training(trained_on, 0),
+                          _recipe(case, config), config.data(case.dataset), _slug(case))
 
 
 def case_teacher_summary(case: Case, config: StudyConfig) -> dict[str, Any] | None:
-    return teacher_summary(cell_teacher(case, config))
+    return teacher_summary(cell_teacher(case, config), _slug(case))
+
+
+def _slug(case: Case) -> str:
+    return case.name.replace("/", "__")
+
+
+def probe_sources(case: Case, method: Method) -> list[tuple[Case, Method]]:
+    """The cells (of the same seed) whose harm-probe runs ``method``'s cell resumes instead of
+    training them again: the first row with the same probe in this case (paired_dro reuses
+    paired_alpha's, as auto's candidates share one probe in a job), then that row in the
+    dataset's first case, whose teacher-free reference runs are the same. A run trained for
+    other settings (another teacher's distilled runs) is not resumed but trained again: the
+    pipeline checks each run's settings, teacher included, before resuming it."""
+    plan = harm_probe_plan(method.mitigation)
+    if plan is None:
+        return []
+    leader = next(m for m in methods() if harm_probe_plan(m.mitigation) == plan)
+    first = next(c for c in CASES if c.dataset == case.dataset)
+    sources: list[tuple[Case, Method]] = []
+    for cell in ((case, leader), (first, leader)):
+        if cell != (case, method) and cell not in sources:
+            sources.append(cell)
+    return sources
 
 
 def run_dir(case: Case, method: Method, seed: int, config: StudyConfig) -> Path:
     slug = method.label.replace(" ", "_").replace("=", "")
-    where = (f"{case.dataset}/teacher_free" if method.teacher_free
-             else case.name.replace("/", "__"))
+    where = f"{case.dataset}/teacher_free" if method.teacher_free else _slug(case)
     return config.out_dir / config.tag() / where / slug / f"seed{seed}"
 
 
@@ -198,7 +227,9 @@ def cell_spec(case: Case, method: Method, seed: int, config: StudyConfig) -> Job
         data=config.data(case.dataset),
         student=StudentSpec(arch=config.student_arch, width=config.student_width),
         training=config.training(case.dataset, seed), mitigation=method.mitigation,
-        guardrails=GuardrailSpec(max_drop_vs_student=None),  # no rule: the study judges
+        # no rule: the study judges; no figure reads discovered slices
+        guardrails=GuardrailSpec(max_drop_vs_student=None, slice_discovery=SliceDiscoverySpec(
+            enabled=config.slice_discovery)),
         export=ExportSpec(onnx=False, int8=False, tensorrt="off"))
 
 
@@ -210,6 +241,7 @@ def run_cell(case: Case, method: Method, seed: int,
     if result_path.exists():
         return json.loads(result_path.read_text()), True
     config.prepare(case.dataset)
+    _reuse_probe(case, method, seed, config)
     start, cpu = time.perf_counter(), time.process_time()
     result = run(cell_spec(case, method, seed, config))
     summary = _summarize(case, method, seed, result, time.perf_counter() - start)
@@ -219,6 +251,20 @@ def run_cell(case: Case, method: Method, seed: int,
                         label=outcomes.label.numpy(), group=outcomes.group.numpy())
     result_path.write_text(json.dumps(summary, indent=1))
     return summary, False
+
+
+def _reuse_probe(case: Case, method: Method, seed: int, config: StudyConfig) -> None:
+    """Copy the probe runs of ``probe_sources`` into the cell's folder (the study runs those
+    cells first): all of them from this case, the teacher-free reference runs (the
+    pipeline's ``fold<i>_reference``) from another; what the folder holds already is kept."""
+    target = run_dir(case, method, seed, config) / "checkpoints"
+    for source_case, source in probe_sources(case, method):
+        runs = "*" if source_case == case else "*_reference"
+        folder = run_dir(source_case, source, seed, config) / "checkpoints"
+        for fold_run in sorted(folder.glob(f"probe_*/{runs}")):
+            copy = target / fold_run.parent.name / fold_run.name
+            if not copy.exists():
+                shutil.copytree(fold_run, copy)
 
 
 def _summarize(case: Case, method: Method, seed: int, result: Any,
@@ -248,10 +294,12 @@ def weights_only_students() -> None:
 
     The pipeline also writes the student as a torch.export program, which takes as long as
     training this small a student; no figure of the study reads it."""
-    import compression.pipeline.run as pipeline_run
+    # the module, not the function ``compression.pipeline.run`` that the package exports
+    pipeline_run = importlib.import_module("compression.pipeline.run")
     from compression.models import save_weights
     if not hasattr(pipeline_run, "_save_student"):
-        return  # the pipeline changed: keep its own saving
+        raise RuntimeError("compression.pipeline.run no longer saves through _save_student; "
+                           "update bench/_study_runs.weights_only_students")
 
     def save(student: Any, dataset: Any, out_dir: Path) -> dict[str, Path]:
         path = out_dir / "student.safetensors"

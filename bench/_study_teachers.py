@@ -43,43 +43,60 @@ def onnx_path(path: Path) -> Path:
     return path.with_suffix(".onnx")
 
 
-def teacher_summary(path: Path) -> dict[str, Any] | None:
-    """The saved summary of a teacher, or None when it was not trained yet."""
-    summary = path.with_suffix(".json")
-    return json.loads(summary.read_text()) if summary.exists() else None
+def teacher_summary(path: Path, eval_name: str) -> dict[str, Any] | None:
+    """A teacher's training record with its evaluation on ``eval_name``'s test split, or None
+    when either is missing."""
+    record, report = path.with_suffix(".json"), _report_path(path, eval_name)
+    if not (record.exists() and report.exists()):
+        return None
+    return {**json.loads(record.read_text()), "report": json.loads(report.read_text())}
+
+
+def _report_path(path: Path, eval_name: str) -> Path:
+    return path.with_name(f"{path.stem}.eval.{eval_name}.json")
 
 
 def ensure_teacher(label: str, path: Path, data: DataSpec, training: TrainingSpec,
-                   recipe: TeacherRecipe, eval_data: DataSpec) -> dict[str, Any]:
-    """Train the teacher unless its ONNX copy and summary exist; return the summary.
+                   recipe: TeacherRecipe, eval_data: DataSpec, eval_name: str) -> dict[str, Any]:
+    """Train the teacher unless its ONNX copy and training record exist, evaluate it on
+    ``eval_data``'s test split unless that was done, and return the summary.
 
     ``data``: what it trains on; ``eval_data``: the student's data, whose test split (and
-    subgroups) the summary reports, for a teacher that trained on less than the student."""
-    summary = teacher_summary(path)
-    if summary is not None and onnx_path(path).exists():
+    subgroups) the summary reports, for a teacher that trained on other data than the
+    student; ``eval_name`` names that evaluation (several cases may share one teacher)."""
+    record = path.with_suffix(".json")
+    if record.exists() and onnx_path(path).exists():
         log(f"teacher {label} exists ({path}), reused")
-        return summary
+    else:
+        _train(label, path, data, training, recipe)
+    report = _report_path(path, eval_name)
+    if not report.exists():
+        report.write_text(json.dumps(_evaluate(onnx_path(path), eval_data), indent=1))
+    summary = teacher_summary(path, eval_name)
+    assert summary is not None
+    return summary
+
+
+def _train(label: str, path: Path, data: DataSpec, training: TrainingSpec,
+           recipe: TeacherRecipe) -> None:
     job = JobSpec(name=f"study-teacher-{label}", data=data, training=training)
     log(f"training teacher {label}: {recipe.arch} w{recipe.width:g}, {recipe.epochs} epochs, "
         f"augment {recipe.augment}")
     start, cpu = time.perf_counter(), time.process_time()
     train_teacher(job, recipe, path, on_event=_epoch_printer(label))
     seconds = time.perf_counter() - start
-    report, parity = _export_and_evaluate(path, eval_data)
-    summary = {"label": label, "path": str(path), "onnx_path": str(onnx_path(path)),
-               "recipe": dataclasses.asdict(recipe), "training": spec_to_dict(training),
-               "data": spec_to_dict(data), "seconds": seconds,
-               "cpu_seconds": time.process_time() - cpu, "report": report,
-               "onnx_parity": parity}
-    path.with_suffix(".json").write_text(json.dumps(summary, indent=1))
-    log(f"teacher {label}: test accuracy {report['overall']['accuracy']:.4f} in {seconds:.0f} s")
-    return summary
+    parity = _export(path, data)
+    record = {"label": label, "path": str(path), "onnx_path": str(onnx_path(path)),
+              "recipe": dataclasses.asdict(recipe), "training": spec_to_dict(training),
+              "data": spec_to_dict(data), "seconds": seconds,
+              "cpu_seconds": time.process_time() - cpu, "onnx_parity": parity}
+    path.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    log(f"teacher {label} trained in {seconds:.0f} s")
 
 
-def _export_and_evaluate(path: Path, data: DataSpec) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Write the teacher as ONNX next to its .pt2, measure parity on the first 2000 test
-    images, and evaluate the ONNX copy (what the runs read) on the student's test split."""
-    from compression.evaluation import evaluate, predict_logits
+def _export(path: Path, data: DataSpec) -> dict[str, Any]:
+    """Write the teacher as ONNX next to its .pt2 and measure parity on the first 2000 test
+    images of the data it trained on."""
     dataset = load_dataset(data)
     shape = dataset.input_shape
     program = load_teacher(TeacherSpec(path=str(path)), shape, dataset.num_classes)
@@ -88,12 +105,21 @@ def _export_and_evaluate(path: Path, data: DataSpec) -> tuple[dict[str, Any], di
     x = dataset.test.x[:2000].float() / 255
     with torch.inference_mode():
         a, b = program(x), runner(x)
-    parity = {"images": len(x), "max_abs_diff": float((a - b).abs().max()),
-              "top1_agreement": float((a.argmax(1) == b.argmax(1)).float().mean())}
+    return {"images": len(x), "max_abs_diff": float((a - b).abs().max()),
+            "top1_agreement": float((a.argmax(1) == b.argmax(1)).float().mean())}
+
+
+def _evaluate(onnx: Path, data: DataSpec) -> dict[str, Any]:
+    """The ONNX copy (what the runs read) evaluated on ``data``'s test split."""
+    from compression.evaluation import evaluate, predict_logits
+    dataset = load_dataset(data)
+    runner = load_teacher(TeacherSpec(path=str(onnx)), dataset.input_shape, dataset.num_classes)
     logits = predict_logits(runner, dataset.test, 512, torch.device("cpu"))
     report = evaluate(logits, dataset.test, dataset.class_names, dataset.group_names,
                       name="teacher")
-    return report.to_dict(), parity
+    log(f"teacher {onnx.stem} on {data.test_path}: test accuracy "
+        f"{report.overall.accuracy:.4f}")
+    return report.to_dict()
 
 
 def _epoch_printer(label: str) -> Callable[[Any], None]:

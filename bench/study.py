@@ -40,8 +40,9 @@ from compression.losses.registry import AUTO  # noqa: E402
 from bench._study_auto import derive_auto, verify_derived  # noqa: E402
 from bench._study_report import write_outputs  # noqa: E402
 from bench._study_runs import (CASES, REFERENCE, Case, Method, StudyConfig,  # noqa: E402
-                               case_teacher_summary, ensure_case_teacher, methods, run_cell,
-                               run_dir, weights_only_students)
+                               case_teacher_summary, cell_teacher, ensure_case_teacher,
+                               methods, probe_sources, run_cell, run_dir,
+                               weights_only_students)
 from bench._study_teachers import log, memoize_teachers  # noqa: E402
 
 __all__ = ["main"]
@@ -108,27 +109,41 @@ def _schedule(pool: ProcessPoolExecutor, cases: list[Case], config: StudyConfig,
     """Run teachers and cells, at most ``jobs`` at a time: every teacher first, then the
     cells in case order, in a case the cells its target check reads (one_hot, the
     rebalanced students, kd at 0.9, auto) for every seed, then the rest, lowest seed first;
-    a cell waits for its teacher. Teachers are the longest tasks: started last, one would
-    leave a worker idle at the end while the cells of its case wait for it. A study cut short
-    has whole cases, and within a case the target check first.
+    a cell waits for its teacher, and for the cells whose probe runs it reuses
+    (``probe_sources``), which start before the other rows of their seed; cases that share a teacher file train it once. Teachers are the longest
+    tasks: started last, one would leave a worker idle at the end while the cells of its case
+    wait for it. A study cut short has whole cases, and within a case the target check first.
     Returns (teacher summaries, run summaries, runs trained)."""
     free, taught = _cells(cases, config, derive_auto)
     rank = {c: i for i, c in enumerate(cases)}
     order = {m.label: i for i, m in enumerate(methods())}
+    leads = {m.label for c in cases for r in methods() for _, m in probe_sources(c, r)}
     ready: list[tuple] = [("teacher", c) for c in cases]
     if not teachers_only:
         ready += [("cell", cell) for cell in free]
     total = len(free) + sum(map(len, taught.values()))
     pending: dict[Future, tuple[str, object]] = {}
+    planned = {_key(cell) for cells in taught.values() for cell in cells}
+    finished: set[tuple] = set()
+
+    def blocked(task: tuple) -> bool:
+        kind, item = task
+        if kind == "teacher":
+            return any(k == "teacher" and cell_teacher(c, config) == cell_teacher(item, config)
+                       for k, c in pending.values())
+        case, method, seed = item
+        return any(_key((c, m, seed)) in planned - finished for c, m in probe_sources(case, method))
+
     teachers, results, trained, start = {}, [], 0, time.perf_counter()
     while pending or ready:
-        while ready and len(pending) < jobs:
-            task = min(ready, key=lambda t: _priority(t, rank, order))
+        while len(pending) < jobs and (runnable := [t for t in ready if not blocked(t)]):
+            task = min(runnable, key=lambda t: _priority(t, rank, order, leads))
             ready.remove(task)
             kind, item = task
             future = (pool.submit(ensure_case_teacher, item, config) if kind == "teacher"
                       else pool.submit(run_cell, *item, config))
             pending[future] = task
+        assert pending, "every task left waits for one that is not scheduled"
         done, _ = wait(pending, return_when=FIRST_COMPLETED)
         for future in done:
             kind, item = pending.pop(future)
@@ -137,20 +152,27 @@ def _schedule(pool: ProcessPoolExecutor, cases: list[Case], config: StudyConfig,
                 ready += [] if teachers_only else [("cell", cell) for cell in taught[item]]
                 continue
             summary, reused = future.result()
+            finished.add(_key(item))
             results.append(summary)
             trained += not reused
             _progress(item, summary, reused, len(results), total, trained, start)
     return teachers, results, trained
 
 
-def _priority(task: tuple, rank: dict, order: dict) -> tuple:
-    """Teachers first, in case order; then cells by case, the target check's first."""
+def _key(cell: Cell) -> tuple[str, str, int]:
+    case, method, seed = cell
+    return case.name, method.label, seed
+
+
+def _priority(task: tuple, rank: dict, order: dict, leads: set[str]) -> tuple:
+    """Teachers first, in case order; then cells by case, the target check's first, and in a
+    tier the rows whose probe others reuse (longest and awaited) first."""
     kind, item = task
     if kind == "teacher":
-        return (0, rank[item], 0, 0, 0)
+        return (0, rank[item], 0, 0, False, 0)
     case, method, seed = item
     tier = 0 if method.teacher_free or method.label in (REFERENCE, "auto") else 1
-    return (1, rank[case], tier, seed, order[method.label])
+    return (1, rank[case], tier, seed, method.label not in leads, order[method.label])
 
 
 def _progress(cell: Cell, summary: dict, reused: bool, i: int, total: int, trained: int,

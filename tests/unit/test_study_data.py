@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench._study_data import (MINORITY_SHARE, gaussian_blur, minority_mask,
-                               population_shares, teacher_data_spec)
-from compression.spec import DataSpec
+from bench._study_data import (MINORITY_SHARE, _attribute_arrays, gaussian_blur,
+                               minority_mask, population_shares, teacher_dataset)
 
 
 def test_blur_keeps_mass_and_range_and_removes_edges() -> None:
@@ -38,15 +37,27 @@ def test_minority_is_the_share_of_every_class_and_seeded() -> None:
     assert np.array_equal(mask, again) and not np.array_equal(mask, other)
 
 
-def test_teacher_that_never_saw_the_minority_reads_the_clean_train_file_only() -> None:
-    student = DataSpec(source="npz", path="/d/fmnist_attr/train.npz",
-                       holdout_path="/d/fmnist_attr/holdout.npz",
-                       test_path="/d/fmnist_attr/test.npz")
-    teacher = teacher_data_spec(student, saw_minority=False)
-    assert teacher.path == "/d/fmnist_attr/train_clean.npz"
-    assert (teacher.holdout_path, teacher.test_path) == (student.holdout_path,
-                                                         student.test_path)
-    assert teacher_data_spec(student, saw_minority=True) is student
+def test_the_teacher_that_never_saw_the_minority_trained_on_its_images_before_the_defocus(
+        ) -> None:
+    rng = np.random.default_rng(0)
+    bal = {split: {"x": rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+                   "y": np.repeat(np.arange(10), n // 10),
+                   "class_names": np.array(list("abcdefghij"))}
+           for split, n in (("train", 400), ("holdout", 200), ("test", 200))}
+    attr = _attribute_arrays(bal, seed=0)
+    assert set(attr) == {"train", "holdout", "test"}
+    for split, arrays in attr.items():
+        blur = arrays["group"] == "blur"
+        assert np.array_equal(arrays["y"], bal[split]["y"])
+        # the clean rows are fmnist_bal's own images, every defocused row is a changed copy
+        assert np.array_equal(arrays["x"][~blur], bal[split]["x"][~blur])
+        changed = (arrays["x"][blur] != bal[split]["x"][blur]).reshape(blur.sum(), -1)
+        assert changed.any(axis=1).all()
+    assert np.bincount(attr["train"]["y"][attr["train"]["group"] == "blur"]).tolist() == [2] * 10
+    assert teacher_dataset("fmnist_attr", saw_minority=False) == "fmnist_bal"
+    assert teacher_dataset("fmnist_attr", saw_minority=True) == "fmnist_attr"
+    with pytest.raises(ValueError, match="no minority"):
+        teacher_dataset("fmnist_lt", saw_minority=False)
 
 
 def test_population_shares_only_for_the_attribute_set() -> None:

@@ -1,0 +1,65 @@
+"""The study's rows: which cells share a harm probe, and the copy that lets them share it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench._study_runs import (CASES, StudyConfig, _reuse_probe, methods, probe_sources,
+                               run_dir)
+from compression.losses.registry import harm_probe_plan
+
+
+def _row(label: str):
+    return next(m for m in methods() if m.label == label)
+
+
+def _case(name: str):
+    return next(c for c in CASES if c.name == name)
+
+
+def test_paired_dro_reuses_the_probe_paired_alpha_trains() -> None:
+    alpha, dro = _row("paired_alpha"), _row("paired_dro")
+    never, saw = (_case("fmnist_attr/teacher_never_saw_blur"),
+                  _case("fmnist_attr/teacher_saw_all"))
+    assert harm_probe_plan(alpha.mitigation) == harm_probe_plan(dro.mitigation)
+    assert probe_sources(never, dro) == [(never, alpha)]
+    assert probe_sources(never, alpha) == []  # the dataset's first case trains it
+    # another case of the dataset: its own leader first, then the first case's teacher-free
+    # reference runs (the distilled ones are retrained: another teacher)
+    assert probe_sources(saw, dro) == [(saw, alpha), (never, alpha)]
+    assert probe_sources(saw, alpha) == [(never, alpha)]
+    assert probe_sources(never, _row("kd a=0.9")) == probe_sources(saw, _row("one_hot")) == []
+
+
+def test_the_probe_runs_are_copied_from_the_cells_that_trained_them(tmp_path: Path) -> None:
+    config = StudyConfig(out_dir=tmp_path)
+    alpha, dro = _row("paired_alpha"), _row("paired_dro")
+    never, saw = (_case("fmnist_attr/teacher_never_saw_blur"),
+                  _case("fmnist_attr/teacher_saw_all"))
+
+    def write(case, method, seed, run, content):
+        folder = run_dir(case, method, seed, config) / "checkpoints" / "probe_abc" / run
+        folder.mkdir(parents=True)
+        (folder / "last.pt").write_bytes(content)
+
+    write(never, alpha, 1, "fold0_reference", b"reference")
+    write(never, alpha, 1, "fold0_distilled", b"never's teacher")
+    write(saw, alpha, 1, "fold0_distilled", b"saw's teacher")
+    (run_dir(saw, alpha, 1, config) / "checkpoints" / "student").mkdir()  # not a probe run
+    _reuse_probe(saw, dro, 1, config)
+    target = run_dir(saw, dro, 1, config) / "checkpoints"
+    assert [p.name for p in target.iterdir()] == ["probe_abc"]
+    read = {p.parent.name: p.read_bytes() for p in target.glob("probe_abc/*/last.pt")}
+    assert read == {"fold0_distilled": b"saw's teacher", "fold0_reference": b"reference"}
+    assert not (run_dir(saw, dro, 0, config) / "checkpoints").exists()  # other seed: none
+    # from another case only the reference runs: a distilled run of another teacher would
+    # be refused by the pipeline's resume check
+    _reuse_probe(saw, alpha, 1, config)
+    mine = run_dir(saw, alpha, 1, config) / "checkpoints" / "probe_abc"
+    assert (mine / "fold0_distilled" / "last.pt").read_bytes() == b"saw's teacher"  # kept
+    assert (mine / "fold0_reference" / "last.pt").read_bytes() == b"reference"
+    write(never, alpha, 2, "fold1_reference", b"reference 2")
+    write(never, alpha, 2, "fold1_distilled", b"never's teacher 2")
+    _reuse_probe(saw, alpha, 2, config)
+    assert [p.parent.name for p in run_dir(saw, alpha, 2, config).glob(
+        "checkpoints/probe_abc/*/last.pt")] == ["fold1_reference"]
