@@ -128,12 +128,17 @@ class StudyConfig:
     fmnist: FmnistSizes = FmnistSizes()
     data_seed: int = 0
     slice_discovery: bool = False  # no figure reads the slices; it costs a second a run
+    device: str = "cpu"  # training.device of every run and teacher (cuda: a GPU study)
     out_dir: Path = Path("runs/study")
 
     def tag(self) -> str:
-        """Short hash of everything that changes a run except the seeds."""
-        return _short_hash({k: v for k, v in dataclasses.asdict(self).items()
-                            if k not in ("seeds", "out_dir")})
+        """Short hash of everything that changes a run except the seeds (the device only
+        off the CPU, so CPU folders keep the names they had before the field existed)."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items()
+                  if k not in ("seeds", "out_dir")}
+        if self.device == "cpu":
+            del fields["device"]
+        return _short_hash(fields)
 
     def data(self, dataset: str) -> DataSpec:
         return data_spec(dataset, self.data_dir(), imbalance=self.imbalance, seed=self.data_seed)
@@ -152,7 +157,7 @@ class StudyConfig:
         return TrainingSpec(epochs=epochs, lr=self.lr, schedule="cosine",
                             batch_size=self.digits_batch_size if digits else self.batch_size,
                             warmup_epochs=1 if epochs > 2 else 0, augment="none",
-                            device="cpu", seed=seed)
+                            device=self.device, seed=seed)
 
 
 def _short_hash(fields: dict[str, Any]) -> str:

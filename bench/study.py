@@ -60,6 +60,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=d.epochs, help="student epochs (Fashion-MNIST)")
     p.add_argument("--jobs", type=int, default=2, help="runs trained at once (processes)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    p.add_argument("--device", default=d.device, choices=["cpu", "cuda"],
+                   help="where every run and teacher trains (its own run folders)")
     p.add_argument("--out", type=Path, default=ROOT / d.out_dir, help="run folders")
     p.add_argument("--results", type=Path, default=ROOT / "docs/results")
     p.add_argument("--doc", type=Path, default=ROOT / "docs/results.md")
@@ -246,7 +248,8 @@ def _loadavg() -> tuple[float, ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    config = StudyConfig(seeds=tuple(args.seeds), epochs=args.epochs, out_dir=args.out)
+    config = StudyConfig(seeds=tuple(args.seeds), epochs=args.epochs, device=args.device,
+                         out_dir=args.out)
     cases = [c for c in CASES if c.name in args.cases]
     start = time.perf_counter()
     log(f"study settings {config.tag()}: {config}; {args.jobs} worker(s) x "

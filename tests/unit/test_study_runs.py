@@ -63,3 +63,10 @@ def test_the_probe_runs_are_copied_from_the_cells_that_trained_them(tmp_path: Pa
     _reuse_probe(saw, alpha, 2, config)
     assert [p.parent.name for p in run_dir(saw, alpha, 2, config).glob(
         "checkpoints/probe_abc/*/last.pt")] == ["fold1_reference"]
+
+
+def test_a_gpu_study_trains_on_cuda_in_its_own_folders() -> None:
+    cpu, gpu = StudyConfig(), StudyConfig(device="cuda")
+    assert gpu.tag() != cpu.tag()
+    assert gpu.training("fmnist_bal", 0).device == "cuda"
+    assert cpu.training("digits_lt", 0).device == "cpu"
