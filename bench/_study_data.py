@@ -18,15 +18,15 @@ harm to them can be shown.
   makes the pool long-tailed (exp, imbalance 20: with about 90 images a class, imbalance 100
   would leave one tail image).
 - ``fmnist_attr``: the fmnist_bal splits with a stratified 5% of train, and 30% of holdout and
-  test, replaced by a defocused copy (``blur``; the rest ``clean``). A teacher that never saw
-  the minority is the fmnist_bal teacher: trained on these images before any was defocused,
-  as a teacher trained on yesterday's camera meets a student trained on today's. Why defocus: a camera out
+  test, replaced by a defocused copy (``blur``; the rest ``clean``). Why defocus: a camera out
   of focus or shaken produces it, it wipes out the texture and edges (collars, buttons,
   prints) that separate T-shirt, Shirt, Pullover and Coat while the silhouette survives, and
   no intensity normalisation undoes it (a global brightness or gamma change is largely undone
   by the per-image statistics a BatchNorm network sees). Test and holdout oversample it so its
   accuracy has a tight interval and ``auto`` and the holdout-driven mitigations can see it;
-  overall accuracy is reweighted to the training mix in the study's tables.
+  overall accuracy is reweighted to the training mix in the study's tables. A teacher that
+  never saw the minority is the fmnist_bal teacher: trained on these images before any was
+  defocused, as a teacher trained on yesterday's camera meets a student trained on today's.
 """
 
 from __future__ import annotations

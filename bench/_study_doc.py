@@ -120,8 +120,12 @@ def _wall(study: dict[str, Any]) -> list[str]:
     w = study["wall"]
     cmd = w["study_command"]
     derived = bool(w.get("derived_auto"))
-    lines = ["## Command and wall time", "", "```", ".venv/bin/python bench/study.py"
-             + (" --derive-auto" if derived else ""), "```", ""]
+    gpu = study["config"].get("device", "cpu") != "cpu"
+    flags = ((" --derive-auto" if derived else "")
+             + (f" --device {study['config']['device']}" if gpu else "")
+             + (f" --jobs {cmd['jobs']}" if cmd and cmd.get("jobs", 2) != 2 else ""))
+    lines = ["## Command and wall time", "", "```", ".venv/bin/python bench/study.py" + flags,
+             "```", ""]
     if derived:
         lines += [f"With `--derive-auto` the {w['derived_auto']} auto cells are computed from "
                   "their candidates' own runs (`bench/_study_auto.py`): the same students a "
@@ -133,15 +137,16 @@ def _wall(study: dict[str, Any]) -> list[str]:
                      f"processes of {cmd['threads']} torch thread, finished {cmd['finished']}"
                      + (", 1/5/15-min load average at the end "
                         + ", ".join(f"{v:.1f}" for v in load) if load else "")
-                     + ") on the shared 2-core CPU.")
+                     + (") on one CUDA GPU." if gpu else ") on the shared 2-core CPU."))
+    cpu = (w["sum_of_run_cpu_seconds"] + w["teacher_cpu_seconds"]) / 60
     lines += ["Teacher training: " + ", ".join(f"{c} {s / 60:.1f} min" for c, s in
                                                  w["teacher_seconds"].items()) +
               f". Sum of the runs' own wall times: {w['sum_of_run_seconds'] / 60:.1f} min over "
-              f"{w['runs']} runs. CPU time of runs and teachers together: "
-              f"{(w['sum_of_run_cpu_seconds'] + w['teacher_cpu_seconds']) / 60:.1f} min, so "
-              f"about {(w['sum_of_run_cpu_seconds'] + w['teacher_cpu_seconds']) / 120:.0f} min "
-              "of wall time on the two cores of an otherwise idle machine (an estimate: two "
-              "workers busy throughout). A second invocation reuses every finished run; "
+              f"{w['runs']} runs. " +
+              ("" if gpu else f"CPU time of runs and teachers together: {cpu:.1f} min, so "
+               f"about {cpu / 2:.0f} min of wall time on the two cores of an otherwise idle "
+               "machine (an estimate: two workers busy throughout). ") +
+              "A second invocation reuses every finished run; "
               "`--report-only` rebuilds this page. Raw data: `docs/results/study.csv` (one row "
               "per run), `docs/results/study.json`.", ""]
     return lines

@@ -112,9 +112,10 @@ def _schedule(pool: ProcessPoolExecutor, cases: list[Case], config: StudyConfig,
     cells in case order, in a case the cells its target check reads (one_hot, the
     rebalanced students, kd at 0.9, auto) for every seed, then the rest, lowest seed first;
     a cell waits for its teacher, and for the cells whose probe runs it reuses
-    (``probe_sources``), which start before the other rows of their seed; cases that share a teacher file train it once. Teachers are the longest
-    tasks: started last, one would leave a worker idle at the end while the cells of its case
-    wait for it. A study cut short has whole cases, and within a case the target check first.
+    (``probe_sources``), which start before the other rows of their seed; cases that share a
+    teacher file train it once. Teachers are the longest tasks: started last, one would leave
+    a worker idle at the end while the cells of its case wait for it. A study cut short has
+    whole cases, and within a case the target check first.
     Returns (teacher summaries, run summaries, runs trained)."""
     free, taught = _cells(cases, config, derive_auto)
     rank = {c: i for i, c in enumerate(cases)}
@@ -134,7 +135,8 @@ def _schedule(pool: ProcessPoolExecutor, cases: list[Case], config: StudyConfig,
             return any(k == "teacher" and cell_teacher(c, config) == cell_teacher(item, config)
                        for k, c in pending.values())
         case, method, seed = item
-        return any(_key((c, m, seed)) in planned - finished for c, m in probe_sources(case, method))
+        return any(_key((c, m, seed)) in planned - finished
+                   for c, m in probe_sources(case, method))
 
     teachers, results, trained, start = {}, [], 0, time.perf_counter()
     while pending or ready:
