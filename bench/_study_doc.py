@@ -93,7 +93,8 @@ def _setup(study: dict[str, Any]) -> list[str]:
         "- **Methods**: one_hot; the teacher-free rebalanced students (balanced_softmax, "
         "class_balanced, group_dro_one_hot, logit_adjusted; run once per dataset and seed and "
         "shared by its cases); kd at alpha 0.5, 0.9, 1.0; every registered mitigation at alpha "
-        "0.9 with default params (docs/mitigations.md); auto as the README recommends it. "
+        "0.9 with default params (docs/mitigations.md), paired_alpha also with match_share; auto "
+        "as the README recommends it. "
         "paired_alpha and paired_dro run the same harm probe: the study trains it once per "
         "case and seed and the second reuses it, as they share it inside one auto job.",
         "- **Tests**: per subgroup, the run against the one_hot run of the same seed on the same "
@@ -116,6 +117,16 @@ def _teachers(study: dict[str, Any]) -> list[str]:
         ["case", "teacher", "trained on", "test acc %", "per subgroup %", "train min"], rows)
 
 
+def _call(cmd: dict[str, Any]) -> str:
+    """One invocation's record (bench/study.py ``_invocation``) in words."""
+    load = cmd.get("load_average_at_end")
+    return (f"{cmd['trained_runs']} runs in {cmd['seconds'] / 60:.1f} min of wall time "
+            f"({cmd['jobs']} worker processes of {cmd['threads']} torch thread, finished "
+            f"{cmd['finished']}" + (", 1/5/15-min load average at the end "
+                                    + ", ".join(f"{v:.1f}" for v in load) if load else "")
+            + ")")
+
+
 def _wall(study: dict[str, Any]) -> list[str]:
     w = study["wall"]
     cmd = w["study_command"]
@@ -131,13 +142,10 @@ def _wall(study: dict[str, Any]) -> list[str]:
                   "their candidates' own runs (`bench/_study_auto.py`): the same students a "
                   "pipeline run of auto trains, without training them twice.", ""]
     if cmd:
-        load = cmd.get("load_average_at_end")
-        lines.append(f"The last invocation that trained ran {cmd['trained_runs']} runs in "
-                     f"{cmd['seconds'] / 60:.1f} min of wall time ({cmd['jobs']} worker "
-                     f"processes of {cmd['threads']} torch thread, finished {cmd['finished']}"
-                     + (", 1/5/15-min load average at the end "
-                        + ", ".join(f"{v:.1f}" for v in load) if load else "")
-                     + (") on one CUDA GPU." if gpu else ") on the shared 2-core CPU."))
+        where = "one CUDA GPU" if gpu else "the shared 2-core CPU"
+        lines.append(f"The first invocation that trained ran {_call(cmd)} on {where}."
+                     + "".join(f" A later one, resuming, trained {_call(c)}."
+                               for c in cmd.get("later", [])))
     cpu = (w["sum_of_run_cpu_seconds"] + w["teacher_cpu_seconds"]) / 60
     lines += ["Teacher training: " + ", ".join(f"{c} {s / 60:.1f} min" for c, s in
                                                  w["teacher_seconds"].items()) +

@@ -90,8 +90,8 @@ def _auto_available() -> bool:
 
 def methods() -> tuple[Method, ...]:
     """one_hot, the teacher-free rebalanced baselines, kd at three weights, every other
-    registered mitigation at alpha 0.9 with its default params, and auto when the registry's
-    auto needs no candidate list."""
+    registered mitigation at alpha 0.9 with its default params (paired_alpha also with
+    match_share), and auto when the registry's auto needs no candidate list."""
     rows = [Method("one_hot", _m("one_hot", 0.0))]
     rows += [Method(n, _m(n, 0.0)) for n in sorted(REBALANCING)]
     rows += [Method(f"kd a={a:.1f}", _m("kd", a)) for a in (0.5, 0.9, 1.0)]
@@ -99,6 +99,8 @@ def methods() -> tuple[Method, ...]:
         if name in (*BASELINES, *REBALANCING, AUTO):
             continue
         rows.append(Method(name, _m(name)))
+        if name == "paired_alpha":
+            rows.append(Method("paired_alpha match_share", _m(name, match_share=True)))
     if _auto_available():
         rows.append(Method(AUTO, MitigationSpec(name=AUTO)))  # the recommended candidates
     return tuple(rows)

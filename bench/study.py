@@ -228,16 +228,20 @@ def _finished(cases: list[Case], config: StudyConfig) -> tuple[dict[str, dict], 
 
 def _invocation(config: StudyConfig, args: argparse.Namespace, seconds: float,
                 trained: int) -> dict:
-    """The wall time of the last invocation that trained runs (kept across --report-only)."""
+    """The wall time of the first invocation that trained runs, with every later one that
+    trained more (resumed: new rows) under ``later`` (kept across --report-only)."""
     path = config.out_dir / config.tag() / "invocation.json"
+    known = json.loads(path.read_text()) if path.exists() else {}
     if trained:
         record = {"seconds": seconds, "trained_runs": trained, "jobs": args.jobs,
                   "derive_auto": args.derive_auto,
                   "threads": args.threads, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                   "load_average_at_end": list(_loadavg())}
+        known = ({**known, "later": known.get("later", []) + [record]} if known
+                 else {**record, "later": []})
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=1))
-    return json.loads(path.read_text()) if path.exists() else {}
+        path.write_text(json.dumps(known, indent=1))
+    return known
 
 
 def _loadavg() -> tuple[float, ...]:

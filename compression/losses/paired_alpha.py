@@ -10,11 +10,17 @@ w_g in [0, 1], the posterior probability that distillation is at least as good t
 
 so a subgroup where the teacher is not shown to do no harm falls back toward the label term,
 however accurate the teacher is there. CE_i is the label term of param ``label_loss``.
+
+With ``match_share`` (paired_alpha) example i's loss is weighted by
+``v_i = 1 + (r - 1) * (1 - alpha_i / alpha)``, r the batch's mean |d loss_i / d logits| over
+mean |d CE_i / d logits| on the examples that keep some teacher: the examples the teacher was
+taken from keep the share of the update they have in label-only training (our own;
+docs/mitigations.md).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +43,8 @@ from compression.spec import MitigationSpec
 __all__ = ["PARAMS", "DRO_PROBE_PARAMS", "param_problems", "dro_param_problems",
            "PairedDROLoss", "build", "build_dro"]
 
-PARAMS: dict[str, Any] = {**PROBE_PARAMS, "mask_classes": False, **LABEL_PARAMS}
+PARAMS: dict[str, Any] = {**PROBE_PARAMS, "mask_classes": False, "match_share": False,
+                          **LABEL_PARAMS}
 DRO_PROBE_PARAMS: dict[str, Any] = {**PROBE_PARAMS, **DRO_PARAMS}
 
 
@@ -82,6 +89,24 @@ def within_trusted_kl(student_logits: Tensor, teacher_logits: Tensor, trusted: T
     return temperature ** 2 * p_u * kl
 
 
+def share_weights(student_logits: Tensor, loss_fn: Callable[[Tensor], Tensor],
+                  label_fn: Callable[[Tensor], Tensor], alpha: Tensor,
+                  full_alpha: float) -> Tensor:
+    """``v_i`` of the module docstring: [B, C] logits, the per-example loss and label term as
+    functions of the logits, [B] alphas -> [B] weights, no gradient. r is measured on this
+    batch (this rank's, in DDP); 1 for all when no example keeps the teacher."""
+    if full_alpha <= 0 or not bool((alpha > 0).any()):
+        return torch.ones_like(alpha)
+    z = student_logits.detach().float().requires_grad_(True)
+    with torch.enable_grad():
+        (d_loss,) = torch.autograd.grad(loss_fn(z).sum(), z)
+        (d_label,) = torch.autograd.grad(label_fn(z).sum(), z)
+    taught = alpha > 0
+    ratio = (d_loss.norm(dim=1)[taught].mean()
+             / d_label.norm(dim=1)[taught].mean().clamp_min(1e-12))
+    return 1 + (ratio - 1) * (1 - alpha.float() / full_alpha)
+
+
 def build(spec: MitigationSpec, context: LossContext, params: dict[str, Any]) -> Loss:
     """Per-subgroup alphas from ``context.harm_evidence``; with ``mask_classes`` the classes
     of subgroups not shown harmless (w_g < 1/2) are also left out of every example's KD term."""
@@ -97,13 +122,22 @@ def build(spec: MitigationSpec, context: LossContext, params: dict[str, Any]) ->
 
     def paired_alpha(student_logits: Tensor, labels: Tensor, teacher_logits: Tensor | None,
                      groups: Tensor) -> Tensor:
-        if trusted is None:
+        if trusted is None and not params["match_share"]:
             return adaptive_alpha_loss(student_logits, teacher_logits, labels, groups,
                                        alpha_by_group, temperature, label=label)
-        alpha = alpha_by_group.to(student_logits.device)[groups]  # [B]
-        per_example = ((1 - alpha) * label(student_logits, labels) + alpha * within_trusted_kl(
-            student_logits, teacher_logits, trusted, temperature))
-        return batch_mean(per_example)
+        alpha = alpha_by_group.to(student_logits.device, torch.float32)[groups]  # [B]
+
+        def per_example(z: Tensor) -> Tensor:
+            if trusted is None:
+                return kd_per_example(z, teacher_logits, labels, alpha, temperature, label)
+            return ((1 - alpha) * label(z, labels)
+                    + alpha * within_trusted_kl(z, teacher_logits, trusted, temperature))
+        losses = per_example(student_logits)
+        if not params["match_share"]:
+            return batch_mean(losses)
+        v = share_weights(student_logits, per_example, lambda z: label(z, labels), alpha,
+                          spec.alpha)
+        return batch_mean(v * losses) / batch_mean(v)
 
     return StatelessLoss("paired_alpha", paired_alpha, needs_teacher=True, facts=facts)
 

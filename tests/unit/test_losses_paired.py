@@ -144,3 +144,39 @@ def test_masking_leaves_harmed_classes_to_the_label_term():
     assert torch.allclose(z.grad[:, 2], alone.grad[:, 2], atol=1e-6)
     with pytest.raises(InvalidInput, match="whole classes"):
         build_loss(spec("paired_alpha", mask_classes=True), context())
+
+
+def test_share_weights_by_hand():
+    from compression.losses.paired_alpha import share_weights
+    from compression.losses.per_example import kd_per_example, per_example_ce
+    z, y = torch.zeros(2, 2), torch.tensor([0, 0])
+    t = torch.tensor([[4.0, 0.0], [4.0, 0.0]])
+    alpha = torch.tensor([1.0, 0.0])  # the first keeps the teacher, the second lost it
+    v = share_weights(z, lambda s: kd_per_example(s, t, y, alpha, 4.0),
+                      lambda s: per_example_ce(s, y), alpha, 1.0)
+    # taught row: |T (p_T - q_T)| = 4 (0.7311 - 0.5) sqrt 2 = 1.3071 against |p - y| = 0.7071
+    assert v.tolist() == pytest.approx([1.0, 1.8485], abs=1e-4)
+    assert share_weights(z, lambda s: per_example_ce(s, y), lambda s: per_example_ce(s, y),
+                         torch.zeros(2), 1.0).tolist() == [1.0, 1.0]  # no teacher anywhere
+
+
+def test_paired_alpha_match_share_by_hand():
+    loss = build_loss(spec("paired_alpha", match_share=True), context())
+    w = torch.tensor([beta_cdf(0.5, 0.5, 12.5), beta_cdf(0.5, 12.5, 0.5)])
+    alpha = 0.9 * w[G]
+    ce = F.cross_entropy(S, Y, reduction="none")
+    per = (1 - alpha) * ce + alpha * kd_kl(S, T, 2.0)
+    p, onehot = torch.softmax(S, 1), F.one_hot(Y, 3).float()
+    p_t, q_t = torch.softmax(S / 2.0, 1), torch.softmax(T / 2.0, 1)
+    d_loss = (1 - alpha)[:, None] * (p - onehot) + alpha[:, None] * 2.0 * (p_t - q_t)
+    r = d_loss.norm(dim=1).mean() / (p - onehot).norm(dim=1).mean()
+    v = 1 + (r - 1) * (1 - alpha / 0.9)
+    expected = (v * per).sum() / v.sum()
+    assert loss(S, Y, T, G).item() == pytest.approx(expected.item(), rel=1e-5)
+    # b (teacher taken away) weighs r, a (teacher kept) 1; r is 0.957 on these logits
+    assert v[G == 1].tolist() == pytest.approx([float(r)] * 3, rel=1e-3)
+    assert v[G == 0].tolist() == pytest.approx([1.0] * 3, abs=1e-3)
+    assert float(r) == pytest.approx(0.957, abs=1e-3)
+    harmless = {"groups": [{"name": g, "n": 900, "b": 0, "c": 900} for g in "ab"]}
+    assert build_loss(spec("paired_alpha", match_share=True), context(harmless))(
+        S, Y, T, G).item() == pytest.approx(kd_loss(S, T, Y, 0.9, 2.0).item(), rel=1e-4)
