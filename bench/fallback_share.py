@@ -49,15 +49,15 @@ ALPHA, T = 0.9, 4.0
 
 def share_ratio(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor,
                 alpha: Tensor) -> Tensor:
-    """Mean over the rows of |d KD-loss / d logits| over mean |d CE / d logits| ([B, C] logits,
-    [B] labels and alphas -> scalar): how much larger the distilled rows' updates are than the
-    same rows' updates under one-hot training. The per-example KD loss (1 - a) CE + a T^2 KL
-    has the logit gradient (1 - a)(p - y) + a T (p_T - q_T)."""
-    z = student_logits.float()
-    p, y = torch.softmax(z, 1), nn.functional.one_hot(labels, z.shape[1]).float()
-    p_t, q_t = torch.softmax(z / T, 1), torch.softmax(teacher_logits.float() / T, 1)
-    grad_kd = ((1 - alpha)[:, None] * (p - y) + alpha[:, None] * T * (p_t - q_t)).norm(dim=1)
-    return grad_kd.mean() / (p - y).norm(dim=1).mean().clamp_min(1e-8)
+    """How much larger the rows' updates under the KD loss (1 - a) CE + a T^2 KL are than
+    under CE alone ([B, C] logits, [B] labels and alphas -> scalar): paired_alpha's
+    ``gradient_ratio`` over every row."""
+    from compression.losses.paired_alpha import gradient_ratio
+    from compression.losses.per_example import kd_per_example, per_example_ce
+    return gradient_ratio(student_logits,
+                          lambda z: kd_per_example(z, teacher_logits, labels, alpha, T),
+                          lambda z: per_example_ce(z, labels),
+                          torch.ones(len(labels), dtype=torch.bool, device=labels.device))
 
 
 class _Pair(nn.Module):

@@ -89,21 +89,26 @@ def within_trusted_kl(student_logits: Tensor, teacher_logits: Tensor, trusted: T
     return temperature ** 2 * p_u * kl
 
 
-def share_weights(student_logits: Tensor, loss_fn: Callable[[Tensor], Tensor],
-                  label_fn: Callable[[Tensor], Tensor], alpha: Tensor,
-                  full_alpha: float) -> Tensor:
-    """``v_i`` of the module docstring: [B, C] logits, the per-example loss and label term as
-    functions of the logits, [B] alphas -> [B] weights, no gradient. r is measured on this
-    batch (this rank's, in DDP); 1 for all when no example keeps the teacher."""
-    if full_alpha <= 0 or not bool((alpha > 0).any()):
-        return torch.ones_like(alpha)
+def gradient_ratio(student_logits: Tensor, loss_fn: Callable[[Tensor], Tensor],
+                   label_fn: Callable[[Tensor], Tensor], rows: Tensor) -> Tensor:
+    """r: the mean |d loss_i / d logits_i| over the mean |d label_i / d logits_i| on ``rows``
+    ([B] bool), from [B, C] logits and the per-example loss and label term as functions of
+    the logits; no gradient flows back through it."""
     z = student_logits.detach().float().requires_grad_(True)
     with torch.enable_grad():
         (d_loss,) = torch.autograd.grad(loss_fn(z).sum(), z)
         (d_label,) = torch.autograd.grad(label_fn(z).sum(), z)
-    taught = alpha > 0
-    ratio = (d_loss.norm(dim=1)[taught].mean()
-             / d_label.norm(dim=1)[taught].mean().clamp_min(1e-12))
+    return d_loss.norm(dim=1)[rows].mean() / d_label.norm(dim=1)[rows].mean().clamp_min(1e-12)
+
+
+def share_weights(student_logits: Tensor, loss_fn: Callable[[Tensor], Tensor],
+                  label_fn: Callable[[Tensor], Tensor], alpha: Tensor,
+                  full_alpha: float) -> Tensor:
+    """``v_i`` of the module docstring: [B] alphas -> [B] weights, r measured on the rows that
+    keep some teacher in this batch (this rank's, in DDP); 1 for all when none does."""
+    if full_alpha <= 0 or not bool((alpha > 0).any()):
+        return torch.ones_like(alpha)
+    ratio = gradient_ratio(student_logits, loss_fn, label_fn, alpha > 0)
     return 1 + (ratio - 1) * (1 - alpha.float() / full_alpha)
 
 
