@@ -92,11 +92,13 @@ def _setup(study: dict[str, Any]) -> list[str]:
         f"- **Seeds**: {', '.join(map(str, c['seeds']))} (student init and batch order).",
         "- **Methods**: one_hot; the teacher-free rebalanced students (balanced_softmax, "
         "class_balanced, group_dro_one_hot, logit_adjusted; run once per dataset and seed and "
-        "shared by its cases); kd at alpha 0.5, 0.9, 1.0; every registered mitigation at alpha "
-        "0.9 with default params (docs/mitigations.md), paired_alpha also with match_share; auto "
-        "as the README recommends it. "
-        "paired_alpha and paired_dro run the same harm probe: the study trains it once per "
-        "case and seed and the second reuses it, as they share it inside one auto job.",
+        "shared by its cases); kd at alpha 0.5 and 0.9; every registered mitigation at alpha "
+        "0.9 with default params (docs/mitigations.md), paired_alpha also with "
+        "reference_floor; auto as the README recommends it. "
+        "paired_alpha, its floor and paired_dro run the same harm probe: the study trains it "
+        "once per case and seed and the others reuse it, as they share it inside one auto job; "
+        "the floor's whole-split reference is the one-hot baseline, trained once per data set "
+        "and seed.",
         "- **Tests**: per subgroup, the run against the one_hot run of the same seed on the same "
         "test images: paired difference with its 95% score interval, and *below* when the "
         "one-sided paired test rejects at 5% with Holm over the case's subgroups.", ""]

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from bench._study_auto import candidate_methods
 from bench._study_data import population_shares
 from bench._study_doc import write_doc
 from bench._study_runs import REFERENCE, Case, StudyConfig, methods, run_dir
@@ -86,7 +87,16 @@ def _row(case: Case, r: dict[str, Any], ref: dict[str, Any], config: StudyConfig
             "group_n": [g["n"] for g in r["groups"]],
             "paired_vs_one_hot": paired, "harmed_vs_one_hot": harmed(paired),
             "overall_vs_one_hot": paired_overall(paired, population_shares(case.dataset)),
-            "chosen": (r.get("selection") or {}).get("chosen"), "seconds": r["seconds"]}
+            "chosen": _chosen_row(r.get("selection")), "seconds": r["seconds"]}
+
+
+def _chosen_row(selection: dict[str, Any] | None) -> str | None:
+    """The study's label of the candidate auto chose ("paired_alpha floor", not its name)."""
+    if not selection:
+        return None
+    if selection.get("recommended_candidates"):
+        return candidate_methods()[selection["chosen_index"]].label
+    return selection["chosen"]
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

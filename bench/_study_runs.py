@@ -24,6 +24,7 @@ import numpy as np
 
 from compression.errors import InvalidInput
 from compression.losses import known_losses
+from compression.losses.harm_probe import ProbePlan
 from compression.losses.registry import (AUTO, BASELINES, REBALANCING, check_mitigation,
                                          harm_probe_plan)
 from compression.pipeline import run
@@ -89,18 +90,18 @@ def _auto_available() -> bool:
 
 
 def methods() -> tuple[Method, ...]:
-    """one_hot, the teacher-free rebalanced baselines, kd at three weights, every other
+    """one_hot, the teacher-free rebalanced baselines, kd at two weights, every other
     registered mitigation at alpha 0.9 with its default params (paired_alpha also with
-    match_share), and auto when the registry's auto needs no candidate list."""
+    reference_floor), and auto when the registry's auto needs no candidate list."""
     rows = [Method("one_hot", _m("one_hot", 0.0))]
     rows += [Method(n, _m(n, 0.0)) for n in sorted(REBALANCING)]
-    rows += [Method(f"kd a={a:.1f}", _m("kd", a)) for a in (0.5, 0.9, 1.0)]
+    rows += [Method(f"kd a={a:.1f}", _m("kd", a)) for a in (0.5, 0.9)]
     for name in known_losses():
         if name in (*BASELINES, *REBALANCING, AUTO):
             continue
         rows.append(Method(name, _m(name)))
         if name == "paired_alpha":
-            rows.append(Method("paired_alpha match_share", _m(name, match_share=True)))
+            rows.append(Method("paired_alpha floor", _m(name, reference_floor=True)))
     if _auto_available():
         rows.append(Method(AUTO, MitigationSpec(name=AUTO)))  # the recommended candidates
     return tuple(rows)
@@ -208,16 +209,25 @@ def probe_sources(case: Case, method: Method) -> list[tuple[Case, Method]]:
     dataset's first case, whose teacher-free reference runs are the same. A run trained for
     other settings (another teacher's distilled runs) is not resumed but trained again: the
     pipeline checks each run's settings, teacher included, before resuming it."""
-    plan = harm_probe_plan(method.mitigation)
+    plan = _folds_of(method)
     if plan is None:
         return []
-    leader = next(m for m in methods() if harm_probe_plan(m.mitigation) == plan)
+    leader = next(m for m in methods() if _folds_of(m) == plan)
     first = next(c for c in CASES if c.dataset == case.dataset)
+    cells = [(case, leader), (first, leader)]
+    if harm_probe_plan(method.mitigation).reference_holdout:
+        cells.append((first, method))  # its whole-split reference is teacher-free too
     sources: list[tuple[Case, Method]] = []
-    for cell in ((case, leader), (first, leader)):
+    for cell in cells:
         if cell != (case, method) and cell not in sources:
             sources.append(cell)
     return sources
+
+
+def _folds_of(method: Method) -> ProbePlan | None:
+    """The probe's cross-fitted runs, whatever else it trains."""
+    plan = harm_probe_plan(method.mitigation)
+    return plan and dataclasses.replace(plan, reference_holdout=False)
 
 
 def run_dir(case: Case, method: Method, seed: int, config: StudyConfig) -> Path:
@@ -263,15 +273,16 @@ def run_cell(case: Case, method: Method, seed: int,
 def _reuse_probe(case: Case, method: Method, seed: int, config: StudyConfig) -> None:
     """Copy the probe runs of ``probe_sources`` into the cell's folder (the study runs those
     cells first): all of them from this case, the teacher-free reference runs (the
-    pipeline's ``fold<i>_reference``) from another; what the folder holds already is kept."""
+    pipeline's ``fold<i>_reference``, and ``one_hot``, the whole-split one) from another;
+    what the folder holds already is kept."""
     target = run_dir(case, method, seed, config) / "checkpoints"
     for source_case, source in probe_sources(case, method):
         runs = "*" if source_case == case else "*_reference"
         folder = run_dir(source_case, source, seed, config) / "checkpoints"
-        for fold_run in sorted(folder.glob(f"probe_*/{runs}")):
-            copy = target / fold_run.parent.name / fold_run.name
-            if not copy.exists():
-                shutil.copytree(fold_run, copy)
+        for found in [*sorted(folder.glob(f"probe_*/{runs}")), folder / "one_hot"]:
+            copy = target / found.relative_to(folder)
+            if found.exists() and not copy.exists():
+                shutil.copytree(found, copy)
 
 
 def _summarize(case: Case, method: Method, seed: int, result: Any,

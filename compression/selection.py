@@ -20,6 +20,8 @@ why it chose, and what the choice cost (runs trained, probes included, epochs, w
 
 from __future__ import annotations
 
+import dataclasses
+
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -107,11 +109,15 @@ class Selection:
 
     def cost(self) -> dict[str, Any]:
         """The extra training the choice took: every candidate, and the harm probes they ran
-        (2 runs a fold, on (K - 1) / K of the training split; equal probes run once)."""
-        plans = {repr(p): p for p in map(harm_probe_plan, (c.spec for c in self.candidates))
-                 if p is not None}
-        probe_runs = sum(2 * p.folds for p in plans.values())
+        (2 runs a fold, on (K - 1) / K of the training split; equal probes run once; a
+        whole-split reference where one is asked for, unless it is the one-hot baseline)."""
+        plans = [p for p in map(harm_probe_plan, (c.spec for c in self.candidates)) if p]
+        folds = {repr(dataclasses.replace(p, reference_holdout=False)): p for p in plans}
         reference_runs = int(self.reference_seconds is not None)
+        # full-length candidates (no short one-hot reference) share the job's baseline
+        whole = {repr((p.reference, p.epochs)) for p in plans if p.reference_holdout and not (
+            p.reference.name == "one_hot" and p.epochs == 0 and not reference_runs)}
+        probe_runs = sum(2 * p.folds for p in folds.values()) + len(whole)
         runs = len(self.candidates) + probe_runs + reference_runs
         return {"candidates_trained": len(self.candidates), "probe_runs": probe_runs,
                 "one_hot_reference_runs": reference_runs, "chosen_run_is_student": self.reused,

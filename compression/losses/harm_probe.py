@@ -56,12 +56,15 @@ Predict = Callable[[nn.Module, Split], Tensor]
 class ProbePlan:
     """What to train: ``reference`` and ``distilled`` specs, K folds, epochs (0: as many as
     the student it is for: a short probe misses harm that needs the full schedule to show,
-    e.g. a rare class the one-hot student learns only late)."""
+    e.g. a rare class the one-hot student learns only late). ``reference_holdout``: also
+    train the reference on the whole training split and count its right answers on holdout
+    per subgroup (the floors of ``compression.losses.reference_floor``)."""
 
     reference: MitigationSpec
     distilled: MitigationSpec
     folds: int
     epochs: int
+    reference_holdout: bool = False
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,8 @@ def probe_plan(spec: MitigationSpec, params: dict[str, Any]) -> ProbePlan:
     reference = (MitigationSpec(name="one_hot") if label_loss == "ce" else
                  MitigationSpec(name="logit_adjusted", params={"tau": tau})
                  if label_loss == "logit_adjusted" else MitigationSpec(name=label_loss))
-    return ProbePlan(reference, distilled, params["probe_folds"], params["probe_epochs"])
+    return ProbePlan(reference, distilled, params["probe_folds"], params["probe_epochs"],
+                     bool(params.get("reference_floor", False)))
 
 
 def fold_ids(y: Tensor, folds: int, seed: int) -> Tensor:

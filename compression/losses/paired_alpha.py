@@ -15,7 +15,9 @@ With ``match_share`` (paired_alpha) example i's loss is weighted by
 ``v_i = 1 + (r - 1) * (1 - alpha_i / alpha)``, r the batch's mean |d loss_i / d logits| over
 mean |d CE_i / d logits| on the examples that keep some teacher: the examples the teacher was
 taken from keep the share of the update they have in label-only training (our own;
-docs/mitigations.md).
+docs/mitigations.md). With ``reference_floor`` (paired_alpha) each subgroup's examples are
+weighted by a multiplier that rises while its holdout accuracy falls behind the label-only
+reference's (``compression.losses.reference_floor``).
 """
 
 from __future__ import annotations
@@ -38,25 +40,37 @@ from compression.losses.harm_probe import (PROBE_PARAMS, probe_param_problems,
                                            weights_from_evidence)
 from compression.losses.per_example import kd_per_example
 from compression.losses.rebalance import LABEL_PARAMS, label_param_problems, label_term
+from compression.losses.reference_floor import (FLOOR_PARAMS, ReferenceFloorLoss,
+                                                floor_param_problems, floors_from_evidence)
 from compression.spec import MitigationSpec
 
 __all__ = ["PARAMS", "DRO_PROBE_PARAMS", "param_problems", "dro_param_problems",
            "PairedDROLoss", "build", "build_dro"]
 
 PARAMS: dict[str, Any] = {**PROBE_PARAMS, "mask_classes": False, "match_share": False,
-                          **LABEL_PARAMS}
+                          **FLOOR_PARAMS, "eval_batch_size": 512, **LABEL_PARAMS}
 DRO_PROBE_PARAMS: dict[str, Any] = {**PROBE_PARAMS, **DRO_PARAMS}
 
 
 def param_problems(params: dict[str, Any]) -> list[str]:
-    return probe_param_problems(params) + label_param_problems(params)
+    problems = probe_param_problems(params) + label_param_problems(params)
+    problems += floor_param_problems(params)
+    if params["reference_floor"] and params["match_share"]:
+        problems.append("mitigation.params.reference_floor and match_share both weight the "
+                        "examples; choose one")
+    return problems
 
 
-def _mask_problems(params: dict[str, Any], context: LossContext) -> list[str]:
+def _context_problems(params: dict[str, Any], context: LossContext) -> list[str]:
+    problems = []
     if params["mask_classes"] and context.class_groups is None:
-        return ["mitigation.params.mask_classes needs subgroups that group whole classes "
-                "(subgroups.by class, frequency or map); these subgroups cut across classes"]
-    return []
+        problems.append("mitigation.params.mask_classes needs subgroups that group whole "
+                        "classes (subgroups.by class, frequency or map); these subgroups cut "
+                        "across classes")
+    if params["reference_floor"] and (context.holdout is None or len(context.holdout) == 0):
+        problems.append("reference_floor measures the student on the holdout split every "
+                        "epoch, and the loss context has none; keep data.holdout_fraction > 0")
+    return problems
 
 
 def dro_param_problems(params: dict[str, Any]) -> list[str]:
@@ -115,7 +129,7 @@ def share_weights(student_logits: Tensor, loss_fn: Callable[[Tensor], Tensor],
 def build(spec: MitigationSpec, context: LossContext, params: dict[str, Any]) -> Loss:
     """Per-subgroup alphas from ``context.harm_evidence``; with ``mask_classes`` the classes
     of subgroups not shown harmless (w_g < 1/2) are also left out of every example's KD term."""
-    _raise(spec.name, param_problems(params) + _mask_problems(params, context))
+    _raise(spec.name, param_problems(params) + _context_problems(params, context))
     alpha_by_group, facts = _alphas(spec, context, params)
     label = label_term(params["label_loss"], context.train_class_counts, params["label_tau"])
     temperature = spec.temperature
@@ -125,26 +139,49 @@ def build(spec: MitigationSpec, context: LossContext, params: dict[str, Any]) ->
         trusted = w[list(context.class_groups)] >= 0.5  # [C]
         facts["trusted_classes"] = trusted.nonzero().squeeze(1).tolist()
 
+    per_example = _per_example(alpha_by_group, trusted, temperature, label)
+    if params["reference_floor"]:
+        floors, floor_n, overall = floors_from_evidence(context.harm_evidence,
+                                                        context.group_names)
+        return ReferenceFloorLoss(
+            "paired_alpha", per_example, floors=floors, floor_n=floor_n, overall_floor=overall,
+            holdout=context.holdout, eta=params["floor_eta"],
+            max_weight=params["floor_max_weight"], eval_batch_size=params["eval_batch_size"],
+            facts=facts)
+
     def paired_alpha(student_logits: Tensor, labels: Tensor, teacher_logits: Tensor | None,
                      groups: Tensor) -> Tensor:
         if trusted is None and not params["match_share"]:
             return adaptive_alpha_loss(student_logits, teacher_logits, labels, groups,
                                        alpha_by_group, temperature, label=label)
-        alpha = alpha_by_group.to(student_logits.device, torch.float32)[groups]  # [B]
-
-        def per_example(z: Tensor) -> Tensor:
-            if trusted is None:
-                return kd_per_example(z, teacher_logits, labels, alpha, temperature, label)
-            return ((1 - alpha) * label(z, labels)
-                    + alpha * within_trusted_kl(z, teacher_logits, trusted, temperature))
-        losses = per_example(student_logits)
+        losses = per_example(student_logits, labels, teacher_logits, groups)
         if not params["match_share"]:
             return batch_mean(losses)
-        v = share_weights(student_logits, per_example, lambda z: label(z, labels), alpha,
-                          spec.alpha)
+        alpha = alpha_by_group.to(student_logits.device, torch.float32)[groups]  # [B]
+        v = share_weights(student_logits, lambda z: per_example(z, labels, teacher_logits,
+                                                                groups),
+                          lambda z: label(z, labels), alpha, spec.alpha)
         return batch_mean(v * losses) / batch_mean(v)
 
     return StatelessLoss("paired_alpha", paired_alpha, needs_teacher=True, facts=facts)
+
+
+def _per_example(alpha_by_group: Tensor, trusted: Tensor | None, temperature: float,
+                 label: Callable[[Tensor, Tensor], Tensor]
+                 ) -> Callable[[Tensor, Tensor, Tensor | None, Tensor], Tensor]:
+    """paired_alpha's loss of each example: (student_logits [B, C], labels [B],
+    teacher_logits [B, C], groups [B]) -> [B]; with ``trusted`` [C] the KD term keeps to the
+    trusted classes."""
+    def per_example(student_logits: Tensor, labels: Tensor, teacher_logits: Tensor | None,
+                    groups: Tensor) -> Tensor:
+        alpha = alpha_by_group.to(student_logits.device, torch.float32)[groups]  # [B]
+        if trusted is None:
+            return kd_per_example(student_logits, teacher_logits, labels, alpha, temperature,
+                                  label)
+        return ((1 - alpha) * label(student_logits, labels)
+                + alpha * within_trusted_kl(student_logits, teacher_logits, trusted,
+                                            temperature))
+    return per_example
 
 
 class PairedDROLoss(GroupDROLoss):

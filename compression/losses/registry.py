@@ -85,6 +85,7 @@ _OBJECTIVES: dict[str, Objective] = {
 # student: the most accurate of them with no harm shown against one-hot wins.
 RECOMMENDED_CANDIDATES: tuple[MitigationSpec, ...] = (
     MitigationSpec(name="kd", alpha=0.9),
+    MitigationSpec(name="paired_alpha", alpha=0.9, params={"reference_floor": True}),
     MitigationSpec(name="paired_dro", alpha=0.9),
     MitigationSpec(name="group_dro", alpha=0.9),
     MitigationSpec(name="logit_adjusted", alpha=0.0),

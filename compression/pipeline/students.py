@@ -19,6 +19,7 @@ from compression.evaluation import EvalReport, evaluate, predict_logits
 from compression.guardrails import StageVerdict
 from compression.losses import Loss, LossContext, build_loss
 from compression.losses.harm_probe import ProbePlan, cross_fit
+from compression.losses.reference_floor import reference_counts
 from compression.losses.registry import candidates_of, harm_probe_plan
 from compression.models import build_model
 from compression.models.init_weights import StudentInit, apply_init, read_init, stem_sizes
@@ -104,9 +105,25 @@ def harm_probe(job: Job, dataset: Dataset, plan: ProbePlan, teacher: TeacherView
         return predict_logits(model, split, training.eval_batch_size, job.device).argmax(dim=1)
 
     seed = derived_seed(training.seed, "harm-probe-folds")
-    return job.stage("harm_probe", lambda: cross_fit(
+    evidence = job.stage("harm_probe", lambda: cross_fit(
         plan, dataset.train, dataset.holdout, dataset.num_groups, dataset.group_names, seed,
         fit, predict).to_dict(), lambda e: {"runs": e["runs_trained"], "folds": e["folds"]})
+    if not plan.reference_holdout:
+        return evidence
+    # The one-hot reference trained as the student is the job's one-hot baseline: one run.
+    same_as_baseline = plan.reference.name == "one_hot" and probe_training == job.spec.training
+
+    def reference_on_holdout() -> dict[str, Any]:
+        model = (train_student(job, dataset, plan.reference, None,
+                               stage="train_one_hot_baseline", workdir="one_hot")
+                 if same_as_baseline else
+                 train_student(job, dataset, plan.reference, None, training=probe_training,
+                               stage="harm_probe_reference", workdir=f"{key}/reference"))
+        return reference_counts(predict(model.model, dataset.holdout), dataset.holdout.y,
+                                dataset.holdout.group, dataset.group_names)
+    return {**evidence, "reference_holdout": job.stage(
+        "harm_probe_reference_holdout", reference_on_holdout,
+        lambda r: {"n": sum(g["n"] for g in r["groups"])})}
 
 
 def _initial_student(job: Job, dataset: Dataset, seed: int) -> nn.Module:

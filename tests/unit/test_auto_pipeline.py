@@ -99,3 +99,24 @@ def test_a_holdout_too_small_to_show_harm_is_named_in_the_report_and_the_card(jo
     card = (result.output_dir / "model_card.md").read_text()
     assert ("The holdout cannot show harm on 4 subgroup(s): a (n=2), b (n=2), c (n=2), d (n=2)"
             in card)
+
+
+def test_a_reference_floor_reads_the_baseline_on_holdout_and_moves_every_epoch(job):
+    job["training"] = {**job["training"], "epochs": 2}
+    floor = {"name": "paired_alpha", "alpha": 0.9,
+             "params": {"probe_folds": 2, "reference_floor": True}}
+    job["mitigation"] = {"name": "auto", "candidates": [floor]}
+    result = run(parse_spec(job))
+    report = json.loads(result.report_path.read_text())
+    # the whole-split reference is the job's one-hot baseline, trained once
+    assert report["selection"]["cost"]["probe_runs"] == 4
+    checkpoints = result.output_dir / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        "candidate_0_paired_alpha", "one_hot", next(checkpoints.glob("probe_*")).name]
+    assert len(list(next(checkpoints.glob("probe_*")).iterdir())) == 4  # the folds alone
+    state = report["training"]["loss_state"]
+    floors = state["floors"]
+    assert sum(floors["n"]) == report["data"]["splits"]["holdout"]["size"]
+    assert state["updates"] == 2 and len(state["holdout_accuracy"]) == 4
+    assert 0 <= floors["overall"] <= 1
+    assert all(0 <= m <= 7 for m in state["floor_multipliers"])  # max_weight 8

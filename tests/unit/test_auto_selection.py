@@ -1,5 +1,6 @@
 """auto chooses for no harm: constructed holdout results, the real paired harm test."""
 
+import dataclasses
 import pytest
 import torch
 
@@ -129,3 +130,16 @@ def test_harm_is_the_paired_test_with_its_multiplicity_control(wrong_tail, harme
     # 3 more tail errors than one-hot (b=3, c=0) is not shown at 95% with Holm; 18 is
     verdict = harm(holdout_report("x", 30, wrong_tail))
     assert any(c.verdict == "FAIL" for c in verdict.checks) is harmed
+
+
+def test_the_cost_counts_a_shared_probe_once_and_the_floor_reference_when_it_is_extra():
+    floor = MitigationSpec(name="paired_alpha", alpha=0.9, params={"reference_floor": True})
+    dro = MitigationSpec(name="paired_dro", alpha=0.9)
+    trainer = Trainer({name: holdout_report(name, 0, 10)
+                       for name in ("kd", "paired_alpha", "paired_dro")})
+    sel = choose_mitigation([KD, PAIRED, floor, dro], trainer, passes, harm, epochs=10)
+    # one probe (3 folds x 2 runs); in full length the floor's reference is the baseline
+    assert sel.cost()["probe_runs"] == 6 and sel.cost()["one_hot_reference_runs"] == 0
+    short = dataclasses.replace(sel, reference_seconds=1.0)
+    assert short.cost()["probe_runs"] == 7 and short.cost()["one_hot_reference_runs"] == 1
+    assert short.cost()["epochs_total"] == 10 * (4 + 7 + 1)

@@ -29,6 +29,10 @@ def test_paired_dro_reuses_the_probe_paired_alpha_trains() -> None:
     assert probe_sources(saw, dro) == [(saw, alpha), (never, alpha)]
     assert probe_sources(saw, alpha) == [(never, alpha)]
     assert probe_sources(never, _row("kd a=0.9")) == probe_sources(saw, _row("one_hot")) == []
+    # the floor's whole-split reference: the one_hot baseline of the dataset's first case
+    floor = _row("paired_alpha floor")
+    assert probe_sources(never, floor) == [(never, alpha)]
+    assert probe_sources(saw, floor) == [(saw, alpha), (never, alpha), (never, floor)]
 
 
 def test_the_probe_runs_are_copied_from_the_cells_that_trained_them(tmp_path: Path) -> None:
@@ -63,6 +67,15 @@ def test_the_probe_runs_are_copied_from_the_cells_that_trained_them(tmp_path: Pa
     _reuse_probe(saw, alpha, 2, config)
     assert [p.parent.name for p in run_dir(saw, alpha, 2, config).glob(
         "checkpoints/probe_abc/*/last.pt")] == ["fold1_reference"]
+    floor = _row("paired_alpha floor")
+    baseline = run_dir(never, floor, 1, config) / "checkpoints" / "one_hot"
+    baseline.mkdir(parents=True)
+    (baseline / "last.pt").write_bytes(b"one-hot")
+    _reuse_probe(saw, floor, 1, config)
+    copied = run_dir(saw, floor, 1, config) / "checkpoints"
+    assert (copied / "one_hot" / "last.pt").read_bytes() == b"one-hot"
+    assert (copied / "probe_abc" / "fold0_distilled" / "last.pt").read_bytes() == \
+        b"saw's teacher"
 
 
 def test_a_gpu_study_trains_on_cuda_in_its_own_folders() -> None:
