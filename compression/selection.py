@@ -21,7 +21,6 @@ why it chose, and what the choice cost (runs trained, probes included, epochs, w
 from __future__ import annotations
 
 import dataclasses
-
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence

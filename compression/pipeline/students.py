@@ -114,12 +114,12 @@ def harm_probe(job: Job, dataset: Dataset, plan: ProbePlan, teacher: TeacherView
     same_as_baseline = plan.reference.name == "one_hot" and probe_training == job.spec.training
 
     def reference_on_holdout() -> dict[str, Any]:
-        model = (train_student(job, dataset, plan.reference, None,
-                               stage="train_one_hot_baseline", workdir="one_hot")
-                 if same_as_baseline else
-                 train_student(job, dataset, plan.reference, None, training=probe_training,
-                               stage="harm_probe_reference", workdir=f"{key}/reference"))
-        return reference_counts(predict(model.model, dataset.holdout), dataset.holdout.y,
+        reference = (train_student(job, dataset, plan.reference, None,
+                                   stage="train_one_hot_baseline", workdir="one_hot")
+                     if same_as_baseline else
+                     train_student(job, dataset, plan.reference, None, training=probe_training,
+                                   stage="harm_probe_reference", workdir=f"{key}/reference"))
+        return reference_counts(predict(reference.model, dataset.holdout), dataset.holdout.y,
                                 dataset.holdout.group, dataset.group_names)
     return {**evidence, "reference_holdout": job.stage(
         "harm_probe_reference_holdout", reference_on_holdout,
