@@ -40,7 +40,7 @@ from compression.spec import MitigationSpec
 
 __all__ = ["PROBE_PARAMS", "ProbePlan", "HarmEvidence", "probe_param_problems", "probe_plan",
            "fold_ids", "subset", "paired_counts_by_group", "teacher_weights", "cross_fit",
-           "weights_from_evidence"]
+           "rows_in_order", "weights_from_evidence"]
 
 PROBE_PARAMS: dict[str, Any] = {"probe_folds": 3, "probe_epochs": 0,
                                 "shrinkage": "empirical_bayes", "prior_strength": 10.0}
@@ -162,6 +162,17 @@ def teacher_weights(b: Sequence[int], c: Sequence[int], shrinkage: str = "empiri
     return weights, p0, m
 
 
+def rows_in_order(rows: Sequence[dict[str, Any]], group_names: Sequence[str],
+                  source: str) -> list[dict[str, Any]]:
+    """The per-subgroup ``rows`` (each with a "name") in ``group_names`` order; InvalidInput
+    naming ``source`` when a subgroup has none."""
+    by_name = {row["name"]: row for row in rows}
+    missing = [g for g in group_names if g not in by_name]
+    if missing:
+        raise InvalidInput(f"{source} has no counts for subgroups {missing}")
+    return [by_name[g] for g in group_names]
+
+
 def weights_from_evidence(evidence: dict[str, Any] | None, group_names: Sequence[str],
                           shrinkage: str, prior_strength: float) -> tuple[Tensor, dict]:
     """Teacher weights [K] in ``group_names`` order from ``HarmEvidence.to_dict()`` and a
@@ -169,12 +180,9 @@ def weights_from_evidence(evidence: dict[str, Any] | None, group_names: Sequence
     if evidence is None:
         raise InvalidInput("this mitigation needs the harm probe's paired counts; the pipeline "
                            "runs it (LossContext.harm_evidence) before building the loss")
-    rows = {row["name"]: row for row in evidence["groups"]}
-    missing = [g for g in group_names if g not in rows]
-    if missing:
-        raise InvalidInput(f"the harm probe has no counts for subgroups {missing}")
-    b = [int(rows[g]["b"]) for g in group_names]
-    c = [int(rows[g]["c"]) for g in group_names]
+    rows = rows_in_order(evidence["groups"], group_names, "the harm probe")
+    b = [int(row["b"]) for row in rows]
+    c = [int(row["c"]) for row in rows]
     weights, p0, m = teacher_weights(b, c, shrinkage, prior_strength)
     return torch.tensor(weights), {"pooled_rate": p0, "prior_strength": m, "weights": weights}
 

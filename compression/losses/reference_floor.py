@@ -32,6 +32,7 @@ from compression.data.dataset import Split
 from compression.distributed import batch_mean
 from compression.errors import InvalidInput
 from compression.losses.group_dro import holdout_group_error
+from compression.losses.harm_probe import rows_in_order
 
 __all__ = ["FLOOR_PARAMS", "floor_param_problems", "reference_counts", "floors_from_evidence",
            "floor_step", "ReferenceFloorLoss"]
@@ -73,12 +74,9 @@ def floors_from_evidence(evidence: dict[str, Any] | None,
     if counts is None:
         raise InvalidInput("reference_floor needs the reference's holdout accuracy; the "
                            "pipeline's harm probe measures it when the mitigation asks")
-    rows = {row["name"]: row for row in counts["groups"]}
-    missing = [g for g in group_names if g not in rows]
-    if missing:
-        raise InvalidInput(f"the reference's holdout counts have no subgroups {missing}")
-    n = torch.tensor([rows[g]["n"] for g in group_names], dtype=torch.float64)
-    right = torch.tensor([rows[g]["correct"] for g in group_names], dtype=torch.float64)
+    rows = rows_in_order(counts["groups"], group_names, "the reference on holdout")
+    n = torch.tensor([row["n"] for row in rows], dtype=torch.float64)
+    right = torch.tensor([row["correct"] for row in rows], dtype=torch.float64)
     total = sum(row["n"] for row in counts["groups"])
     if total == 0:
         raise InvalidInput("reference_floor needs holdout examples; the holdout split is empty")
