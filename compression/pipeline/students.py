@@ -114,9 +114,7 @@ def harm_probe(job: Job, dataset: Dataset, plan: ProbePlan, teacher: TeacherView
     same_as_baseline = plan.reference.name == "one_hot" and probe_training == job.spec.training
 
     def reference_on_holdout() -> dict[str, Any]:
-        reference = (train_student(job, dataset, plan.reference, None,
-                                   stage="train_one_hot_baseline", workdir="one_hot")
-                     if same_as_baseline else
+        reference = (train_one_hot(job, dataset) if same_as_baseline else
                      train_student(job, dataset, plan.reference, None, training=probe_training,
                                    stage="harm_probe_reference", workdir=f"{key}/reference"))
         return reference_counts(predict(reference.model, dataset.holdout), dataset.holdout.y,
@@ -174,9 +172,15 @@ def load_student_init(job: Job, dataset: Dataset) -> StudentInit | None:
                                 "replaced": len(r.replaced)})
 
 
+def train_one_hot(job: Job, dataset: Dataset) -> StudentRun:
+    """The one-hot student trained as the job's student is: the baseline, trained once per
+    job whoever asks first (its checkpoint is resumed after)."""
+    return train_student(job, dataset, MitigationSpec(name="one_hot"), None,
+                         stage="train_one_hot_baseline", workdir="one_hot")
+
+
 def one_hot_baseline(job: Job, dataset: Dataset) -> Baseline:
-    run = train_student(job, dataset, MitigationSpec(name="one_hot"), None,
-                        stage="train_one_hot_baseline", workdir="one_hot")
+    run = train_one_hot(job, dataset)
 
     def evaluate_baseline() -> Baseline:
         test_report, predictions = evaluate_on_test(job, run.model, dataset, "one_hot")
