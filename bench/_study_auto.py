@@ -5,7 +5,8 @@ as the study trains that method for the same seed: a run depends on its seed and
 alone (``pipeline.students._initial_student``, seeded batch order and augmentation), not on
 what ran before it. It judges each candidate on holdout against the one-hot baseline and ships
 the chosen candidate's run unchanged. So its choice can be computed from the study's runs:
-each candidate's student is evaluated on holdout and handed, with the pipeline's own gates, to
+each candidate's student is evaluated on holdout (the floor on the half it did not train
+against, as the pipeline does) and handed, with the pipeline's own gates, to
 ``compression.selection.choose_mitigation``; the shipped student is then that run's, and so
 are its test outcomes. The cell's ``result.json`` says ``derived_from`` which run it is.
 This saves about 9 trainings a cell. ``verify_derived`` runs the cell's ``auto`` job through
@@ -25,11 +26,12 @@ import torch
 from safetensors.torch import load_file
 
 from compression.data import load_dataset
-from compression.evaluation import EvalReport, evaluate, predict_logits
+from compression.evaluation import EvalReport, evaluate, predict_logits, restrict
+from compression.losses.reference_floor import holdout_parts
 from compression.losses.registry import AUTO, candidates_of
 from compression.models import build_model
 from compression.pipeline.run import harm_gate, holdout_gate
-from compression.selection import choose_mitigation
+from compression.selection import UnseenHalf, choose_mitigation
 from compression.spec import MitigationSpec, spec_to_dict
 
 from bench._study_runs import Case, Method, StudyConfig, cell_spec, methods, run_dir
@@ -76,12 +78,16 @@ def derive_auto(case: Case, method: Method, seed: int,
                for m in candidates}
     by_spec = {json.dumps(spec_to_dict(m.mitigation), sort_keys=True): m for m in candidates}
 
+    unseen = holdout_parts(dataset.holdout)[1]
+
     def scored(candidate: MitigationSpec) -> EvalReport:
         return reports[by_spec[json.dumps(spec_to_dict(candidate), sort_keys=True)].label]
 
+    part = restrict(reference, unseen)
     selection = choose_mitigation(
         [m.mitigation for m in candidates], scored, holdout_gate(spec, None, reference),
-        harm_gate(spec, reference), epochs=spec.training.epochs, recommended=True)
+        harm_gate(spec, reference), epochs=spec.training.epochs, recommended=True,
+        unseen=UnseenHalf(unseen, holdout_gate(spec, None, part), harm_gate(spec, part)))
     selection = dataclasses.replace(selection, reused=True)  # the chosen run is the student
     chosen = run_dir(case, candidates[selection.index], seed, config)
     summary = json.loads((chosen / "result.json").read_text())

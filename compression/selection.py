@@ -10,6 +10,12 @@ their multiplicity control:
   harm, the paper's notion of it.
 - ``gate``: the job's own guardrail policy on holdout.
 
+A candidate that trains against part of the holdout (``registry.judged_on_unseen_half``: the
+reference floor) is judged on the other half alone, with the references restricted to it:
+judged on the examples it was fitted to, it would pass the harm test by construction. Every
+other candidate is judged on the whole holdout, where its harm test has the most power; all
+are then ranked on the same examples, the unseen half when any candidate needs it.
+
 Rule: the most accurate candidate (overall holdout accuracy) among those with no established
 harm that pass the policy; when there is none, the best worst-group accuracy among those with
 no established harm, or among all when every candidate harms (``met_floors=False``). Ties
@@ -26,17 +32,31 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from compression.errors import InvalidInput
-from compression.evaluation import EvalReport
+from torch import Tensor
+
+from compression.evaluation import EvalReport, restrict
 from compression.guardrails import FAIL, Check, StageVerdict
-from compression.losses.registry import AUTO, check_mitigation, harm_probe_plan
+from compression.losses.registry import (AUTO, check_mitigation, harm_probe_plan,
+                                         judged_on_unseen_half)
 from compression.spec import MitigationSpec, spec_to_dict
 
-__all__ = ["CandidateScore", "Selection", "choose_mitigation", "RULE"]
+__all__ = ["CandidateScore", "Selection", "UnseenHalf", "choose_mitigation", "RULE"]
 
 Judge = Callable[[EvalReport], StageVerdict]
 RULE = ("most accurate on holdout among candidates with no harm shown against the one-hot "
         "student that pass the policy; else the best worst group among those with no harm "
         "shown, or among all")
+
+
+@dataclass(frozen=True)
+class UnseenHalf:
+    """keep: [N] bool, the holdout half that candidates fitted to the other half did not see
+    (``reference_floor.holdout_parts``); gate and harm: the judges against the references
+    restricted to it."""
+
+    keep: Tensor | None
+    gate: Judge
+    harm: Judge | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +68,9 @@ class CandidateScore:
         its threshold is the farthest from FAIL, so the smallest is the closest).
     harmed: the subgroups where harm against the one-hot student is shown (FAIL).
     seconds: wall time of training and scoring it.
+    judged_on: "holdout", or "unseen half" for a candidate fitted to the other half; n: the
+    examples its verdicts were judged on. accuracy and the worst group: on the examples every
+    candidate is ranked on (``Selection.ranked_on``).
     """
 
     spec: MitigationSpec
@@ -59,6 +82,8 @@ class CandidateScore:
     deciding: tuple[Check, ...] = ()
     harmed: tuple[str, ...] = ()
     seconds: float = 0.0
+    judged_on: str = "holdout"
+    n: int | None = None
 
     @property
     def harmless(self) -> bool:
@@ -69,7 +94,7 @@ class CandidateScore:
                 "accuracy": self.accuracy, "worst_group": self.worst_group,
                 "worst_group_accuracy": self.worst_group_accuracy, "passed": self.passed,
                 "verdict": self.verdict, "harm_shown_on": list(self.harmed),
-                "seconds": round(self.seconds, 3),
+                "seconds": round(self.seconds, 3), "judged_on": self.judged_on, "n": self.n,
                 "deciding_checks": [_brief(c) for c in self.deciding]}
 
 
@@ -98,10 +123,12 @@ class Selection:
     reference_seconds: float | None = None
     reused: bool = False
     holdout_power: tuple[dict[str, Any], ...] = ()
+    ranked_on: str = "holdout"
 
     def to_dict(self) -> dict[str, Any]:
         return {"chosen": self.chosen.name, "chosen_index": self.index,
                 "met_floors": self.met_floors, "split": "holdout", "rule": RULE,
+                "ranked_on": self.ranked_on,
                 "reason": self.reason, "recommended_candidates": self.recommended,
                 "cost": self.cost(), "holdout_power": list(self.holdout_power),
                 "candidates": [c.to_dict() for c in self.candidates]}
@@ -129,28 +156,41 @@ class Selection:
 def choose_mitigation(candidates: Sequence[MitigationSpec],
                       train_candidate: Callable[[MitigationSpec], EvalReport],
                       gate: Judge, harm: Judge | None = None, *, epochs: int | None = None,
-                      recommended: bool = False) -> Selection:
-    """Train every candidate with ``train_candidate``, judge it with ``harm`` and ``gate``
-    and pick one (see the module docstring).
+                      recommended: bool = False,
+                      unseen: UnseenHalf | None = None) -> Selection:
+    """Train every candidate with ``train_candidate`` (its report on the whole holdout),
+    judge it with ``harm`` and ``gate`` and pick one (see the module docstring).
 
-    Every candidate's name and params are checked before any training starts.
+    unseen: the half of the holdout that candidates fitted to the other half are judged on;
+    needed when there are such candidates. Every candidate's name and params are checked
+    before any training starts.
     """
     _check(candidates)
-    scores = tuple(_score(spec, train_candidate, gate, harm) for spec in candidates)
-    index, reason = _pick(scores)
+    fitted = [c for c in candidates if judged_on_unseen_half(c)]
+    if fitted and unseen is None:
+        raise ValueError(f"{fitted[0].name} trains against part of the holdout; judging it "
+                         "needs the unseen half and its judges")
+    whole = UnseenHalf(None, gate, harm)  # None keeps every example
+    rank_on = unseen if fitted else whole
+    scores = tuple(_score(spec, train_candidate, unseen if judged_on_unseen_half(spec)
+                          else whole, rank_on) for spec in candidates)
+    ranked_on = "unseen half" if fitted else "holdout"
+    index, reason = _pick(scores, "holdout" if not fitted else
+                          "the holdout half no candidate trained against")
     chosen = scores[index]
     return Selection(chosen=candidates[index], index=index,
                      met_floors=chosen.harmless and chosen.passed, candidates=scores,
-                     reason=reason, epochs=epochs, recommended=recommended)
+                     reason=reason, epochs=epochs, recommended=recommended,
+                     ranked_on=ranked_on)
 
 
-def _pick(scores: Sequence[CandidateScore]) -> tuple[int, str]:
+def _pick(scores: Sequence[CandidateScore], ranked_on: str) -> tuple[int, str]:
     harmless = [i for i, s in enumerate(scores) if s.harmless]
     passing = [i for i in harmless if scores[i].passed]
     shown = len(scores) - len(harmless)
     if passing:
         i = max(passing, key=lambda i: (_value(scores[i].accuracy), -i))
-        return i, (f"{_label(scores[i], i)} is the most accurate on holdout "
+        return i, (f"{_label(scores[i], i)} is the most accurate on {ranked_on} "
                    f"({_pct(scores[i].accuracy)}) of the {len(passing)} candidates with no harm "
                    f"shown against the one-hot student that pass the policy"
                    + (f"; {shown} showed harm" if shown else ""))
@@ -165,19 +205,22 @@ def _pick(scores: Sequence[CandidateScore]) -> tuple[int, str]:
 
 
 def _score(spec: MitigationSpec, train_candidate: Callable[[MitigationSpec], EvalReport],
-           gate: Judge, harm: Judge | None) -> CandidateScore:
+           judged_on: UnseenHalf, ranked_on: UnseenHalf) -> CandidateScore:
     start = time.perf_counter()
-    report = train_candidate(spec)
+    holdout = train_candidate(spec)
     seconds = time.perf_counter() - start
-    worst = report.worst_group
-    verdict = gate(report)
-    harmed = () if harm is None else tuple(dict.fromkeys(
-        c.subgroup for c in harm(report).checks if c.verdict == FAIL))
-    return CandidateScore(spec=spec, accuracy=report.overall.accuracy,
+    judged, ranked = restrict(holdout, judged_on.keep), restrict(holdout, ranked_on.keep)
+    worst = ranked.worst_group
+    verdict = judged_on.gate(judged)
+    harmed = () if judged_on.harm is None else tuple(dict.fromkeys(
+        c.subgroup for c in judged_on.harm(judged).checks if c.verdict == FAIL))
+    return CandidateScore(spec=spec, accuracy=ranked.overall.accuracy,
                           worst_group=worst.name if worst else None,
                           worst_group_accuracy=worst.accuracy if worst else None,
                           passed=verdict.passed, verdict=verdict.verdict,
-                          deciding=_deciding(verdict), harmed=harmed, seconds=seconds)
+                          deciding=_deciding(verdict), harmed=harmed, seconds=seconds,
+                          judged_on="holdout" if judged_on.keep is None else "unseen half",
+                          n=judged.overall.n)
 
 
 def _deciding(verdict: StageVerdict) -> tuple[Check, ...]:
@@ -196,7 +239,9 @@ def _brief(check: Check) -> dict[str, Any]:
 
 
 def _label(score: CandidateScore, index: int) -> str:
-    return f"candidate {index} ({score.spec.name}, alpha {score.spec.alpha:g})"
+    where = "" if score.judged_on == "holdout" else (
+        f", judged on the holdout half it did not train against, n {score.n}")
+    return f"candidate {index} ({score.spec.name}, alpha {score.spec.alpha:g}{where})"
 
 
 def _pct(value: float | None) -> str:

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-__all__ = ["largest_remainder", "stratified_subsample", "holdout_split"]
+__all__ = ["largest_remainder", "stratified_subsample", "holdout_split", "halves"]
 
 # Fractional parts like 0.1 * 25 + 0.5 may land just under an integer in floating point.
 _EPS = 1e-9
@@ -63,3 +63,11 @@ def holdout_split(y: np.ndarray, fraction: float,
     empty = np.zeros(0, np.int64)
     return (np.sort(np.concatenate(train or [empty])),
             np.sort(np.concatenate(holdout or [empty])))
+
+
+def halves(strata: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split examples into two sorted index sets, each stratum (strata: [N] ints >= 0) cut in
+    half by a draw seeded by ``seed`` alone; an odd stratum's extra example goes to the second,
+    a stratum of one example to the first (``holdout_split`` at 0.5)."""
+    _, dense = np.unique(np.asarray(strata, dtype=np.int64), return_inverse=True)
+    return holdout_split(dense.reshape(-1), 0.5, np.random.default_rng(seed))

@@ -13,7 +13,7 @@ from compression.evaluation.outcomes import Outcomes
 from compression.evaluation.report import EvalReport, GroupMetrics
 from compression.evaluation.stats import wilson_interval
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "restrict"]
 
 
 def evaluate(logits_or_preds: Tensor, split: Split, class_names: Sequence[str],
@@ -35,8 +35,30 @@ def evaluate(logits_or_preds: Tensor, split: Split, class_names: Sequence[str],
     y, group = split.y.detach().cpu().long(), split.group.detach().cpu().long()
     _check_ids(y, num_classes, "class")
     _check_ids(group, len(group_names), "group")
-    hit = preds == y  # [N] bool
-    outcomes = Outcomes(hit, y, group, len(group_names), layout)
+    return _report(Outcomes(preds == y, y, group, len(group_names), layout, predicted=preds),
+                   class_names, reference, worst_k, name)
+
+
+def restrict(report: EvalReport, keep: Tensor | None) -> EvalReport:
+    """``report`` scored again on the examples ``keep`` ([N] bool) selects from its split;
+    ``keep`` None: the report itself. The report must come from ``evaluate`` in memory."""
+    if keep is None:
+        return report
+    o = report.outcomes
+    if o is None or o.predicted is None:
+        raise ValueError(f"report {report.name!r} holds no per-example predictions to restrict")
+    keep = keep.cpu().bool()
+    part = Outcomes(o.hit[keep], o.label[keep], o.group[keep], o.num_groups, o.layout,
+                    predicted=o.predicted[keep])
+    return _report(part, [c.name for c in report.per_class], None, report.worst_k, report.name)
+
+
+def _report(outcomes: Outcomes, class_names: Sequence[str], reference: EvalReport | None,
+            worst_k: int, name: str) -> EvalReport:
+    layout = outcomes.layout  # evaluate always sets it
+    assert layout is not None and outcomes.predicted is not None
+    num_classes = len(class_names)
+    hit, y, preds = outcomes.hit, outcomes.label, outcomes.predicted
     n, correct = outcomes.per_group(torch.ones_like(hit)).tolist(), outcomes.per_group(hit).tolist()
     groups = tuple(_metrics(g.name, n[i], correct[i], g.keys)
                    for i, g in enumerate(layout.groups))

@@ -25,13 +25,15 @@ class Outcomes:
     """hit: [N] bool, whether each example was classified correctly; label, group: [N]
     int64 ids of its class and subgroup cell (they identify the split the pairs come from).
     layout: how the ``num_groups`` cells pool into the reported groups; None: each cell is
-    reported as itself."""
+    reported as itself. predicted: [N] int64 predicted class ids, where the maker had them
+    (``evaluate`` does), so that a report can be scored again on part of its split."""
 
     hit: Tensor
     label: Tensor
     group: Tensor
     num_groups: int
     layout: GroupLayout | None = None
+    predicted: Tensor | None = None
 
     def __post_init__(self) -> None:
         if not self.hit.shape == self.label.shape == self.group.shape or self.hit.dim() != 1:

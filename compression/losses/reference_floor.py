@@ -19,6 +19,11 @@ for falling behind its share; once the student has caught up overall, by any sho
 all. A subgroup at or above its floor loses weight back to 1, so a probe's false alarm costs
 nothing unless that subgroup really falls behind. Subgroups with no holdout example keep 1.
 The multipliers are the loss's state, checkpointed with the model, so a resume is exact.
+
+Both ref_g and acc_g are measured on one half of the holdout (``holdout_parts``: each
+subgroup cell and class cut in two by a fixed draw). The other half stays unseen by the
+floor, so that ``auto`` judges a floored student on examples it was not trained against: a
+floor fitted to the very examples harm is judged on would pass that test by construction.
 """
 
 from __future__ import annotations
@@ -29,13 +34,15 @@ import torch
 from torch import Tensor, nn
 
 from compression.data.dataset import Split
+from compression.data.splits import halves
 from compression.distributed import batch_mean
 from compression.errors import InvalidInput
 from compression.losses.group_dro import holdout_group_error
-from compression.losses.harm_probe import rows_in_order
+from compression.losses.harm_probe import rows_in_order, subset
+from compression.seeds import derived_seed
 
-__all__ = ["FLOOR_PARAMS", "floor_param_problems", "reference_counts", "floors_from_evidence",
-           "floor_step", "ReferenceFloorLoss"]
+__all__ = ["FLOOR_PARAMS", "floor_param_problems", "holdout_parts", "fit_part",
+           "reference_counts", "floors_from_evidence", "floor_step", "ReferenceFloorLoss"]
 
 FLOOR_PARAMS: dict[str, Any] = {"reference_floor": False, "floor_eta": 10.0,
                                 "floor_max_weight": 8.0}
@@ -53,6 +60,23 @@ def floor_param_problems(params: dict[str, Any]) -> list[str]:
         problems.append(f"mitigation.params.floor_max_weight is {params['floor_max_weight']}; "
                         "it must be in [1, 1000]")
     return problems
+
+
+def holdout_parts(holdout: Split) -> tuple[Tensor, Tensor]:
+    """(fit, unseen): bool masks [N] of the holdout's two halves, stratified by subgroup cell
+    and class with a draw that depends on the labels alone, so every job with this holdout
+    (the floor's loss, the probe's reference, ``auto``'s judge) cuts it the same way."""
+    y, group = holdout.y.cpu().long(), holdout.group.cpu().long()
+    strata = group * (int(y.max()) + 1 if len(y) else 1) + y
+    fit_idx, _ = halves(strata.numpy(), derived_seed(0, "reference-floor/holdout-halves"))
+    fit = torch.zeros(len(y), dtype=torch.bool)
+    fit[torch.from_numpy(fit_idx)] = True
+    return fit, ~fit
+
+
+def fit_part(holdout: Split) -> Split:
+    """The half of the holdout the floor trains against."""
+    return subset(holdout, holdout_parts(holdout)[0])
 
 
 def reference_counts(predicted: Tensor, labels: Tensor, groups: Tensor,
@@ -95,14 +119,15 @@ def floor_step(multipliers: Tensor, floors: Tensor, overall_floor: float, accura
 
 
 class ReferenceFloorLoss:
-    """A per-example objective weighted by the floors' multipliers. Call as any ``Loss``."""
+    """A per-example objective weighted by the floors' multipliers. Call as any ``Loss``.
+    ``holdout``: the whole holdout split; the loss measures the student on its fit half."""
 
     def __init__(self, name: str, per_example: PerExample, *, floors: Tensor, floor_n: Tensor,
                  overall_floor: float, holdout: Split, eta: float, max_weight: float,
                  eval_batch_size: int = 512, facts: dict[str, Any] | None = None):
         self.name, self.per_example, self.needs_teacher = name, per_example, True
         self.floors, self.overall_floor = floors.double(), overall_floor
-        self.holdout, self.eta, self.max_weight = holdout, eta, max_weight
+        self.holdout, self.eta, self.max_weight = fit_part(holdout), eta, max_weight
         self.eval_batch_size, self.facts = eval_batch_size, dict(facts or {})
         self.facts["floors"] = {"overall": overall_floor, "by_group": floors.tolist(),
                                 "n": floor_n.tolist()}

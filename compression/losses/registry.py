@@ -22,7 +22,7 @@ from compression.spec import MitigationSpec
 
 __all__ = ["AUTO", "BASELINES", "REBALANCING", "Objective", "Requirements", "build_loss",
            "known_losses", "accepted_params", "requirements", "check_mitigation",
-           "harm_probe_plan", "RECOMMENDED_CANDIDATES", "candidates_of"]
+           "harm_probe_plan", "judged_on_unseen_half", "RECOMMENDED_CANDIDATES", "candidates_of"]
 
 Builder = Callable[[MitigationSpec, LossContext, dict[str, Any]], Loss]
 ParamCheck = Callable[[dict[str, Any]], list[str]]
@@ -41,7 +41,9 @@ class Objective:
     calibrates_teacher: the pipeline must calibrate the teacher on holdout before training.
     harm_probe: the builder reads ``LossContext.harm_evidence``; the pipeline runs the probe
     this gives (``compression.losses.harm_probe``) first. holdout_logits: the builder reads
-    ``LossContext.teacher_holdout_logits``.
+    ``LossContext.teacher_holdout_logits``. fits_holdout_half: with these params the loss
+    trains against the fit half of the holdout (``reference_floor.holdout_parts``), so
+    ``auto`` judges it on the other half alone.
     """
 
     build: Builder
@@ -52,6 +54,7 @@ class Objective:
     check: ParamCheck = lambda params: []  # problems with param values, found without data
     harm_probe: Callable[[MitigationSpec, dict[str, Any]], ProbePlan] | None = None
     holdout_logits: bool = False
+    fits_holdout_half: Callable[[dict[str, Any]], bool] = lambda params: False
 
 
 _OBJECTIVES: dict[str, Objective] = {
@@ -72,7 +75,8 @@ _OBJECTIVES: dict[str, Objective] = {
     "ltkd": Objective(ltkd.build, ltkd.PARAMS, check=ltkd.param_problems),
     "teacher_calibration": Objective(teacher_calibration.build, calibrates_teacher=True),
     "paired_alpha": Objective(paired_alpha.build, paired_alpha.PARAMS,
-                              check=paired_alpha.param_problems, harm_probe=probe_plan),
+                              check=paired_alpha.param_problems, harm_probe=probe_plan,
+                              fits_holdout_half=lambda params: bool(params["reference_floor"])),
     "paired_dro": Objective(paired_alpha.build_dro, paired_alpha.DRO_PROBE_PARAMS,
                             check=paired_alpha.dro_param_problems, harm_probe=probe_plan),
     "balanced_teacher": Objective(balanced_teacher.build, balanced_teacher.PARAMS,
@@ -143,6 +147,15 @@ def harm_probe_plan(spec: MitigationSpec) -> ProbePlan | None:
     if objective.harm_probe is None:
         return None
     return objective.harm_probe(spec, _resolve_params(spec, objective.params))
+
+
+def judged_on_unseen_half(spec: MitigationSpec) -> bool:
+    """Whether ``spec`` trains against part of the holdout, so that a fair judge of it sees
+    only the rest (``reference_floor.holdout_parts``)."""
+    if spec.name == AUTO:
+        return False
+    objective = _objective(spec.name)
+    return objective.fits_holdout_half(_resolve_params(spec, objective.params))
 
 
 def check_mitigation(spec: MitigationSpec) -> None:

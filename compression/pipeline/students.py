@@ -15,11 +15,11 @@ from compression.data import Dataset
 from compression.data.preprocess import with_preprocess
 from compression.diagnosis import diagnose_harm
 from compression.errors import InvalidInput
-from compression.evaluation import EvalReport, evaluate, predict_logits
+from compression.evaluation import EvalReport, evaluate, predict_logits, restrict
 from compression.guardrails import StageVerdict
 from compression.losses import Loss, LossContext, build_loss
 from compression.losses.harm_probe import ProbePlan, cross_fit
-from compression.losses.reference_floor import reference_counts
+from compression.losses.reference_floor import fit_part, holdout_parts, reference_counts
 from compression.losses.registry import candidates_of, harm_probe_plan
 from compression.models import build_model
 from compression.models.init_weights import StudentInit, apply_init, read_init, stem_sizes
@@ -27,7 +27,7 @@ from compression.models.timm_models import is_timm
 from compression.pipeline.job import Job, report_summary
 from compression.pipeline.teacher import TeacherView
 from compression.seeds import derived_seed
-from compression.selection import Selection, choose_mitigation
+from compression.selection import Selection, UnseenHalf, choose_mitigation
 from compression.spec import MitigationSpec, TrainingSpec, spec_to_dict
 from compression.training import TrainResult, train
 
@@ -117,8 +117,9 @@ def harm_probe(job: Job, dataset: Dataset, plan: ProbePlan, teacher: TeacherView
         reference = (train_one_hot(job, dataset) if same_as_baseline else
                      train_student(job, dataset, plan.reference, None, training=probe_training,
                                    stage="harm_probe_reference", workdir=f"{key}/reference"))
-        return reference_counts(predict(reference.model, dataset.holdout), dataset.holdout.y,
-                                dataset.holdout.group, dataset.group_names)
+        fit = fit_part(dataset.holdout)  # the floor's half; auto judges it on the other
+        return reference_counts(predict(reference.model, fit), fit.y, fit.group,
+                                dataset.group_names)
     return {**evidence, "reference_holdout": job.stage(
         "harm_probe_reference_holdout", reference_on_holdout,
         lambda r: {"n": sum(g["n"] for g in r["groups"])})}
@@ -225,17 +226,21 @@ class Selected:
 
 def select_mitigation(job: Job, dataset: Dataset, teacher: TeacherView | None,
                       baseline: Baseline | None,
-                      gate_for: Callable[[EvalReport | None], Callable[[EvalReport], StageVerdict]],
+                      gate_for: Callable[[EvalReport | None, Tensor | None],
+                                         Callable[[EvalReport], StageVerdict]],
                       harm_for: Callable[[EvalReport], Callable[[EvalReport], StageVerdict]]
                       ) -> Selected:
     """``auto``: train each candidate (for ``selection_epochs``; 0: as long as the student),
     judge it on holdout against a one-hot student trained as long (``harm_for``: harm shown;
-    ``gate_for``: the policy), keep the most accurate that does no harm. No candidates in
-    the spec: the recommended set."""
+    ``gate_for(one_hot, part)``: the policy, its other references restricted to ``part``),
+    keep the most accurate that does no harm. A candidate fitted to half the holdout is
+    judged on the other half (``compression.selection``). No candidates in the spec: the
+    recommended set."""
     training = _selection_training(job.spec.training, job.spec.mitigation.selection_epochs)
     full_length = training.epochs == job.spec.training.epochs
     candidates = candidates_of(job.spec.mitigation)
     runs: dict[int | str, StudentRun] = {}
+    unseen = holdout_parts(dataset.holdout)[1]
 
     def train_candidate(candidate: MitigationSpec, index: int | str) -> EvalReport:
         run = train_student(job, dataset, candidate, teacher, training=training,
@@ -257,9 +262,11 @@ def select_mitigation(job: Job, dataset: Dataset, teacher: TeacherView | None,
             seconds = time.perf_counter() - start
         # equal candidates share (and resume) one run: the first one's index names it
         selection = choose_mitigation(
-            candidates, lambda c: train_candidate(c, candidates.index(c)), gate_for(one_hot),
-            harm_for(one_hot), epochs=training.epochs,
-            recommended=not job.spec.mitigation.candidates)
+            candidates, lambda c: train_candidate(c, candidates.index(c)),
+            gate_for(one_hot, None), harm_for(one_hot), epochs=training.epochs,
+            recommended=not job.spec.mitigation.candidates,
+            unseen=UnseenHalf(unseen, gate_for(restrict(one_hot, unseen), unseen),
+                              harm_for(restrict(one_hot, unseen))))
         return dataclasses.replace(selection, reference_seconds=seconds, reused=full_length)
 
     # Every rank trains every candidate; rank 0's choice holds, so all go on with one student.

@@ -101,7 +101,7 @@ def test_a_holdout_too_small_to_show_harm_is_named_in_the_report_and_the_card(jo
             in card)
 
 
-def test_a_reference_floor_reads_the_baseline_on_holdout_and_moves_every_epoch(job):
+def test_a_reference_floor_reads_the_baseline_on_half_the_holdout_and_moves_every_epoch(job):
     job["training"] = {**job["training"], "epochs": 2}
     floor = {"name": "paired_alpha", "alpha": 0.9,
              "params": {"probe_folds": 2, "reference_floor": True}}
@@ -116,7 +116,11 @@ def test_a_reference_floor_reads_the_baseline_on_holdout_and_moves_every_epoch(j
     assert len(list(next(checkpoints.glob("probe_*")).iterdir())) == 4  # the folds alone
     state = report["training"]["loss_state"]
     floors = state["floors"]
-    assert sum(floors["n"]) == report["data"]["splits"]["holdout"]["size"]
+    # the floor trains against half the holdout, and auto judges it on the other half
+    holdout = report["data"]["splits"]["holdout"]["size"]
+    judged = report["selection"]["candidates"][0]
+    assert sum(floors["n"]) == holdout // 2 and judged["n"] == holdout - holdout // 2
+    assert judged["judged_on"] == "unseen half"
     assert state["updates"] == 2 and len(state["holdout_accuracy"]) == 4
     assert 0 <= floors["overall"] <= 1
     assert all(0 <= m <= 7 for m in state["floor_multipliers"])  # max_weight 8

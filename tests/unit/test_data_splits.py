@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from compression.data.splits import holdout_split, largest_remainder, stratified_subsample
+from compression.data.splits import (halves, holdout_split, largest_remainder,
+                                      stratified_subsample)
 
 
 def rng(seed=0):
@@ -62,3 +63,16 @@ def test_holdout_split_is_seeded():
     y = np.repeat([0, 1], [40, 40])
     a, b, c = (holdout_split(y, 0.25, rng(s))[1] for s in (7, 7, 8))
     assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_halves_cut_every_stratum_in_two_by_the_seed_alone():
+    strata = np.array([3] * 5 + [0] * 4 + [9] + [2] * 2)
+    first, second = halves(strata, seed=7)
+    assert sorted([*first, *second]) == list(range(len(strata)))
+    # 5 -> 2 + 3 (the odd one to the second), 4 -> 2 + 2, a single example stays first
+    assert [np.sum(strata[first] == s) for s in (3, 0, 9, 2)] == [2, 2, 1, 1]
+    assert [np.sum(strata[second] == s) for s in (3, 0, 9, 2)] == [3, 2, 0, 1]
+    again = halves(strata, seed=7)
+    assert np.array_equal(first, again[0]) and np.array_equal(second, again[1])
+    draws = {tuple(halves(np.zeros(40, np.int64), seed)[0]) for seed in range(5)}
+    assert len(draws) > 1  # the seed decides which examples fall where

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 
 from compression.data.dataset import Split
 from compression.errors import InvalidInput
-from compression.evaluation import EvalReport, evaluate, load_json, wilson_interval, write_json
+from compression.evaluation import (EvalReport, evaluate, load_json, restrict, wilson_interval,
+                                    write_json)
 
 CLASSES = ("c0", "c1", "c2")
 GROUPS = ("head", "tail", "empty")
@@ -154,3 +155,18 @@ def test_format_table_shows_the_numbers_aligned():
     assert "worst-3 mean: 62.50%" in text and "mean group accuracy: 62.50%" in text
     assert len({len(line) for line in lines[0:3]}) == 1  # aligned columns
     assert "delta" not in _report().format_table()
+
+
+def test_a_report_restricted_to_part_of_its_split_is_that_part_scored_afresh():
+    keep = torch.tensor([True, False, True, True, False, True, False, True])
+    part = Split(torch.zeros(5, 1, 2, 2, dtype=torch.uint8), Y[keep], G[keep])
+    expected = evaluate(PREDS[keep], part, CLASSES, GROUPS)
+    restricted = restrict(_report(), keep)
+    assert restricted == expected
+    # kept hits [1, 0, 1, 1, 0]: head 2/3, tail 1/2, overall 3/5
+    assert [g.correct for g in restricted.groups[:2]] == [2, 1] and restricted.overall.n == 5
+    assert torch.equal(restricted.outcomes.hit, expected.outcomes.hit)
+    assert restrict(_report(), None) == _report()
+    read_back = EvalReport.from_dict(json.loads(json.dumps(_report().to_dict())))
+    with pytest.raises(ValueError, match="no per-example predictions"):
+        restrict(read_back, keep)

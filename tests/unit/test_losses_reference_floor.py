@@ -10,7 +10,8 @@ from compression.errors import InvalidInput
 from compression.losses import LossContext, build_loss, kd_kl
 from compression.losses.harm_probe import probe_plan
 from compression.losses.reference_floor import (ReferenceFloorLoss, floor_step,
-                                                floors_from_evidence, reference_counts)
+                                                floors_from_evidence, holdout_parts,
+                                                reference_counts)
 from compression.losses.registry import accepted_params
 from compression.reliability import beta_cdf
 from compression.spec import MitigationSpec
@@ -131,3 +132,21 @@ def test_the_probe_trains_the_whole_split_reference_only_for_a_floor():
     params = accepted_params("paired_alpha")
     assert probe_plan(spec(), {**params, "reference_floor": True}).reference_holdout
     assert not probe_plan(spec(), params).reference_holdout
+
+
+def test_the_floor_trains_against_one_half_of_each_cell_and_class_of_the_holdout():
+    y = torch.tensor([0, 1] * 10 + [0] * 7)
+    group = torch.tensor([0] * 20 + [1] * 7)
+    holdout = Split(torch.zeros(27, 1, 2, 2, dtype=torch.uint8), y, group)
+    fit, unseen = holdout_parts(holdout)
+    assert not (fit & unseen).any() and (fit | unseen).all()
+    # cells x classes of 10, 10 and 7 examples: 5, 5 and 3 to the fit half
+    assert [int((fit & (group == g) & (y == c)).sum()) for g, c in [(0, 0), (0, 1), (1, 0)]] \
+        == [5, 5, 3]
+    # the cut depends on labels and groups alone, so the probe and the judge see the same one
+    other = Split(torch.ones(27, 1, 2, 2, dtype=torch.uint8), y.clone(), group.clone())
+    assert torch.equal(holdout_parts(other)[0], fit)
+    loss = ReferenceFloorLoss("floor", lambda s, y, t, g: s.sum(1), floors=torch.ones(2),
+                              floor_n=torch.ones(2), overall_floor=1.0, holdout=holdout,
+                              eta=1.0, max_weight=2.0)
+    assert torch.equal(loss.holdout.y, y[fit]) and torch.equal(loss.holdout.group, group[fit])
