@@ -31,7 +31,7 @@ from compression.losses.reference_floor import holdout_parts
 from compression.losses.registry import AUTO, candidates_of
 from compression.models import build_model
 from compression.pipeline.run import harm_gate, holdout_gate
-from compression.selection import UnseenHalf, choose_mitigation
+from compression.selection import HoldoutPart, choose_mitigation
 from compression.spec import MitigationSpec, spec_to_dict
 
 from bench._study_runs import Case, Method, StudyConfig, cell_spec, methods, run_dir
@@ -87,7 +87,7 @@ def derive_auto(case: Case, method: Method, seed: int,
     selection = choose_mitigation(
         [m.mitigation for m in candidates], scored, holdout_gate(spec, None, reference),
         harm_gate(spec, reference), epochs=spec.training.epochs, recommended=True,
-        unseen=UnseenHalf(unseen, holdout_gate(spec, None, part), harm_gate(spec, part)))
+        unseen=HoldoutPart(unseen, holdout_gate(spec, None, part), harm_gate(spec, part)))
     selection = dataclasses.replace(selection, reused=True)  # the chosen run is the student
     chosen = run_dir(case, candidates[selection.index], seed, config)
     summary = json.loads((chosen / "result.json").read_text())

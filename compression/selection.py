@@ -40,7 +40,7 @@ from compression.losses.registry import (AUTO, check_mitigation, harm_probe_plan
                                          judged_on_unseen_half)
 from compression.spec import MitigationSpec, spec_to_dict
 
-__all__ = ["CandidateScore", "Selection", "UnseenHalf", "choose_mitigation", "RULE"]
+__all__ = ["CandidateScore", "Selection", "HoldoutPart", "choose_mitigation", "RULE"]
 
 Judge = Callable[[EvalReport], StageVerdict]
 RULE = ("most accurate on holdout among candidates with no harm shown against the one-hot "
@@ -49,10 +49,11 @@ RULE = ("most accurate on holdout among candidates with no harm shown against th
 
 
 @dataclass(frozen=True)
-class UnseenHalf:
-    """keep: [N] bool, the holdout half that candidates fitted to the other half did not see
-    (``reference_floor.holdout_parts``); gate and harm: the judges against the references
-    restricted to it."""
+class HoldoutPart:
+    """The examples a candidate is judged or ranked on, and the judges of them. keep: [N]
+    bool, the holdout half that candidates fitted to the other half did not see
+    (``reference_floor.holdout_parts``), or None for the whole holdout; gate and harm: the
+    judges against the references restricted to those examples."""
 
     keep: Tensor | None
     gate: Judge
@@ -108,6 +109,8 @@ class Selection:
     against (None: the full-length baseline served).
     reused: the chosen candidate's run is the student (candidates trained in full), so
     choosing cost the other candidates only; else the chosen spec is trained again in full.
+    ranked_on: the examples every candidate's accuracy was ranked on: "holdout", or "unseen
+    half" when a candidate was fitted to the other half.
     holdout_power: per holdout subgroup, its n and the smallest drop the harm test can show
     there (``min_detectable_drop``, None: none): no harm shown is no evidence of no harm
     where the holdout is too small to show it.
@@ -157,11 +160,11 @@ def choose_mitigation(candidates: Sequence[MitigationSpec],
                       train_candidate: Callable[[MitigationSpec], EvalReport],
                       gate: Judge, harm: Judge | None = None, *, epochs: int | None = None,
                       recommended: bool = False,
-                      unseen: UnseenHalf | None = None) -> Selection:
+                      unseen: HoldoutPart | None = None) -> Selection:
     """Train every candidate with ``train_candidate`` (its report on the whole holdout),
     judge it with ``harm`` and ``gate`` and pick one (see the module docstring).
 
-    unseen: the half of the holdout that candidates fitted to the other half are judged on;
+    unseen: the holdout half that candidates fitted to the other half are judged on;
     needed when there are such candidates. Every candidate's name and params are checked
     before any training starts.
     """
@@ -170,7 +173,7 @@ def choose_mitigation(candidates: Sequence[MitigationSpec],
     if fitted and unseen is None:
         raise ValueError(f"{fitted[0].name} trains against part of the holdout; judging it "
                          "needs the unseen half and its judges")
-    whole = UnseenHalf(None, gate, harm)  # None keeps every example
+    whole = HoldoutPart(None, gate, harm)  # None keeps every example
     rank_on = unseen if fitted else whole
     scores = tuple(_score(spec, train_candidate, unseen if judged_on_unseen_half(spec)
                           else whole, rank_on) for spec in candidates)
@@ -205,7 +208,7 @@ def _pick(scores: Sequence[CandidateScore], ranked_on: str) -> tuple[int, str]:
 
 
 def _score(spec: MitigationSpec, train_candidate: Callable[[MitigationSpec], EvalReport],
-           judged_on: UnseenHalf, ranked_on: UnseenHalf) -> CandidateScore:
+           judged_on: HoldoutPart, ranked_on: HoldoutPart) -> CandidateScore:
     start = time.perf_counter()
     holdout = train_candidate(spec)
     seconds = time.perf_counter() - start

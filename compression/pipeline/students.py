@@ -27,7 +27,7 @@ from compression.models.timm_models import is_timm
 from compression.pipeline.job import Job, report_summary
 from compression.pipeline.teacher import TeacherView
 from compression.seeds import derived_seed
-from compression.selection import Selection, UnseenHalf, choose_mitigation
+from compression.selection import Selection, HoldoutPart, choose_mitigation
 from compression.spec import MitigationSpec, TrainingSpec, spec_to_dict
 from compression.training import TrainResult, train
 
@@ -265,7 +265,7 @@ def select_mitigation(job: Job, dataset: Dataset, teacher: TeacherView | None,
             candidates, lambda c: train_candidate(c, candidates.index(c)),
             gate_for(one_hot, None), harm_for(one_hot), epochs=training.epochs,
             recommended=not job.spec.mitigation.candidates,
-            unseen=UnseenHalf(unseen, gate_for(restrict(one_hot, unseen), unseen),
+            unseen=HoldoutPart(unseen, gate_for(restrict(one_hot, unseen), unseen),
                               harm_for(restrict(one_hot, unseen))))
         return dataclasses.replace(selection, reference_seconds=seconds, reused=full_length)
 

@@ -10,7 +10,7 @@ from compression.guardrails import PASS, Check, StageVerdict, judge
 from compression.losses.reference_floor import holdout_parts
 from compression.losses.registry import (RECOMMENDED_CANDIDATES, candidates_of,
                                          check_mitigation, requirements)
-from compression.selection import UnseenHalf, choose_mitigation
+from compression.selection import HoldoutPart, choose_mitigation
 from compression.spec import GuardrailSpec, MitigationSpec
 
 KD = MitigationSpec(name="kd", alpha=0.9)
@@ -139,7 +139,7 @@ def test_the_cost_counts_a_shared_probe_once_and_the_floor_reference_when_it_is_
     trainer = Trainer({name: holdout_report(name, 0, 10)
                        for name in ("kd", "paired_alpha", "paired_dro")})
     unseen = holdout_parts(HOLDOUT)[1]
-    half = UnseenHalf(unseen, passes, harm_against(restrict(ONE_HOT, unseen)))
+    half = HoldoutPart(unseen, passes, harm_against(restrict(ONE_HOT, unseen)))
     sel = choose_mitigation([KD, PAIRED, floor, dro], trainer, passes, harm, epochs=10,
                             unseen=half)
     # one probe (3 folds x 2 runs); in full length the floor's reference is the baseline
@@ -156,7 +156,7 @@ def harm_against(one_hot: EvalReport):
 def test_a_floor_is_judged_on_the_holdout_half_it_did_not_train_against():
     floor = MitigationSpec(name="paired_alpha", alpha=0.9, params={"reference_floor": True})
     unseen = holdout_parts(HOLDOUT)[1]
-    half = UnseenHalf(unseen, passes, harm_against(restrict(ONE_HOT, unseen)))
+    half = HoldoutPart(unseen, passes, harm_against(restrict(ONE_HOT, unseen)))
 
     def fitted(wrong_unseen_tail: int) -> EvalReport:
         """Right everywhere but on the first ``wrong_unseen_tail`` unseen tail examples."""
