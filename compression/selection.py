@@ -31,9 +31,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from compression.errors import InvalidInput
 from torch import Tensor
 
+from compression.errors import InvalidInput
 from compression.evaluation import EvalReport, restrict
 from compression.guardrails import FAIL, Check, StageVerdict
 from compression.losses.registry import (AUTO, check_mitigation, harm_probe_plan,
