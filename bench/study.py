@@ -7,10 +7,11 @@ docs/results.md. Cases (bench/_study_runs.py): Fashion-MNIST-LT in the present r
 teacher) and the paper's regime (a teacher clearly better than the student), balanced
 Fashion-MNIST, long-tailed 8x8 digits, and Fashion-MNIST with a defocused minority, once with a
 teacher that saw it and once with one that never did. Methods: one_hot, the teacher-free
-rebalanced baselines, kd at alpha 0.5 / 0.9 / 1.0, every registered mitigation and auto.
+rebalanced baselines, kd at alpha 0.5 / 0.9, every registered mitigation and auto.
 
     .venv/bin/python bench/study.py                  # everything (resumes finished runs)
     .venv/bin/python bench/study.py --report-only    # rebuild tables, plots and docs only
+    .venv/bin/python bench/study.py --same-as OTHER  # does another call's --out agree?
 
 Runs are resumable (a finished run is read back). Worker processes of one torch thread each:
 on a shared 2-core machine a one-thread process is several times faster than a two-thread one
@@ -38,6 +39,7 @@ import torch  # noqa: E402
 from compression.losses.registry import AUTO  # noqa: E402
 
 from bench._study_auto import derive_auto, verify_derived  # noqa: E402
+from bench._study_compare import compare_outcomes  # noqa: E402
 from bench._study_report import write_outputs  # noqa: E402
 from bench._study_runs import (CASES, REFERENCE, Case, Method, StudyConfig,  # noqa: E402
                                case_teacher_summary, cell_teacher, ensure_case_teacher,
@@ -74,6 +76,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--verify-auto", nargs=2, metavar=("CASE", "SEED"),
                    help="train one derived auto cell through the pipeline and check it gives "
                         "the derived cell's test outcomes")
+    p.add_argument("--same-as", type=Path, metavar="OTHER_OUT",
+                   help="no training: compare every run's test outcomes with the same run "
+                        "under another call's --out (exit 1 unless all agree)")
     return p.parse_args(argv)
 
 
@@ -263,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.verify_auto:
         _init_worker(args.threads)  # as the runs were trained
         return _verify(args.verify_auto, config)
+    if args.same_as:
+        comparison = compare_outcomes(config.out_dir / config.tag(),
+                                      args.same_as / config.tag())
+        log(comparison.summary())
+        return 0 if comparison.identical else 1
     if args.report_only:
         teachers, results = _finished(cases, config)
         trained = 0
