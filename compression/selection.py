@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from torch import Tensor
 
 from compression.errors import InvalidInput
 from compression.evaluation import EvalReport, restrict
+from compression.evaluation.stats import tango_interval
 from compression.guardrails import FAIL, Check, StageVerdict
 from compression.losses.registry import (AUTO, check_mitigation, harm_probe_plan,
                                          judged_on_unseen_half)
@@ -71,7 +72,8 @@ class CandidateScore:
     seconds: wall time of training and scoring it.
     judged_on: "holdout", or "unseen half" for a candidate fitted to the other half; n: the
     examples its verdicts were judged on. accuracy and the worst group: on the examples every
-    candidate is ranked on (``Selection.ranked_on``).
+    candidate is ranked on (``Selection.ranked_on``); ranked_hits: [N] bool, right or wrong on
+    each of them, for the paired lead of the chosen candidate.
     """
 
     spec: MitigationSpec
@@ -85,6 +87,7 @@ class CandidateScore:
     seconds: float = 0.0
     judged_on: str = "holdout"
     n: int | None = None
+    ranked_hits: Tensor | None = field(default=None, compare=False, repr=False)
 
     @property
     def harmless(self) -> bool:
@@ -111,6 +114,10 @@ class Selection:
     choosing cost the other candidates only; else the chosen spec is trained again in full.
     ranked_on: the examples every candidate's accuracy was ranked on: "holdout", or "unseen
     half" when a candidate was fitted to the other half.
+    lead: when the most accurate harmless passing candidate was chosen and another one
+    passed too, how far it leads the runner-up there: the paired accuracy difference with
+    its 95% score interval and n (None otherwise). An interval that reaches 0 means the
+    ranking examples cannot tell the two apart.
     holdout_power: per holdout subgroup, its n and the smallest drop the harm test can show
     there (``min_detectable_drop``, None: none): no harm shown is no evidence of no harm
     where the holdout is too small to show it.
@@ -127,11 +134,12 @@ class Selection:
     reused: bool = False
     holdout_power: tuple[dict[str, Any], ...] = ()
     ranked_on: str = "holdout"
+    lead: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"chosen": self.chosen.name, "chosen_index": self.index,
                 "met_floors": self.met_floors, "split": "holdout", "rule": RULE,
-                "ranked_on": self.ranked_on,
+                "ranked_on": self.ranked_on, "lead": self.lead,
                 "reason": self.reason, "recommended_candidates": self.recommended,
                 "cost": self.cost(), "holdout_power": list(self.holdout_power),
                 "candidates": [c.to_dict() for c in self.candidates]}
@@ -178,25 +186,30 @@ def choose_mitigation(candidates: Sequence[MitigationSpec],
     scores = tuple(_score(spec, train_candidate, unseen if judged_on_unseen_half(spec)
                           else whole, rank_on) for spec in candidates)
     ranked_on = "unseen half" if fitted else "holdout"
-    index, reason = _pick(scores, "holdout" if not fitted else
-                          "the holdout half no candidate trained against")
+    index, reason, runner_up = _pick(scores, "holdout" if not fitted else
+                                     "the holdout half no candidate trained against")
     chosen = scores[index]
+    lead = None if runner_up is None else _lead(chosen, scores[runner_up], runner_up)
     return Selection(chosen=candidates[index], index=index,
                      met_floors=chosen.harmless and chosen.passed, candidates=scores,
-                     reason=reason, epochs=epochs, recommended=recommended,
-                     ranked_on=ranked_on)
+                     reason=reason + ("" if lead is None else _lead_words(lead)),
+                     epochs=epochs, recommended=recommended, ranked_on=ranked_on, lead=lead)
 
 
-def _pick(scores: Sequence[CandidateScore], ranked_on: str) -> tuple[int, str]:
+def _pick(scores: Sequence[CandidateScore], ranked_on: str) -> tuple[int, str, int | None]:
+    """(chosen index, why, the runner-up among the harmless passing candidates or None)."""
     harmless = [i for i, s in enumerate(scores) if s.harmless]
     passing = [i for i in harmless if scores[i].passed]
     shown = len(scores) - len(harmless)
     if passing:
-        i = max(passing, key=lambda i: (_value(scores[i].accuracy), -i))
+        def rank(i: int) -> tuple[float, int]:
+            return _value(scores[i].accuracy), -i
+        i = max(passing, key=rank)
+        runner_up = max((j for j in passing if j != i), key=rank, default=None)
         return i, (f"{_label(scores[i], i)} is the most accurate on {ranked_on} "
                    f"({_pct(scores[i].accuracy)}) of the {len(passing)} candidates with no harm "
                    f"shown against the one-hot student that pass the policy"
-                   + (f"; {shown} showed harm" if shown else ""))
+                   + (f"; {shown} showed harm" if shown else "")), runner_up
     pool = harmless or list(range(len(scores)))
     i = max(pool, key=lambda i: (
         _value(scores[i].worst_group_accuracy), _value(scores[i].accuracy), -i))
@@ -204,7 +217,27 @@ def _pick(scores: Sequence[CandidateScore], ranked_on: str) -> tuple[int, str]:
            "every candidate shows harm against the one-hot student on holdout")
     return i, (f"{why}; {_label(scores[i], i)} has the best worst group of "
                f"{'those with no harm shown' if harmless else 'all'} "
-               f"({scores[i].worst_group} {_pct(scores[i].worst_group_accuracy)})")
+               f"({scores[i].worst_group} {_pct(scores[i].worst_group_accuracy)})"), None
+
+
+def _lead(chosen: CandidateScore, runner_up: CandidateScore, index: int) -> dict[str, Any] | None:
+    """The chosen candidate's paired accuracy lead over the runner-up on the ranking
+    examples: b = examples only the runner-up gets right, c = only the chosen one."""
+    a, r = chosen.ranked_hits, runner_up.ranked_hits
+    if a is None or r is None or len(a) == 0 or a.shape != r.shape:
+        return None
+    b, c, n = int((r & ~a).sum()), int((~r & a).sum()), len(a)
+    low, high = tango_interval(b, c, n)  # of (b - c) / n, the runner-up's lead
+    return {"over": index, "name": runner_up.spec.name, "delta": (c - b) / n,
+            "ci": [-high, -low], "n": n, "b": b, "c": c}
+
+
+def _lead_words(lead: dict[str, Any]) -> str:
+    low, high = lead["ci"]
+    shown = "" if low > 0 else ": the ranking examples cannot tell the two apart"
+    return (f"; it leads candidate {lead['over']} ({lead['name']}) by "
+            f"{100 * lead['delta']:+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}], paired, "
+            f"n {lead['n']}{shown}")
 
 
 def _score(spec: MitigationSpec, train_candidate: Callable[[MitigationSpec], EvalReport],
@@ -223,7 +256,8 @@ def _score(spec: MitigationSpec, train_candidate: Callable[[MitigationSpec], Eva
                           passed=verdict.passed, verdict=verdict.verdict,
                           deciding=_deciding(verdict), harmed=harmed, seconds=seconds,
                           judged_on="holdout" if judged_on.keep is None else "unseen half",
-                          n=judged.overall.n)
+                          n=judged.overall.n,
+                          ranked_hits=None if ranked.outcomes is None else ranked.outcomes.hit)
 
 
 def _deciding(verdict: StageVerdict) -> tuple[Check, ...]:

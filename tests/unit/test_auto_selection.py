@@ -182,3 +182,27 @@ def test_a_floor_is_judged_on_the_holdout_half_it_did_not_train_against():
     assert "most accurate on the holdout half no candidate trained against" in sel.reason
     with pytest.raises(ValueError, match="unseen half"):
         choose_mitigation([floor, KD], Trainer({}), passes, harm)
+
+
+def test_the_choice_states_its_paired_lead_over_the_runner_up():
+    # kd is right on 20 head examples paired_alpha gets wrong, and wrong on none it gets right
+    clear = choose_mitigation([KD, PAIRED], Trainer({
+        "kd": holdout_report("kd", 0, 12),
+        "paired_alpha": holdout_report("paired_alpha", 20, 12)}), passes, harm)
+    lead = clear.lead
+    assert clear.chosen is KD and (lead["over"], lead["b"], lead["c"], lead["n"]) == (1, 0, 20, 360)
+    assert lead["delta"] == pytest.approx(20 / 360)
+    kd, paired = clear.candidates
+    assert lead["delta"] == pytest.approx(kd.accuracy - paired.accuracy)
+    assert 0 < lead["ci"][0] < lead["delta"] < lead["ci"][1]
+    assert "leads candidate 1 (paired_alpha) by +5.6 points" in clear.reason
+    assert "cannot tell" not in clear.reason and clear.to_dict()["lead"] == lead
+    # one example apart: the interval reaches below 0 and the reason says so
+    close = choose_mitigation([KD, PAIRED], Trainer({
+        "kd": holdout_report("kd", 10, 12),
+        "paired_alpha": holdout_report("paired_alpha", 11, 12)}), passes, harm)
+    assert (close.lead["b"], close.lead["c"]) == (0, 1) and close.lead["ci"][0] < 0
+    assert "cannot tell the two apart" in close.reason
+    # a single harmless candidate has no runner-up
+    alone = choose_mitigation([KD], Trainer({"kd": holdout_report("kd", 0, 12)}), passes, harm)
+    assert alone.lead is None and "leads" not in alone.reason
