@@ -21,7 +21,9 @@ harm that pass the policy; when there is none, the best worst-group accuracy amo
 no established harm, or among all when every candidate harms (``met_floors=False``). Ties
 go to the earlier candidate. Without a ``harm`` judge every candidate counts as harmless. Every
 candidate records its verdicts and the checks that decided them; the selection records
-why it chose, and what the choice cost (runs trained, probes included, epochs, wall seconds).
+why it chose, how far its choice leads the runner-up (paired, with its interval: a lead the
+ranking examples cannot show is said so), and what the choice cost (runs trained, probes
+included, epochs, wall seconds).
 """
 
 from __future__ import annotations
