@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 from torch import Tensor
 
 from compression.errors import InvalidInput
-from compression.evaluation import EvalReport, restrict
+from compression.evaluation import EvalReport, Outcomes, paired_counts, restrict
 from compression.evaluation.stats import tango_interval
 from compression.guardrails import FAIL, Check, StageVerdict
 from compression.losses.registry import (AUTO, check_mitigation, harm_probe_plan,
@@ -74,8 +74,8 @@ class CandidateScore:
     seconds: wall time of training and scoring it.
     judged_on: "holdout", or "unseen half" for a candidate fitted to the other half; n: the
     examples its verdicts were judged on. accuracy and the worst group: on the examples every
-    candidate is ranked on (``Selection.ranked_on``); ranked_hits: [N] bool, right or wrong on
-    each of them, for the paired lead of the chosen candidate.
+    candidate is ranked on (``Selection.ranked_on``); ranked: its outcomes on each of them,
+    for the paired lead of the chosen candidate.
     """
 
     spec: MitigationSpec
@@ -89,7 +89,7 @@ class CandidateScore:
     seconds: float = 0.0
     judged_on: str = "holdout"
     n: int | None = None
-    ranked_hits: Tensor | None = field(default=None, compare=False, repr=False)
+    ranked: Outcomes | None = field(default=None, compare=False, repr=False)
 
     @property
     def harmless(self) -> bool:
@@ -179,14 +179,16 @@ def choose_mitigation(candidates: Sequence[MitigationSpec],
     before any training starts.
     """
     _check(candidates)
-    fitted = [c for c in candidates if judged_on_unseen_half(c)]
+    fits_half = [judged_on_unseen_half(c) for c in candidates]
+    fitted = any(fits_half)
     if fitted and unseen is None:
-        raise ValueError(f"{fitted[0].name} trains against part of the holdout; judging it "
+        name = candidates[fits_half.index(True)].name
+        raise ValueError(f"{name} trains against part of the holdout; judging it "
                          "needs the unseen half and its judges")
     whole = HoldoutPart(None, gate, harm)  # None keeps every example
     rank_on = unseen if fitted else whole
-    scores = tuple(_score(spec, train_candidate, unseen if judged_on_unseen_half(spec)
-                          else whole, rank_on) for spec in candidates)
+    scores = tuple(_score(spec, train_candidate, unseen if half else whole, rank_on)
+                   for spec, half in zip(candidates, fits_half))
     ranked_on = "unseen half" if fitted else "holdout"
     index, reason, runner_up = _pick(scores, "holdout" if not fitted else
                                      "the holdout half no candidate trained against")
@@ -225,10 +227,14 @@ def _pick(scores: Sequence[CandidateScore], ranked_on: str) -> tuple[int, str, i
 def _lead(chosen: CandidateScore, runner_up: CandidateScore, index: int) -> dict[str, Any] | None:
     """The chosen candidate's paired accuracy lead over the runner-up on the ranking
     examples: b = examples only the runner-up gets right, c = only the chosen one."""
-    a, r = chosen.ranked_hits, runner_up.ranked_hits
-    if a is None or r is None or len(a) == 0 or a.shape != r.shape:
+    if chosen.ranked is None or runner_up.ranked is None:
         return None
-    b, c, n = int((r & ~a).sum()), int((~r & a).sum()), len(a)
+    # counted per cell (no layout): cells partition the examples, reported groups may overlap
+    pairs = paired_counts(*(dataclasses.replace(o, layout=None)
+                            for o in (runner_up.ranked, chosen.ranked)))
+    b, c, n = sum(pairs.b), sum(pairs.c), sum(pairs.n)
+    if n == 0:
+        return None
     low, high = tango_interval(b, c, n)  # of (b - c) / n, the runner-up's lead
     return {"over": index, "name": runner_up.spec.name, "delta": (c - b) / n,
             "ci": [-high, -low], "n": n, "b": b, "c": c}
@@ -259,7 +265,7 @@ def _score(spec: MitigationSpec, train_candidate: Callable[[MitigationSpec], Eva
                           deciding=_deciding(verdict), harmed=harmed, seconds=seconds,
                           judged_on="holdout" if judged_on.keep is None else "unseen half",
                           n=judged.overall.n,
-                          ranked_hits=None if ranked.outcomes is None else ranked.outcomes.hit)
+                          ranked=ranked.outcomes)
 
 
 def _deciding(verdict: StageVerdict) -> tuple[Check, ...]:
