@@ -17,13 +17,9 @@ other candidate is judged on the whole holdout, where its harm test has the most
 are then ranked on the same examples, the unseen half when any candidate needs it.
 
 Rule: the most accurate candidate (overall holdout accuracy) among those with no established
-harm that pass the policy. Where the ranking examples cannot tell others from it (its paired
-lead over them has a 95% interval reaching 0), accuracy is not what separates them, and the
-best worst group among those tied decides: an accuracy gap that noise can explain must not
-cost a subgroup. When no candidate is harmless and passes, the best worst-group accuracy among
-those with no established harm, or among all when every candidate harms (``met_floors=False``).
-Ties go to the earlier candidate. Without a ``harm`` judge every candidate counts as harmless;
-without paired answers (``CandidateScore.ranked``) no two are tied and accuracy alone ranks. Every
+harm that pass the policy; when there is none, the best worst-group accuracy among those with
+no established harm, or among all when every candidate harms (``met_floors=False``). Ties
+go to the earlier candidate. Without a ``harm`` judge every candidate counts as harmless. Every
 candidate records its verdicts and the checks that decided them; the selection records
 why it chose, how far its choice leads the runner-up (paired, with its interval: a lead the
 ranking examples cannot show is said so), and what the choice cost (runs trained, probes
@@ -51,9 +47,8 @@ __all__ = ["CandidateScore", "Selection", "HoldoutPart", "choose_mitigation", "R
 
 Judge = Callable[[EvalReport], StageVerdict]
 RULE = ("most accurate on holdout among candidates with no harm shown against the one-hot "
-        "student that pass the policy, the best worst group among those the holdout cannot "
-        "tell from it (paired); else the best worst group among those with no harm shown, or "
-        "among all")
+        "student that pass the policy; else the best worst group among those with no harm "
+        "shown, or among all")
 
 
 @dataclass(frozen=True)
@@ -121,12 +116,10 @@ class Selection:
     choosing cost the other candidates only; else the chosen spec is trained again in full.
     ranked_on: the examples every candidate's accuracy was ranked on: "holdout", or "unseen
     half" when a candidate was fitted to the other half.
-    lead: when a harmless passing candidate was chosen and another one passed too, how far it
-    leads the most accurate of the others there: the paired accuracy difference with its 95%
-    score interval and n (None otherwise; negative when the worst group chose a less accurate
-    one). An interval that reaches 0 means the ranking examples cannot tell the two apart.
-    tied: the indices of the harmless passing candidates the ranking examples could not tell
-    from the most accurate one, that one included, among which the worst group chose.
+    lead: when the most accurate harmless passing candidate was chosen and another one
+    passed too, how far it leads the runner-up there: the paired accuracy difference with
+    its 95% score interval and n (None otherwise). An interval that reaches 0 means the
+    ranking examples cannot tell the two apart.
     holdout_power: per holdout subgroup, its n and the smallest drop the harm test can show
     there (``min_detectable_drop``, None: none): no harm shown is no evidence of no harm
     where the holdout is too small to show it.
@@ -144,12 +137,11 @@ class Selection:
     holdout_power: tuple[dict[str, Any], ...] = ()
     ranked_on: str = "holdout"
     lead: dict[str, Any] | None = None
-    tied: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"chosen": self.chosen.name, "chosen_index": self.index,
                 "met_floors": self.met_floors, "split": "holdout", "rule": RULE,
-                "ranked_on": self.ranked_on, "lead": self.lead, "tied": list(self.tied),
+                "ranked_on": self.ranked_on, "lead": self.lead,
                 "reason": self.reason, "recommended_candidates": self.recommended,
                 "cost": self.cost(), "holdout_power": list(self.holdout_power),
                 "candidates": [c.to_dict() for c in self.candidates]}
@@ -198,57 +190,30 @@ def choose_mitigation(candidates: Sequence[MitigationSpec],
     scores = tuple(_score(spec, train_candidate, unseen if half else whole, rank_on)
                    for spec, half in zip(candidates, fits_half))
     ranked_on = "unseen half" if fitted else "holdout"
+    index, reason, runner_up = _pick(scores, "holdout" if not fitted else
+                                     "the holdout half no candidate trained against")
+    chosen = scores[index]
+    lead = None if runner_up is None else _lead(chosen, scores[runner_up], runner_up)
+    return Selection(chosen=candidates[index], index=index,
+                     met_floors=chosen.harmless and chosen.passed, candidates=scores,
+                     reason=reason + ("" if lead is None else _lead_words(lead)),
+                     epochs=epochs, recommended=recommended, ranked_on=ranked_on, lead=lead)
+
+
+def _pick(scores: Sequence[CandidateScore], ranked_on: str) -> tuple[int, str, int | None]:
+    """(chosen index, why, the runner-up among the harmless passing candidates or None)."""
     harmless = [i for i, s in enumerate(scores) if s.harmless]
     passing = [i for i in harmless if scores[i].passed]
-    common = dict(candidates=scores, epochs=epochs, recommended=recommended,
-                  ranked_on=ranked_on)
-    if not passing:
-        index, reason = _pick_worst_group(scores, harmless)
-        return Selection(chosen=candidates[index], index=index, met_floors=False,
-                         reason=reason, **common)
-    where = "holdout" if not fitted else "the holdout half no candidate trained against"
-    index, tied, reason = _pick_passing(scores, passing, where)
-    runner_up = max((j for j in passing if j != index), key=lambda j: _rank(scores, j),
-                    default=None)
-    lead = None if runner_up is None else _lead(scores[index], scores[runner_up], runner_up)
-    return Selection(chosen=candidates[index], index=index, met_floors=True,
-                     reason=reason + ("" if lead is None else _lead_words(lead)), lead=lead,
-                     tied=tied, **common)
-
-
-def _rank(scores: Sequence[CandidateScore], i: int) -> tuple[float, int]:
-    return _value(scores[i].accuracy), -i
-
-
-def _pick_passing(scores: Sequence[CandidateScore], passing: Sequence[int],
-                  where: str) -> tuple[int, tuple[int, ...], str]:
-    """(chosen index, the tied indices, why) among the harmless candidates that pass."""
-    best = max(passing, key=lambda i: _rank(scores, i))
-    tied = [best] + [j for j in passing if j != best and not _shown(
-        _lead(scores[best], scores[j], j))]
-    chosen = max(tied, key=lambda i: (_value(scores[i].worst_group_accuracy),
-                                      *_rank(scores, i)))
-    reason = (f"{_label(scores[best], best)} is the most accurate on {where} "
-              f"({_pct(scores[best].accuracy)}) of the {len(passing)} candidates with no harm "
-              f"shown against the one-hot student that pass the policy")
-    shown = sum(not s.harmless for s in scores)
-    reason += f"; {shown} showed harm" if shown else ""
-    if len(tied) > 1:
-        others = ", ".join(str(j) for j in sorted(tied) if j != best)
-        s = scores[chosen]
-        reason += (f"; the ranking examples cannot tell it from candidate(s) {others} "
-                   f"(paired), and of those {'it' if chosen == best else _label(s, chosen)} "
-                   f"has the best worst group ({s.worst_group} {_pct(s.worst_group_accuracy)})")
-    return chosen, tuple(sorted(tied)), reason
-
-
-def _shown(lead: dict[str, Any] | None) -> bool:
-    """Whether a paired lead is shown (its interval above 0); without paired answers a gap
-    in accuracy counts as shown, as accuracy is then all there is to rank by."""
-    return lead is None or lead["ci"][0] > 0
-
-
-def _pick_worst_group(scores: Sequence[CandidateScore], harmless: list[int]) -> tuple[int, str]:
+    shown = len(scores) - len(harmless)
+    if passing:
+        def rank(i: int) -> tuple[float, int]:
+            return _value(scores[i].accuracy), -i
+        i = max(passing, key=rank)
+        runner_up = max((j for j in passing if j != i), key=rank, default=None)
+        return i, (f"{_label(scores[i], i)} is the most accurate on {ranked_on} "
+                   f"({_pct(scores[i].accuracy)}) of the {len(passing)} candidates with no harm "
+                   f"shown against the one-hot student that pass the policy"
+                   + (f"; {shown} showed harm" if shown else "")), runner_up
     pool = harmless or list(range(len(scores)))
     i = max(pool, key=lambda i: (
         _value(scores[i].worst_group_accuracy), _value(scores[i].accuracy), -i))
@@ -256,7 +221,7 @@ def _pick_worst_group(scores: Sequence[CandidateScore], harmless: list[int]) -> 
            "every candidate shows harm against the one-hot student on holdout")
     return i, (f"{why}; {_label(scores[i], i)} has the best worst group of "
                f"{'those with no harm shown' if harmless else 'all'} "
-               f"({scores[i].worst_group} {_pct(scores[i].worst_group_accuracy)})")
+               f"({scores[i].worst_group} {_pct(scores[i].worst_group_accuracy)})"), None
 
 
 def _lead(chosen: CandidateScore, runner_up: CandidateScore, index: int) -> dict[str, Any] | None:
@@ -278,8 +243,7 @@ def _lead(chosen: CandidateScore, runner_up: CandidateScore, index: int) -> dict
 def _lead_words(lead: dict[str, Any]) -> str:
     low, high = lead["ci"]
     shown = "" if low > 0 else ": the ranking examples cannot tell the two apart"
-    verb = "leads" if lead["delta"] >= 0 else "trails"
-    return (f"; it {verb} candidate {lead['over']} ({lead['name']}) by "
+    return (f"; it leads candidate {lead['over']} ({lead['name']}) by "
             f"{100 * lead['delta']:+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}], paired, "
             f"n {lead['n']}{shown}")
 

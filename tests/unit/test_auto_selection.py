@@ -108,32 +108,8 @@ def test_when_every_candidate_harms_the_best_worst_group_is_kept():
 
 
 def test_without_a_harm_judge_every_candidate_counts_as_harmless():
-    # kd's tail falls 30 points, and its clear lead overall keeps it first
-    trainer = Trainer({"kd": holdout_report("kd", 0, 30),
-                       "paired_alpha": holdout_report("paired_alpha", 100, 12)})
+    trainer = Trainer({"kd": holdout_report("kd", 0, 30), "paired_alpha": ONE_HOT})
     assert choose_mitigation([KD, PAIRED], trainer, passes).chosen is KD
-
-
-def test_a_lead_the_ranking_examples_cannot_show_goes_to_the_best_worst_group():
-    # logit_adjusted is 2 examples ahead (c 8 head, b 6 tail): not shown, so the tail decides
-    trainer = Trainer({"logit_adjusted": holdout_report("logit_adjusted", 12, 14),
-                       "paired_alpha": holdout_report("paired_alpha", 20, 8)})
-    sel = choose_mitigation([LA, PAIRED], trainer, passes, harm)
-    la, paired = sel.candidates
-    assert la.accuracy > paired.accuracy and la.harmless and paired.harmless
-    assert sel.chosen is PAIRED and sel.met_floors and sel.tied == (0, 1)
-    assert (sel.lead["over"], sel.lead["b"], sel.lead["c"]) == (0, 8, 6)
-    assert sel.lead["delta"] < 0 < sel.lead["ci"][1]
-    assert "cannot tell it from candidate(s) 1" in sel.reason
-    assert "has the best worst group (tail 86.7%)" in sel.reason
-    assert "trails candidate 0 (logit_adjusted) by -0.6 points" in sel.reason
-    assert sel.to_dict()["tied"] == [0, 1]
-    # 14 examples ahead (c 20, b 6): shown, and the more accurate one ships, tail and all
-    trainer = Trainer({"logit_adjusted": holdout_report("logit_adjusted", 0, 14),
-                       "paired_alpha": holdout_report("paired_alpha", 20, 8)})
-    sel = choose_mitigation([LA, PAIRED], trainer, passes, harm)
-    assert sel.chosen is LA and sel.tied == (0,) and sel.lead["ci"][0] > 0
-    assert "cannot tell" not in sel.reason
 
 
 def test_auto_without_candidates_uses_the_recommended_set():
