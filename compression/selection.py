@@ -264,8 +264,7 @@ def _score(spec: MitigationSpec, train_candidate: Callable[[MitigationSpec], Eva
                           passed=verdict.passed, verdict=verdict.verdict,
                           deciding=_deciding(verdict), harmed=harmed, seconds=seconds,
                           judged_on="holdout" if judged_on.keep is None else "unseen half",
-                          n=judged.overall.n,
-                          ranked=ranked.outcomes)
+                          n=judged.overall.n, ranked=ranked.outcomes)
 
 
 def _deciding(verdict: StageVerdict) -> tuple[Check, ...]:
