@@ -5,11 +5,11 @@ as the study trains that method for the same seed: a run depends on its seed and
 alone (``pipeline.students._initial_student``, seeded batch order and augmentation), not on
 what ran before it. It judges each candidate on holdout against the one-hot baseline and ships
 the chosen candidate's run unchanged. So its choice can be computed from the study's runs:
-each candidate's student is evaluated on holdout (the floor on the half it did not train
-against, as the pipeline does) and handed, with the pipeline's own gates, to
+each candidate's student is evaluated on holdout (the floor out of fold, from its runs fitted
+to each half, as the pipeline cross-fits it) and handed, with the pipeline's own gates, to
 ``compression.selection.choose_mitigation``; the shipped student is then that run's, and so
 are its test outcomes. The cell's ``result.json`` says ``derived_from`` which run it is.
-This saves about 9 trainings a cell. ``verify_derived`` runs the cell's ``auto`` job through
+This saves about 10 trainings a cell. ``verify_derived`` runs the cell's ``auto`` job through
 the pipeline and compares its per-example test outcomes with the derived cell's
 (``study.py --verify-auto digits_lt/paper 0``: identical on 2026-11-30).
 """
@@ -26,12 +26,12 @@ import torch
 from safetensors.torch import load_file
 
 from compression.data import load_dataset
-from compression.evaluation import EvalReport, evaluate, predict_logits, restrict
-from compression.losses.reference_floor import holdout_parts
-from compression.losses.registry import AUTO, candidates_of
+from compression.evaluation import EvalReport, evaluate, predict_logits
+from compression.losses.reference_floor import out_of_fold
+from compression.losses.registry import AUTO, candidates_of, fits_holdout_half, other_half
 from compression.models import build_model
 from compression.pipeline.run import harm_gate, holdout_gate
-from compression.selection import HoldoutPart, choose_mitigation
+from compression.selection import choose_mitigation
 from compression.spec import MitigationSpec, spec_to_dict
 
 from bench._study_runs import Case, Method, StudyConfig, cell_spec, methods, run_dir
@@ -39,27 +39,43 @@ from bench._study_runs import Case, Method, StudyConfig, cell_spec, methods, run
 __all__ = ["candidate_methods", "derive_auto", "verify_derived"]
 
 
+def _row(spec: MitigationSpec) -> Method:
+    rows = {_key(m.mitigation): m for m in methods()}
+    if _key(spec) not in rows:
+        raise ValueError(f"auto's candidate {_key(spec)} is no row of the study")
+    return rows[_key(spec)]
+
+
+def _key(spec: MitigationSpec) -> str:
+    return json.dumps(spec_to_dict(spec), sort_keys=True)
+
+
 def candidate_methods() -> list[Method]:
     """The study's rows that are ``auto``'s recommended candidates, in its order."""
-    rows = {json.dumps(spec_to_dict(m.mitigation), sort_keys=True): m for m in methods()}
-    found = []
-    for candidate in candidates_of(MitigationSpec(name=AUTO)):
-        key = json.dumps(spec_to_dict(candidate), sort_keys=True)
-        if key not in rows:
-            raise ValueError(f"auto's candidate {key} is no row of the study")
-        found.append(rows[key])
-    return found
+    return [_row(c) for c in candidates_of(MitigationSpec(name=AUTO))]
 
 
-def _holdout_report(run: Path, spec: Any, dataset: Any, name: str) -> EvalReport:
-    """The student saved in ``run`` (weights), evaluated on holdout."""
+def _holdout_answers(run: Path, spec: Any, dataset: Any) -> torch.Tensor:
+    """[N] classes the student saved in ``run`` (weights) predicts on holdout."""
     model = build_model(spec.student.arch, dataset.input_shape[0], dataset.num_classes,
                         spec.student.width, image_size=dataset.input_shape[-1])
     model.load_state_dict(load_file(str(run / "student.safetensors")))
-    logits = predict_logits(model.eval(), dataset.holdout, spec.training.eval_batch_size,
-                            torch.device("cpu"))
-    return evaluate(logits, dataset.holdout, dataset.class_names, dataset.group_names,
-                    name=name)
+    return predict_logits(model.eval(), dataset.holdout, spec.training.eval_batch_size,
+                          torch.device("cpu")).argmax(dim=1)
+
+
+def _holdout_report(case: Case, method: Method, seed: int, config: StudyConfig, spec: Any,
+                    dataset: Any) -> EvalReport:
+    """The row's student on holdout; a floor's out of fold, as the pipeline cross-fits it."""
+    answers = _holdout_answers(run_dir(case, method, seed, config), spec, dataset)
+    if fits_holdout_half(method.mitigation):
+        twin = _row(other_half(method.mitigation))
+        half = twin.mitigation.params["floor_half"]
+        fitted_to = {half: _holdout_answers(run_dir(case, twin, seed, config), spec, dataset),
+                     1 - half: answers}
+        answers = out_of_fold(dataset.holdout, fitted_to[0], fitted_to[1])
+    return evaluate(answers, dataset.holdout, dataset.class_names, dataset.group_names,
+                    name=method.label)
 
 
 def derive_auto(case: Case, method: Method, seed: int,
@@ -72,22 +88,14 @@ def derive_auto(case: Case, method: Method, seed: int,
     spec = cell_spec(case, method, seed, config)
     dataset = load_dataset(spec.data)
     one_hot = next(m for m in methods() if m.label == "one_hot")
-    reference = _holdout_report(run_dir(case, one_hot, seed, config), spec, dataset, "one_hot")
+    reference = _holdout_report(case, one_hot, seed, config, spec, dataset)
     candidates = candidate_methods()
-    reports = {m.label: _holdout_report(run_dir(case, m, seed, config), spec, dataset, m.label)
+    reports = {_key(m.mitigation): _holdout_report(case, m, seed, config, spec, dataset)
                for m in candidates}
-    by_spec = {json.dumps(spec_to_dict(m.mitigation), sort_keys=True): m for m in candidates}
-
-    unseen = holdout_parts(dataset.holdout)[1]
-
-    def scored(candidate: MitigationSpec) -> EvalReport:
-        return reports[by_spec[json.dumps(spec_to_dict(candidate), sort_keys=True)].label]
-
-    part = restrict(reference, unseen)
     selection = choose_mitigation(
-        [m.mitigation for m in candidates], scored, holdout_gate(spec, None, reference),
-        harm_gate(spec, reference), epochs=spec.training.epochs, recommended=True,
-        unseen=HoldoutPart(unseen, holdout_gate(spec, None, part), harm_gate(spec, part)))
+        [m.mitigation for m in candidates], lambda c: reports[_key(c)],
+        holdout_gate(spec, None, reference), harm_gate(spec, reference),
+        epochs=spec.training.epochs, recommended=True)
     selection = dataclasses.replace(selection, reused=True)  # the chosen run is the student
     chosen = run_dir(case, candidates[selection.index], seed, config)
     summary = json.loads((chosen / "result.json").read_text())

@@ -92,7 +92,8 @@ def _auto_available() -> bool:
 def methods() -> tuple[Method, ...]:
     """one_hot, the teacher-free rebalanced baselines, kd at two weights, every other
     registered mitigation at alpha 0.9 with its default params (paired_alpha also with
-    reference_floor), and auto when the registry's auto needs no candidate list."""
+    reference_floor, fitted to each holdout half), and auto when the registry's auto needs no
+    candidate list."""
     rows = [Method("one_hot", _m("one_hot", 0.0))]
     rows += [Method(n, _m(n, 0.0)) for n in sorted(REBALANCING)]
     rows += [Method(f"kd a={a:.1f}", _m("kd", a)) for a in (0.5, 0.9)]
@@ -100,8 +101,10 @@ def methods() -> tuple[Method, ...]:
         if name in (*BASELINES, *REBALANCING, AUTO):
             continue
         rows.append(Method(name, _m(name)))
-        if name == "paired_alpha":
+        if name == "paired_alpha":  # the floor fitted to each holdout half: auto cross-fits
             rows.append(Method("paired_alpha floor", _m(name, reference_floor=True)))
+            rows.append(Method("paired_alpha floor half1",
+                               _m(name, reference_floor=True, floor_half=1)))
     if _auto_available():
         rows.append(Method(AUTO, MitigationSpec(name=AUTO)))  # the recommended candidates
     return tuple(rows)
@@ -208,15 +211,19 @@ def probe_sources(case: Case, method: Method) -> list[tuple[Case, Method]]:
     paired_alpha's, as auto's candidates share one probe in a job), then that row in the
     dataset's first case, whose teacher-free reference runs are the same. A run trained for
     other settings (another teacher's distilled runs) is not resumed but trained again: the
-    pipeline checks each run's settings, teacher included, before resuming it."""
+    pipeline checks each run's settings, teacher included, before resuming it. A row with a
+    whole-split reference also takes it from the first row with the same probe (the floor
+    fitted to half 1 from the one fitted to half 0)."""
     plan = _folds_of(method)
     if plan is None:
         return []
     leader = next(m for m in methods() if _folds_of(m) == plan)
     first = next(c for c in CASES if c.dataset == case.dataset)
     cells = [(case, leader), (first, leader)]
-    if harm_probe_plan(method.mitigation).reference_holdout:
-        cells.append((first, method))  # its whole-split reference is teacher-free too
+    whole = harm_probe_plan(method.mitigation)
+    if whole.reference_holdout:  # its whole-split reference is teacher-free too
+        floor = next(m for m in methods() if harm_probe_plan(m.mitigation) == whole)
+        cells += [(case, floor), (first, floor), (first, method)]
     sources: list[tuple[Case, Method]] = []
     for cell in cells:
         if cell != (case, method) and cell not in sources:

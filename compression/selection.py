@@ -10,11 +10,12 @@ their multiplicity control:
   harm, the paper's notion of it.
 - ``gate``: the job's own guardrail policy on holdout.
 
-A candidate that trains against part of the holdout (``registry.judged_on_unseen_half``: the
-reference floor) is judged on the other half alone, with the references restricted to it:
-judged on the examples it was fitted to, it would pass the harm test by construction. Every
-other candidate is judged on the whole holdout, where its harm test has the most power; all
-are then ranked on the same examples, the unseen half when any candidate needs it.
+A candidate that trains against half of the holdout (``registry.fits_holdout_half``: the
+reference floor) is cross-fitted by the caller: trained once on each half, its report holds
+on each half the answers of the student fitted to the other one (out of fold), since judged
+on the examples it was fitted to it would pass the harm test by construction. Every
+candidate is thus judged and ranked on the whole holdout, where the tests have the most
+power.
 
 Rule: the most accurate candidate (overall holdout accuracy) among those with no established
 harm that pass the policy; when there is none, the best worst-group accuracy among those with
@@ -33,17 +34,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from torch import Tensor
-
 from compression.errors import InvalidInput
-from compression.evaluation import EvalReport, Outcomes, paired_counts, restrict
+from compression.evaluation import EvalReport, Outcomes, paired_counts
 from compression.evaluation.stats import tango_interval
 from compression.guardrails import FAIL, Check, StageVerdict
-from compression.losses.registry import (AUTO, check_mitigation, harm_probe_plan,
-                                         judged_on_unseen_half)
+from compression.losses.registry import (AUTO, check_mitigation, fits_holdout_half,
+                                         harm_probe_plan)
 from compression.spec import MitigationSpec, spec_to_dict
 
-__all__ = ["CandidateScore", "Selection", "HoldoutPart", "choose_mitigation", "RULE"]
+__all__ = ["CandidateScore", "Selection", "choose_mitigation", "RULE", "CROSS_FITTED"]
 
 Judge = Callable[[EvalReport], StageVerdict]
 RULE = ("most accurate on holdout among candidates with no harm shown against the one-hot "
@@ -51,16 +50,7 @@ RULE = ("most accurate on holdout among candidates with no harm shown against th
         "shown, or among all")
 
 
-@dataclass(frozen=True)
-class HoldoutPart:
-    """The examples a candidate is judged or ranked on, and the judges of them. keep: [N]
-    bool, the holdout half that candidates fitted to the other half did not see
-    (``reference_floor.holdout_parts``), or None for the whole holdout; gate and harm: the
-    judges against the references restricted to those examples."""
-
-    keep: Tensor | None
-    gate: Judge
-    harm: Judge | None = None
+CROSS_FITTED = "holdout, out of fold"  # judged_on of a candidate fitted to a holdout half
 
 
 @dataclass(frozen=True)
@@ -72,10 +62,10 @@ class CandidateScore:
         its threshold is the farthest from FAIL, so the smallest is the closest).
     harmed: the subgroups where harm against the one-hot student is shown (FAIL).
     seconds: wall time of training and scoring it.
-    judged_on: "holdout", or "unseen half" for a candidate fitted to the other half; n: the
-    examples its verdicts were judged on. accuracy and the worst group: on the examples every
-    candidate is ranked on (``Selection.ranked_on``); ranked: its outcomes on each of them,
-    for the paired lead of the chosen candidate.
+    judged_on: "holdout", or ``CROSS_FITTED`` for a candidate fitted to a holdout half (its
+    answers out of fold); n: the holdout examples its verdicts were judged on. accuracy and
+    the worst group: on holdout; ranked: its outcomes there, for the paired lead of the
+    chosen candidate.
     """
 
     spec: MitigationSpec
@@ -114,8 +104,6 @@ class Selection:
     against (None: the full-length baseline served).
     reused: the chosen candidate's run is the student (candidates trained in full), so
     choosing cost the other candidates only; else the chosen spec is trained again in full.
-    ranked_on: the examples every candidate's accuracy was ranked on: "holdout", or "unseen
-    half" when a candidate was fitted to the other half.
     lead: when the most accurate harmless passing candidate was chosen and another one
     passed too, how far it leads the runner-up there: the paired accuracy difference with
     its 95% score interval and n (None otherwise). An interval that reaches 0 means the
@@ -135,21 +123,21 @@ class Selection:
     reference_seconds: float | None = None
     reused: bool = False
     holdout_power: tuple[dict[str, Any], ...] = ()
-    ranked_on: str = "holdout"
     lead: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"chosen": self.chosen.name, "chosen_index": self.index,
                 "met_floors": self.met_floors, "split": "holdout", "rule": RULE,
-                "ranked_on": self.ranked_on, "lead": self.lead,
+                "lead": self.lead,
                 "reason": self.reason, "recommended_candidates": self.recommended,
                 "cost": self.cost(), "holdout_power": list(self.holdout_power),
                 "candidates": [c.to_dict() for c in self.candidates]}
 
     def cost(self) -> dict[str, Any]:
-        """The extra training the choice took: every candidate, and the harm probes they ran
-        (2 runs a fold, on (K - 1) / K of the training split; equal probes run once; a
-        whole-split reference where one is asked for, unless it is the one-hot baseline)."""
+        """The extra training the choice took: every candidate (twice when cross-fitted),
+        and the harm probes they ran (2 runs a fold, on (K - 1) / K of the training split;
+        equal probes run once; a whole-split reference where one is asked for, unless it is
+        the one-hot baseline)."""
         plans = [p for p in map(harm_probe_plan, (c.spec for c in self.candidates)) if p]
         folds = {repr(dataclasses.replace(p, reference_holdout=False)): p for p in plans}
         reference_runs = int(self.reference_seconds is not None)
@@ -157,8 +145,10 @@ class Selection:
         whole = {repr((p.reference, p.epochs)) for p in plans if p.reference_holdout and not (
             p.reference.name == "one_hot" and p.epochs == 0 and not reference_runs)}
         probe_runs = sum(2 * p.folds for p in folds.values()) + len(whole)
-        runs = len(self.candidates) + probe_runs + reference_runs
-        return {"candidates_trained": len(self.candidates), "probe_runs": probe_runs,
+        cross_fit_runs = sum(c.judged_on == CROSS_FITTED for c in self.candidates)
+        runs = len(self.candidates) + cross_fit_runs + probe_runs + reference_runs
+        return {"candidates_trained": len(self.candidates), "cross_fit_runs": cross_fit_runs,
+                "probe_runs": probe_runs,
                 "one_hot_reference_runs": reference_runs, "chosen_run_is_student": self.reused,
                 "epochs_each": self.epochs,
                 "epochs_total": None if self.epochs is None else self.epochs * runs,
@@ -169,38 +159,24 @@ class Selection:
 def choose_mitigation(candidates: Sequence[MitigationSpec],
                       train_candidate: Callable[[MitigationSpec], EvalReport],
                       gate: Judge, harm: Judge | None = None, *, epochs: int | None = None,
-                      recommended: bool = False,
-                      unseen: HoldoutPart | None = None) -> Selection:
-    """Train every candidate with ``train_candidate`` (its report on the whole holdout),
-    judge it with ``harm`` and ``gate`` and pick one (see the module docstring).
-
-    unseen: the holdout half that candidates fitted to the other half are judged on;
-    needed when there are such candidates. Every candidate's name and params are checked
-    before any training starts.
+                      recommended: bool = False) -> Selection:
+    """Train every candidate with ``train_candidate`` (its report on the whole holdout,
+    out of fold for a candidate fitted to a holdout half), judge it with ``harm`` and
+    ``gate`` and pick one (see the module docstring). Every candidate's name and params are
+    checked before any training starts.
     """
     _check(candidates)
-    fits_half = [judged_on_unseen_half(c) for c in candidates]
-    fitted = any(fits_half)
-    if fitted and unseen is None:
-        name = candidates[fits_half.index(True)].name
-        raise ValueError(f"{name} trains against part of the holdout; judging it "
-                         "needs the unseen half and its judges")
-    whole = HoldoutPart(None, gate, harm)  # None keeps every example
-    rank_on = unseen if fitted else whole
-    scores = tuple(_score(spec, train_candidate, unseen if half else whole, rank_on)
-                   for spec, half in zip(candidates, fits_half))
-    ranked_on = "unseen half" if fitted else "holdout"
-    index, reason, runner_up = _pick(scores, "holdout" if not fitted else
-                                     "the holdout half no candidate trained against")
+    scores = tuple(_score(spec, train_candidate, gate, harm) for spec in candidates)
+    index, reason, runner_up = _pick(scores)
     chosen = scores[index]
     lead = None if runner_up is None else _lead(chosen, scores[runner_up], runner_up)
     return Selection(chosen=candidates[index], index=index,
                      met_floors=chosen.harmless and chosen.passed, candidates=scores,
                      reason=reason + ("" if lead is None else _lead_words(lead)),
-                     epochs=epochs, recommended=recommended, ranked_on=ranked_on, lead=lead)
+                     epochs=epochs, recommended=recommended, lead=lead)
 
 
-def _pick(scores: Sequence[CandidateScore], ranked_on: str) -> tuple[int, str, int | None]:
+def _pick(scores: Sequence[CandidateScore]) -> tuple[int, str, int | None]:
     """(chosen index, why, the runner-up among the harmless passing candidates or None)."""
     harmless = [i for i, s in enumerate(scores) if s.harmless]
     passing = [i for i in harmless if scores[i].passed]
@@ -210,7 +186,7 @@ def _pick(scores: Sequence[CandidateScore], ranked_on: str) -> tuple[int, str, i
             return _value(scores[i].accuracy), -i
         i = max(passing, key=rank)
         runner_up = max((j for j in passing if j != i), key=rank, default=None)
-        return i, (f"{_label(scores[i], i)} is the most accurate on {ranked_on} "
+        return i, (f"{_label(scores[i], i)} is the most accurate on holdout "
                    f"({_pct(scores[i].accuracy)}) of the {len(passing)} candidates with no harm "
                    f"shown against the one-hot student that pass the policy"
                    + (f"; {shown} showed harm" if shown else "")), runner_up
@@ -249,22 +225,21 @@ def _lead_words(lead: dict[str, Any]) -> str:
 
 
 def _score(spec: MitigationSpec, train_candidate: Callable[[MitigationSpec], EvalReport],
-           judged_on: HoldoutPart, ranked_on: HoldoutPart) -> CandidateScore:
+           gate: Judge, harm: Judge | None) -> CandidateScore:
     start = time.perf_counter()
     holdout = train_candidate(spec)
     seconds = time.perf_counter() - start
-    judged, ranked = restrict(holdout, judged_on.keep), restrict(holdout, ranked_on.keep)
-    worst = ranked.worst_group
-    verdict = judged_on.gate(judged)
-    harmed = () if judged_on.harm is None else tuple(dict.fromkeys(
-        c.subgroup for c in judged_on.harm(judged).checks if c.verdict == FAIL))
-    return CandidateScore(spec=spec, accuracy=ranked.overall.accuracy,
+    worst = holdout.worst_group
+    verdict = gate(holdout)
+    harmed = () if harm is None else tuple(dict.fromkeys(
+        c.subgroup for c in harm(holdout).checks if c.verdict == FAIL))
+    return CandidateScore(spec=spec, accuracy=holdout.overall.accuracy,
                           worst_group=worst.name if worst else None,
                           worst_group_accuracy=worst.accuracy if worst else None,
                           passed=verdict.passed, verdict=verdict.verdict,
                           deciding=_deciding(verdict), harmed=harmed, seconds=seconds,
-                          judged_on="holdout" if judged_on.keep is None else "unseen half",
-                          n=judged.overall.n, ranked=ranked.outcomes)
+                          judged_on=CROSS_FITTED if fits_holdout_half(spec) else "holdout",
+                          n=holdout.overall.n, ranked=holdout.outcomes)
 
 
 def _deciding(verdict: StageVerdict) -> tuple[Check, ...]:
@@ -284,7 +259,7 @@ def _brief(check: Check) -> dict[str, Any]:
 
 def _label(score: CandidateScore, index: int) -> str:
     where = "" if score.judged_on == "holdout" else (
-        f", judged on the holdout half it did not train against, n {score.n}")
+        ", cross-fitted: each holdout half answered by its fit to the other half")
     return f"candidate {index} ({score.spec.name}, alpha {score.spec.alpha:g}{where})"
 
 

@@ -116,11 +116,16 @@ def _selection_lines(selection: dict | None) -> list[str]:
     cost = selection.get("cost") or {}
     why = selection.get("reason") or selection.get("rule")
     return [f"- Chosen by `auto` on holdout: {why} (cost: "
-            f"{cost.get('candidates_trained', '?')} candidates and "
+            f"{cost.get('candidates_trained', '?')} candidates"
+            f"{_cross_fit_words(cost.get('cross_fit_runs', 0))} and "
             f"{cost.get('probe_runs', 0)} probe runs"
             f"{' and a one-hot reference' if cost.get('one_hot_reference_runs') else ''} trained, "
             f"{cost.get('epochs_total', '?')} epochs, {cost.get('seconds', '?')} s)"
             ] + _blind_spots(selection.get("holdout_power") or [])
+
+
+def _cross_fit_words(runs: int) -> str:
+    return f" (and {runs} fitted to the other holdout half)" if runs else ""
 
 
 def _blind_spots(power: list[dict]) -> list[str]:

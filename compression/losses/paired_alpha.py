@@ -141,13 +141,13 @@ def build(spec: MitigationSpec, context: LossContext, params: dict[str, Any]) ->
 
     per_example = _per_example(alpha_by_group, trusted, temperature, label)
     if params["reference_floor"]:
-        floors, floor_n, overall = floors_from_evidence(context.harm_evidence,
-                                                        context.group_names)
+        floors, floor_n, overall = floors_from_evidence(
+            context.harm_evidence, context.group_names, params["floor_half"])
         return ReferenceFloorLoss(
             "paired_alpha", per_example, floors=floors, floor_n=floor_n, overall_floor=overall,
             holdout=context.holdout, eta=params["floor_eta"],
             max_weight=params["floor_max_weight"], eval_batch_size=params["eval_batch_size"],
-            facts=facts)
+            facts=facts, fit_half=params["floor_half"])
 
     def paired_alpha(student_logits: Tensor, labels: Tensor, teacher_logits: Tensor | None,
                      groups: Tensor) -> Tensor:

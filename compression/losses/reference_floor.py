@@ -21,9 +21,10 @@ nothing unless that subgroup really falls behind. Subgroups with no holdout exam
 The multipliers are the loss's state, checkpointed with the model, so a resume is exact.
 
 Both ref_g and acc_g are measured on one half of the holdout (``holdout_parts``: each
-subgroup cell and class cut in two by a fixed draw). The other half stays unseen by the
-floor, so that ``auto`` judges a floored student on examples it was not trained against: a
-floor fitted to the very examples harm is judged on would pass that test by construction.
+subgroup cell and class cut in two by a fixed draw; ``floor_half`` says which). The other
+half stays unseen by the floor: a floor judged on the very examples it was fitted to would
+pass the harm test by construction. ``auto`` cross-fits: it trains the floor on each half and
+judges the pair's out-of-fold answers, each half answered by the student that did not see it.
 """
 
 from __future__ import annotations
@@ -42,10 +43,11 @@ from compression.losses.harm_probe import rows_in_order, subset
 from compression.seeds import derived_seed
 
 __all__ = ["FLOOR_PARAMS", "floor_param_problems", "holdout_parts", "fit_part",
-           "reference_counts", "floors_from_evidence", "floor_step", "ReferenceFloorLoss"]
+           "reference_counts", "reference_counts_by_half", "out_of_fold", "floors_from_evidence",
+           "floor_step", "ReferenceFloorLoss"]
 
 FLOOR_PARAMS: dict[str, Any] = {"reference_floor": False, "floor_eta": 10.0,
-                                "floor_max_weight": 8.0}
+                                "floor_max_weight": 8.0, "floor_half": 0}
 
 # (student_logits [B, C], labels [B], teacher_logits [B, C] | None, groups [B]) -> [B]
 PerExample = Callable[[Tensor, Tensor, "Tensor | None", Tensor], Tensor]
@@ -59,13 +61,16 @@ def floor_param_problems(params: dict[str, Any]) -> list[str]:
     if not 1 <= params["floor_max_weight"] <= 1000:
         problems.append(f"mitigation.params.floor_max_weight is {params['floor_max_weight']}; "
                         "it must be in [1, 1000]")
+    if params["floor_half"] not in (0, 1):
+        problems.append(f"mitigation.params.floor_half is {params['floor_half']}; it must be 0 "
+                        "or 1 (the holdout half the floor trains against)")
     return problems
 
 
 def holdout_parts(holdout: Split) -> tuple[Tensor, Tensor]:
-    """(fit, unseen): bool masks [N] of the holdout's two halves, stratified by subgroup cell
-    and class with a draw that depends on the labels alone, so every job with this holdout
-    (the floor's loss, the probe's reference, ``auto``'s judge) cuts it the same way."""
+    """(half 0, half 1): bool masks [N] of the holdout's two halves, stratified by subgroup
+    cell and class with a draw that depends on the labels alone, so every job with this
+    holdout (the floor's loss, the probe's reference, ``auto``'s judge) cuts it the same way."""
     y, group = holdout.y.cpu().long(), holdout.group.cpu().long()
     strata = group * (int(y.max()) + 1 if len(y) else 1) + y
     fit_idx, _ = halves(strata.numpy(), derived_seed(0, "reference-floor/holdout-halves"))
@@ -74,9 +79,17 @@ def holdout_parts(holdout: Split) -> tuple[Tensor, Tensor]:
     return fit, ~fit
 
 
-def fit_part(holdout: Split) -> Split:
-    """The half of the holdout the floor trains against."""
-    return subset(holdout, holdout_parts(holdout)[0])
+def fit_part(holdout: Split, half: int = 0) -> Split:
+    """The half of the holdout a floor with ``floor_half`` = ``half`` trains against."""
+    return subset(holdout, holdout_parts(holdout)[half])
+
+
+def out_of_fold(holdout: Split, fitted_to_0: Tensor, fitted_to_1: Tensor) -> Tensor:
+    """[N] answers on the whole holdout from two floors' answers [N] on all of it: on half 0
+    those of the floor fitted to half 1, on half 1 those of the floor fitted to half 0, so
+    no example is answered by the student fitted to it."""
+    half_0 = holdout_parts(holdout)[0].to(fitted_to_0.device)
+    return torch.where(half_0, fitted_to_1, fitted_to_0)
 
 
 def reference_counts(predicted: Tensor, labels: Tensor, groups: Tensor,
@@ -91,13 +104,24 @@ def reference_counts(predicted: Tensor, labels: Tensor, groups: Tensor,
                        for i, name in enumerate(group_names)]}
 
 
-def floors_from_evidence(evidence: dict[str, Any] | None,
-                         group_names: Sequence[str]) -> tuple[Tensor, Tensor, float]:
-    """(ref_g [K], n_g [K], ref) from the harm evidence's ``reference_holdout``."""
-    counts = (evidence or {}).get("reference_holdout")
-    if counts is None:
+def reference_counts_by_half(predicted: Tensor, holdout: Split,
+                             group_names: Sequence[str]) -> dict[str, Any]:
+    """The reference's answers [N] on the whole holdout -> ``reference_counts`` on each half,
+    the form the harm evidence carries under ``reference_holdout``."""
+    return {"halves": [reference_counts(predicted[mask], holdout.y[mask], holdout.group[mask],
+                                        group_names)
+                       for mask in (m.to(predicted.device) for m in holdout_parts(holdout))]}
+
+
+def floors_from_evidence(evidence: dict[str, Any] | None, group_names: Sequence[str],
+                         half: int = 0) -> tuple[Tensor, Tensor, float]:
+    """(ref_g [K], n_g [K], ref) on holdout half ``half`` from the harm evidence's
+    ``reference_holdout``."""
+    halves = ((evidence or {}).get("reference_holdout") or {}).get("halves")
+    if halves is None:
         raise InvalidInput("reference_floor needs the reference's holdout accuracy; the "
                            "pipeline's harm probe measures it when the mitigation asks")
+    counts = halves[half]
     rows = rows_in_order(counts["groups"], group_names, "the reference on holdout")
     n = torch.tensor([row["n"] for row in rows], dtype=torch.float64)
     right = torch.tensor([row["correct"] for row in rows], dtype=torch.float64)
@@ -120,17 +144,19 @@ def floor_step(multipliers: Tensor, floors: Tensor, overall_floor: float, accura
 
 class ReferenceFloorLoss:
     """A per-example objective weighted by the floors' multipliers. Call as any ``Loss``.
-    ``holdout``: the whole holdout split; the loss measures the student on its fit half."""
+    ``holdout``: the whole holdout split; the loss measures the student on half ``fit_half``
+    of it, where ``floors`` were measured."""
 
     def __init__(self, name: str, per_example: PerExample, *, floors: Tensor, floor_n: Tensor,
                  overall_floor: float, holdout: Split, eta: float, max_weight: float,
-                 eval_batch_size: int = 512, facts: dict[str, Any] | None = None):
+                 eval_batch_size: int = 512, facts: dict[str, Any] | None = None,
+                 fit_half: int = 0):
         self.name, self.per_example, self.needs_teacher = name, per_example, True
         self.floors, self.overall_floor = floors.double(), overall_floor
-        self.holdout, self.eta, self.max_weight = fit_part(holdout), eta, max_weight
+        self.holdout, self.eta, self.max_weight = fit_part(holdout, fit_half), eta, max_weight
         self.eval_batch_size, self.facts = eval_batch_size, dict(facts or {})
         self.facts["floors"] = {"overall": overall_floor, "by_group": floors.tolist(),
-                                "n": floor_n.tolist()}
+                                "n": floor_n.tolist(), "holdout_half": fit_half}
         self.multipliers = torch.zeros(len(floors), dtype=torch.float64)
         self.updates = 0
         self.holdout_accuracy: list[float] = []

@@ -8,6 +8,7 @@ loss: ``compression.selection.choose_mitigation`` trains its candidates and keep
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -22,7 +23,8 @@ from compression.spec import MitigationSpec
 
 __all__ = ["AUTO", "BASELINES", "REBALANCING", "Objective", "Requirements", "build_loss",
            "known_losses", "accepted_params", "requirements", "check_mitigation",
-           "harm_probe_plan", "judged_on_unseen_half", "RECOMMENDED_CANDIDATES", "candidates_of"]
+           "harm_probe_plan", "fits_holdout_half", "other_half", "RECOMMENDED_CANDIDATES",
+           "candidates_of"]
 
 Builder = Callable[[MitigationSpec, LossContext, dict[str, Any]], Loss]
 ParamCheck = Callable[[dict[str, Any]], list[str]]
@@ -42,8 +44,8 @@ class Objective:
     harm_probe: the builder reads ``LossContext.harm_evidence``; the pipeline runs the probe
     this gives (``compression.losses.harm_probe``) first. holdout_logits: the builder reads
     ``LossContext.teacher_holdout_logits``. fits_holdout_half: with these params the loss
-    trains against the fit half of the holdout (``reference_floor.holdout_parts``), so
-    ``auto`` judges it on the other half alone.
+    trains against one half of the holdout (``reference_floor.holdout_parts``) named by its
+    param ``floor_half``, so ``auto`` cross-fits it (``other_half``).
     """
 
     build: Builder
@@ -149,13 +151,22 @@ def harm_probe_plan(spec: MitigationSpec) -> ProbePlan | None:
     return objective.harm_probe(spec, _resolve_params(spec, objective.params))
 
 
-def judged_on_unseen_half(spec: MitigationSpec) -> bool:
-    """Whether ``spec`` trains against part of the holdout, so that a fair judge of it sees
-    only the rest (``reference_floor.holdout_parts``)."""
+def fits_holdout_half(spec: MitigationSpec) -> bool:
+    """Whether ``spec`` trains against half of the holdout, so that a fair judge of it sees
+    only the other half (``reference_floor.holdout_parts``)."""
     if spec.name == AUTO:
         return False
     objective = _objective(spec.name)
     return objective.fits_holdout_half(_resolve_params(spec, objective.params))
+
+
+def other_half(spec: MitigationSpec) -> MitigationSpec:
+    """``spec`` fitted to the other holdout half: with it, each holdout example has an answer
+    from a student that was not fitted to it (``reference_floor.out_of_fold``)."""
+    if not fits_holdout_half(spec):
+        raise ValueError(f"{spec.name} with these params does not train against a holdout half")
+    half = _resolve_params(spec, _objective(spec.name).params)["floor_half"]
+    return dataclasses.replace(spec, params={**spec.params, "floor_half": 1 - half})
 
 
 def check_mitigation(spec: MitigationSpec) -> None:

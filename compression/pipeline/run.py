@@ -25,7 +25,7 @@ from compression.data import Dataset, describe, load_dataset
 from compression.data.preprocess import input_contract, model_input_shape, unwrap
 from compression.data.loader import loading
 from compression.errors import InvalidInput
-from compression.evaluation import EvalReport, restrict
+from compression.evaluation import EvalReport
 from compression.events import EventSink, StopCheck, emit_nothing, never_stop
 from compression.guardrails import (StageVerdict, check_policy, detectable_drops, judge,
                                    preflight_notes)
@@ -117,8 +117,7 @@ def _references(job: Job, dataset: Dataset
     power = holdout_harm_power(job, dataset)
     selected = select_mitigation(
         job, dataset, teacher, baseline,
-        lambda one_hot, part: holdout_gate(
-            spec, teacher and restrict(teacher.holdout_report, part), one_hot),
+        lambda one_hot: holdout_gate(spec, teacher and teacher.holdout_report, one_hot),
         lambda one_hot: harm_gate(spec, one_hot))
     return teacher, baseline, dataclasses.replace(
         selected, selection=dataclasses.replace(selected.selection, holdout_power=power))

@@ -15,19 +15,20 @@ from compression.data import Dataset
 from compression.data.preprocess import with_preprocess
 from compression.diagnosis import diagnose_harm
 from compression.errors import InvalidInput
-from compression.evaluation import EvalReport, evaluate, predict_logits, restrict
+from compression.evaluation import EvalReport, evaluate, predict_logits
 from compression.guardrails import StageVerdict
 from compression.losses import Loss, LossContext, build_loss
 from compression.losses.harm_probe import ProbePlan, cross_fit
-from compression.losses.reference_floor import fit_part, holdout_parts, reference_counts
-from compression.losses.registry import candidates_of, harm_probe_plan
+from compression.losses.reference_floor import out_of_fold, reference_counts_by_half
+from compression.losses.registry import (candidates_of, fits_holdout_half, harm_probe_plan,
+                                         other_half)
 from compression.models import build_model
 from compression.models.init_weights import StudentInit, apply_init, read_init, stem_sizes
 from compression.models.timm_models import is_timm
 from compression.pipeline.job import Job, report_summary
 from compression.pipeline.teacher import TeacherView
 from compression.seeds import derived_seed
-from compression.selection import Selection, HoldoutPart, choose_mitigation
+from compression.selection import Selection, choose_mitigation
 from compression.spec import MitigationSpec, TrainingSpec, spec_to_dict
 from compression.training import TrainResult, train
 
@@ -117,12 +118,12 @@ def harm_probe(job: Job, dataset: Dataset, plan: ProbePlan, teacher: TeacherView
         reference = (train_one_hot(job, dataset) if same_as_baseline else
                      train_student(job, dataset, plan.reference, None, training=probe_training,
                                    stage="harm_probe_reference", workdir=f"{key}/reference"))
-        fit = fit_part(dataset.holdout)  # the floor's half; auto judges it on the other
-        return reference_counts(predict(reference.model, fit), fit.y, fit.group,
-                                dataset.group_names)
+        # per half: a floor trains against one, auto judges it on the other
+        return reference_counts_by_half(predict(reference.model, dataset.holdout),
+                                        dataset.holdout, dataset.group_names)
     return {**evidence, "reference_holdout": job.stage(
         "harm_probe_reference_holdout", reference_on_holdout,
-        lambda r: {"n": sum(g["n"] for g in r["groups"])})}
+        lambda r: {"n": [sum(g["n"] for g in half["groups"]) for half in r["halves"]]})}
 
 
 def _initial_student(job: Job, dataset: Dataset, seed: int) -> nn.Module:
@@ -226,27 +227,39 @@ class Selected:
 
 def select_mitigation(job: Job, dataset: Dataset, teacher: TeacherView | None,
                       baseline: Baseline | None,
-                      gate_for: Callable[[EvalReport | None, Tensor | None],
-                                         Callable[[EvalReport], StageVerdict]],
+                      gate_for: Callable[[EvalReport | None], Callable[[EvalReport], StageVerdict]],
                       harm_for: Callable[[EvalReport], Callable[[EvalReport], StageVerdict]]
                       ) -> Selected:
     """``auto``: train each candidate (for ``selection_epochs``; 0: as long as the student),
     judge it on holdout against a one-hot student trained as long (``harm_for``: harm shown;
-    ``gate_for(one_hot, part)``: the policy, its other references restricted to ``part``),
-    keep the most accurate that does no harm. A candidate fitted to half the holdout is
-    judged on the other half (``compression.selection``). No candidates in the spec: the
-    recommended set."""
+    ``gate_for(one_hot)``: the policy), keep the most accurate that does no harm. A candidate
+    fitted to a holdout half is cross-fitted: trained on the other half too and judged on
+    the pair's out-of-fold answers; the student is its fit to the half it names.
+    No candidates in the spec: the recommended set."""
     training = _selection_training(job.spec.training, job.spec.mitigation.selection_epochs)
     full_length = training.epochs == job.spec.training.epochs
     candidates = candidates_of(job.spec.mitigation)
     runs: dict[int | str, StudentRun] = {}
-    unseen = holdout_parts(dataset.holdout)[1]
+
+    def fit(candidate: MitigationSpec, workdir: str) -> StudentRun:
+        return train_student(job, dataset, candidate, teacher, training=training,
+                             stage=f"select_{workdir}", workdir=f"candidate_{workdir}")
+
+    def answers(model: nn.Module) -> Tensor:
+        return predict_logits(model, dataset.holdout, job.spec.training.eval_batch_size,
+                              job.device).argmax(dim=1)
 
     def train_candidate(candidate: MitigationSpec, index: int | str) -> EvalReport:
-        run = train_student(job, dataset, candidate, teacher, training=training,
-                            stage=f"select_{index}_{candidate.name}",
-                            workdir=f"candidate_{index}_{candidate.name}")
-        report = job.evaluate(run.model, dataset, candidate.name, split=dataset.holdout)
+        run = fit(candidate, f"{index}_{candidate.name}")
+        predicted = answers(run.model)
+        if fits_holdout_half(candidate):  # each half answered by the fit to the other
+            twin = other_half(candidate)
+            half = twin.params["floor_half"]
+            fitted_to = {half: answers(fit(twin, f"{index}_{candidate.name}_other_half").model),
+                         1 - half: predicted}
+            predicted = out_of_fold(dataset.holdout, fitted_to[0], fitted_to[1])
+        report = evaluate(predicted, dataset.holdout, dataset.class_names, dataset.group_names,
+                          name=candidate.name)
         if full_length and index != "reference":  # kept off the device until chosen
             runs[index] = dataclasses.replace(run, model=run.model.cpu())
         return report
@@ -263,10 +276,8 @@ def select_mitigation(job: Job, dataset: Dataset, teacher: TeacherView | None,
         # equal candidates share (and resume) one run: the first one's index names it
         selection = choose_mitigation(
             candidates, lambda c: train_candidate(c, candidates.index(c)),
-            gate_for(one_hot, None), harm_for(one_hot), epochs=training.epochs,
-            recommended=not job.spec.mitigation.candidates,
-            unseen=HoldoutPart(unseen, gate_for(restrict(one_hot, unseen), unseen),
-                              harm_for(restrict(one_hot, unseen))))
+            gate_for(one_hot), harm_for(one_hot), epochs=training.epochs,
+            recommended=not job.spec.mitigation.candidates)
         return dataclasses.replace(selection, reference_seconds=seconds, reused=full_length)
 
     # Every rank trains every candidate; rank 0's choice holds, so all go on with one student.

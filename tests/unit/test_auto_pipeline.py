@@ -111,16 +111,21 @@ def test_a_reference_floor_reads_the_baseline_on_half_the_holdout_and_moves_ever
     # the whole-split reference is the job's one-hot baseline, trained once
     assert report["selection"]["cost"]["probe_runs"] == 4
     checkpoints = result.output_dir / "checkpoints"
+    # cross-fitted: the floor trains on each half of the holdout, the probe is shared
     assert sorted(p.name for p in checkpoints.iterdir()) == [
-        "candidate_0_paired_alpha", "one_hot", next(checkpoints.glob("probe_*")).name]
+        "candidate_0_paired_alpha", "candidate_0_paired_alpha_other_half", "one_hot",
+        next(checkpoints.glob("probe_*")).name]
     assert len(list(next(checkpoints.glob("probe_*")).iterdir())) == 4  # the folds alone
+    assert report["selection"]["cost"]["cross_fit_runs"] == 1
+    card = (result.output_dir / "model_card.md").read_text()
+    assert "(and 1 fitted to the other holdout half) and 4 probe runs" in card
     state = report["training"]["loss_state"]
     floors = state["floors"]
-    # the floor trains against half the holdout, and auto judges it on the other half
+    # the student is the floor fitted to half 0; auto judged the pair out of fold
     holdout = report["data"]["splits"]["holdout"]["size"]
     judged = report["selection"]["candidates"][0]
-    assert sum(floors["n"]) == holdout // 2 and judged["n"] == holdout - holdout // 2
-    assert judged["judged_on"] == "unseen half"
+    assert floors["holdout_half"] == 0 and sum(floors["n"]) == holdout // 2
+    assert judged["n"] == holdout and judged["judged_on"] == "holdout, out of fold"
     assert state["updates"] == 2 and len(state["holdout_accuracy"]) == 4
     assert 0 <= floors["overall"] <= 1
     assert all(0 <= m <= 7 for m in state["floor_multipliers"])  # max_weight 8

@@ -5,12 +5,11 @@ import pytest
 import torch
 
 from compression.data.dataset import Split
-from compression.evaluation import EvalReport, evaluate, restrict
+from compression.evaluation import EvalReport, evaluate
 from compression.guardrails import PASS, Check, StageVerdict, judge
-from compression.losses.reference_floor import holdout_parts
 from compression.losses.registry import (RECOMMENDED_CANDIDATES, candidates_of,
                                          check_mitigation, requirements)
-from compression.selection import HoldoutPart, choose_mitigation
+from compression.selection import choose_mitigation
 from compression.spec import GuardrailSpec, MitigationSpec
 
 KD = MitigationSpec(name="kd", alpha=0.9)
@@ -138,50 +137,26 @@ def test_the_cost_counts_a_shared_probe_once_and_the_floor_reference_when_it_is_
     dro = MitigationSpec(name="paired_dro", alpha=0.9)
     trainer = Trainer({name: holdout_report(name, 0, 10)
                        for name in ("kd", "paired_alpha", "paired_dro")})
-    unseen = holdout_parts(HOLDOUT)[1]
-    half = HoldoutPart(unseen, passes, harm_against(restrict(ONE_HOT, unseen)))
-    sel = choose_mitigation([KD, PAIRED, floor, dro], trainer, passes, harm, epochs=10,
-                            unseen=half)
+    sel = choose_mitigation([KD, PAIRED, floor, dro], trainer, passes, harm, epochs=10)
     # one probe (3 folds x 2 runs); in full length the floor's reference is the baseline
     assert sel.cost()["probe_runs"] == 6 and sel.cost()["one_hot_reference_runs"] == 0
+    assert sel.cost()["cross_fit_runs"] == 1  # the floor fitted to the other half
     short = dataclasses.replace(sel, reference_seconds=1.0)
     assert short.cost()["probe_runs"] == 7 and short.cost()["one_hot_reference_runs"] == 1
-    assert short.cost()["epochs_total"] == 10 * (4 + 7 + 1)
+    assert short.cost()["epochs_total"] == 10 * (4 + 1 + 7 + 1)
 
 
-def harm_against(one_hot: EvalReport):
-    return lambda report: judge(report, HARM_POLICY, "selection_harm", one_hot=one_hot)
-
-
-def test_a_floor_is_judged_on_the_holdout_half_it_did_not_train_against():
+def test_a_floor_is_judged_on_its_out_of_fold_answers_over_the_whole_holdout():
     floor = MitigationSpec(name="paired_alpha", alpha=0.9, params={"reference_floor": True})
-    unseen = holdout_parts(HOLDOUT)[1]
-    half = HoldoutPart(unseen, passes, harm_against(restrict(ONE_HOT, unseen)))
-
-    def fitted(wrong_unseen_tail: int) -> EvalReport:
-        """Right everywhere but on the first ``wrong_unseen_tail`` unseen tail examples."""
-        pred = Y.clone()
-        pred[(unseen & (Y == 1)).nonzero().squeeze(1)[:wrong_unseen_tail]] = 0
-        return evaluate(pred, HOLDOUT, CLASSES, GROUPS, name="paired_alpha")
-    # every unseen tail example wrong: harm shown on the half, though the fit half hides it
-    kd = holdout_report("kd", 0, 12)
-    sel = choose_mitigation([floor, KD], Trainer({"kd": kd, "paired_alpha": fitted(30)}),
-                            passes, harm, unseen=half)
+    # the caller's report of a cross-fitted candidate covers the whole holdout
+    sel = choose_mitigation([floor, KD], Trainer({
+        "kd": holdout_report("kd", 10, 12),
+        "paired_alpha": holdout_report("paired_alpha", 0, 12)}), passes, harm)
     judged = sel.candidates[0]
-    assert judged.judged_on == "unseen half" and judged.n == int(unseen.sum()) == 180
-    assert judged.harmed == ("tail",) and sel.chosen is KD
-    # both ranked on the unseen half: kd's accuracy there, not on the whole holdout
-    assert sel.ranked_on == "unseen half" and sel.candidates[1].judged_on == "holdout"
-    assert sel.candidates[1].accuracy == restrict(kd, unseen).overall.accuracy
-    assert sel.candidates[1].n == 360
-    # harmless on the half and better than kd there: the floor wins, and the reason says where
-    sel = choose_mitigation([floor, KD], Trainer({"kd": kd, "paired_alpha": fitted(0)}),
-                            passes, harm, unseen=half)
-    assert sel.chosen is floor and sel.candidates[0].harmless
-    assert "holdout half it did not train against, n 180" in sel.reason
-    assert "most accurate on the holdout half no candidate trained against" in sel.reason
-    with pytest.raises(ValueError, match="unseen half"):
-        choose_mitigation([floor, KD], Trainer({}), passes, harm)
+    assert judged.judged_on == "holdout, out of fold" and judged.n == 360
+    assert sel.chosen is floor and sel.candidates[1].judged_on == "holdout"
+    assert "cross-fitted: each holdout half answered by its fit to the other half" in sel.reason
+    assert sel.to_dict()["candidates"][0]["judged_on"] == "holdout, out of fold"
 
 
 def test_the_choice_states_its_paired_lead_over_the_runner_up():

@@ -11,15 +11,18 @@ from compression.losses import LossContext, build_loss, kd_kl
 from compression.losses.harm_probe import probe_plan
 from compression.losses.reference_floor import (ReferenceFloorLoss, floor_step,
                                                 floors_from_evidence, holdout_parts,
-                                                reference_counts)
-from compression.losses.registry import accepted_params
+                                                out_of_fold, reference_counts,
+                                                reference_counts_by_half)
+from compression.losses.registry import accepted_params, fits_holdout_half, other_half
 from compression.reliability import beta_cdf
 from compression.spec import MitigationSpec
 
 PROBE = {"groups": [{"name": "a", "n": 50, "b": 0, "c": 12},
                     {"name": "b", "n": 50, "b": 12, "c": 0}]}
-REFERENCE = {"groups": [{"name": "a", "n": 80, "correct": 60},
-                        {"name": "b", "n": 20, "correct": 10}]}
+REFERENCE = {"halves": [{"groups": [{"name": "a", "n": 80, "correct": 60},
+                                    {"name": "b", "n": 20, "correct": 10}]},
+                        {"groups": [{"name": "a", "n": 80, "correct": 40},
+                                    {"name": "b", "n": 20, "correct": 20}]}]}
 
 
 def test_floor_step_by_hand():
@@ -43,13 +46,16 @@ def test_reference_counts_and_floors_by_hand():
     assert counts == {"groups": [{"name": "a", "n": 2, "correct": 2},
                                  {"name": "b", "n": 2, "correct": 1},
                                  {"name": "c", "n": 1, "correct": 0}]}
-    floors, n, overall = floors_from_evidence({"reference_holdout": counts}, ("c", "a"))
+    evidence = {"reference_holdout": {"halves": [REFERENCE["halves"][0], counts]}}
+    floors, n, overall = floors_from_evidence(evidence, ("c", "a"), half=1)
     assert floors.tolist() == [0.0, 1.0] and n.tolist() == [1.0, 2.0]
     assert overall == pytest.approx(3 / 5)
+    floors, n, overall = floors_from_evidence(evidence, ("b", "a"))  # half 0
+    assert floors.tolist() == [0.5, 0.75] and overall == pytest.approx(0.7)
     with pytest.raises(InvalidInput, match="holdout accuracy"):
         floors_from_evidence(PROBE, ("a", "b"))
     with pytest.raises(InvalidInput, match=r"\['d'\]"):
-        floors_from_evidence({"reference_holdout": counts}, ("a", "d"))
+        floors_from_evidence(evidence, ("a", "d"), half=1)
 
 
 class Constant(nn.Module):
@@ -121,11 +127,17 @@ def test_paired_alpha_with_a_floor_starts_as_paired_alpha_and_needs_its_referenc
     state = loss.state_dict()
     assert state["floors"]["by_group"] == pytest.approx([0.75, 0.5])
     assert state["floors"]["overall"] == pytest.approx(0.7) and "alpha_by_group" in state
+    assert state["floors"]["holdout_half"] == 0
+    # fitted to the other half: that half's floors, and its examples to measure
+    other = build_loss(spec(floor_half=1), context({**PROBE, "reference_holdout": REFERENCE}))
+    assert other.state_dict()["floors"]["by_group"] == pytest.approx([0.5, 1.0])
+    assert other.state_dict()["floors"]["holdout_half"] == 1
+    assert len(other.holdout) + len(loss.holdout) == 9
     with pytest.raises(InvalidInput, match="holdout accuracy"):
         build_loss(spec(), context(PROBE))
     with pytest.raises(InvalidInput) as err:
-        build_loss(spec(match_share=True, floor_eta=0.0), context(PROBE))
-    assert len(err.value.problems) == 2
+        build_loss(spec(match_share=True, floor_eta=0.0, floor_half=2), context(PROBE))
+    assert len(err.value.problems) == 3
 
 
 def test_the_probe_trains_the_whole_split_reference_only_for_a_floor():
@@ -150,3 +162,27 @@ def test_the_floor_trains_against_one_half_of_each_cell_and_class_of_the_holdout
                               floor_n=torch.ones(2), overall_floor=1.0, holdout=holdout,
                               eta=1.0, max_weight=2.0)
     assert torch.equal(loss.holdout.y, y[fit]) and torch.equal(loss.holdout.group, group[fit])
+
+
+def test_out_of_fold_answers_each_half_by_the_floor_fitted_to_the_other():
+    y = torch.tensor([0, 0, 1, 1, 0, 1])
+    holdout = Split(torch.zeros(6, 1, 2, 2, dtype=torch.uint8), y, torch.zeros(6).long())
+    half_0, half_1 = holdout_parts(holdout)
+    fitted_to_0, fitted_to_1 = torch.full((6,), 7), torch.full((6,), 9)
+    answers = out_of_fold(holdout, fitted_to_0, fitted_to_1)
+    assert answers[half_0].eq(9).all() and answers[half_1].eq(7).all()
+    assert int(half_0.sum()) == 2  # one of each class's 3: half 0 takes the smaller part
+    # the reference's counts on each half, from its answers on the whole holdout
+    counts = reference_counts_by_half(y.clone(), holdout, ("all",))["halves"]
+    assert [h["groups"][0]["n"] for h in counts] == [2, 4]
+    assert [h["groups"][0]["correct"] for h in counts] == [2, 4]
+
+
+def test_the_other_half_of_a_floor_flips_its_half_and_nothing_else():
+    floor = spec()
+    twin = other_half(floor)
+    assert twin.params == {**floor.params, "floor_half": 1} and twin.alpha == floor.alpha
+    assert other_half(twin).params["floor_half"] == 0
+    assert fits_holdout_half(twin) and not fits_holdout_half(spec(reference_floor=False))
+    with pytest.raises(ValueError, match="does not train against a holdout half"):
+        other_half(spec(reference_floor=False))

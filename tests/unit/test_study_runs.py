@@ -33,6 +33,11 @@ def test_paired_dro_reuses_the_probe_paired_alpha_trains() -> None:
     floor = _row("paired_alpha floor")
     assert probe_sources(never, floor) == [(never, alpha)]
     assert probe_sources(saw, floor) == [(saw, alpha), (never, alpha), (never, floor)]
+    # the floor fitted to the other half takes its reference from the floor's cells
+    half1 = _row("paired_alpha floor half1")
+    assert probe_sources(never, half1) == [(never, alpha), (never, floor)]
+    assert probe_sources(saw, half1) == [(saw, alpha), (never, alpha), (saw, floor),
+                                         (never, floor), (never, half1)]
 
 
 def test_the_probe_runs_are_copied_from_the_cells_that_trained_them(tmp_path: Path) -> None:
