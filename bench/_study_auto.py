@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 
 from compression.data import load_dataset
 from compression.evaluation import EvalReport, evaluate, predict_logits
-from compression.losses.reference_floor import out_of_fold
+from compression.losses.reference_floor import with_twin
 from compression.losses.registry import AUTO, candidates_of, fits_holdout_half, other_half
 from compression.models import build_model
 from compression.pipeline.run import harm_gate, holdout_gate
@@ -71,10 +71,9 @@ def _holdout_report(case: Case, method: Method, seed: int, config: StudyConfig, 
     answers = _holdout_answers(run_dir(case, method, seed, config), spec, dataset)
     if fits_holdout_half(method.mitigation):
         twin = _row(other_half(method.mitigation))
-        half = twin.mitigation.params["floor_half"]
-        fitted_to = {half: _holdout_answers(run_dir(case, twin, seed, config), spec, dataset),
-                     1 - half: answers}
-        answers = out_of_fold(dataset.holdout, fitted_to[0], fitted_to[1])
+        twin_answers = _holdout_answers(run_dir(case, twin, seed, config), spec, dataset)
+        answers = with_twin(dataset.holdout, answers, twin_answers,
+                            twin.mitigation.params["floor_half"])
     return evaluate(answers, dataset.holdout, dataset.class_names, dataset.group_names,
                     name=method.label)
 

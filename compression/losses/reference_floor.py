@@ -43,7 +43,8 @@ from compression.losses.harm_probe import rows_in_order, subset
 from compression.seeds import derived_seed
 
 __all__ = ["FLOOR_PARAMS", "floor_param_problems", "holdout_parts", "fit_part",
-           "reference_counts", "reference_counts_by_half", "out_of_fold", "floors_from_evidence",
+           "reference_counts", "reference_counts_by_half", "out_of_fold", "with_twin",
+           "floors_from_evidence",
            "floor_step", "ReferenceFloorLoss"]
 
 FLOOR_PARAMS: dict[str, Any] = {"reference_floor": False, "floor_eta": 10.0,
@@ -90,6 +91,13 @@ def out_of_fold(holdout: Split, fitted_to_0: Tensor, fitted_to_1: Tensor) -> Ten
     no example is answered by the student fitted to it."""
     half_0 = holdout_parts(holdout)[0].to(fitted_to_0.device)
     return torch.where(half_0, fitted_to_1, fitted_to_0)
+
+
+def with_twin(holdout: Split, answers: Tensor, twin_answers: Tensor, twin_half: int) -> Tensor:
+    """``out_of_fold`` from a floor's answers and its twin's, the twin fitted to half
+    ``twin_half`` and the floor to the other."""
+    fitted_to = {twin_half: twin_answers, 1 - twin_half: answers}
+    return out_of_fold(holdout, fitted_to[0], fitted_to[1])
 
 
 def reference_counts(predicted: Tensor, labels: Tensor, groups: Tensor,

@@ -19,7 +19,7 @@ from compression.evaluation import EvalReport, evaluate, predict_logits
 from compression.guardrails import StageVerdict
 from compression.losses import Loss, LossContext, build_loss
 from compression.losses.harm_probe import ProbePlan, cross_fit
-from compression.losses.reference_floor import out_of_fold, reference_counts_by_half
+from compression.losses.reference_floor import reference_counts_by_half, with_twin
 from compression.losses.registry import (candidates_of, fits_holdout_half, harm_probe_plan,
                                          other_half)
 from compression.models import build_model
@@ -254,10 +254,9 @@ def select_mitigation(job: Job, dataset: Dataset, teacher: TeacherView | None,
         predicted = answers(run.model)
         if fits_holdout_half(candidate):  # each half answered by the fit to the other
             twin = other_half(candidate)
-            half = twin.params["floor_half"]
-            fitted_to = {half: answers(fit(twin, f"{index}_{candidate.name}_other_half").model),
-                         1 - half: predicted}
-            predicted = out_of_fold(dataset.holdout, fitted_to[0], fitted_to[1])
+            twin_answers = answers(fit(twin, f"{index}_{candidate.name}_other_half").model)
+            predicted = with_twin(dataset.holdout, predicted, twin_answers,
+                                  twin.params["floor_half"])
         report = evaluate(predicted, dataset.holdout, dataset.class_names, dataset.group_names,
                           name=candidate.name)
         if full_length and index != "reference":  # kept off the device until chosen
