@@ -19,8 +19,9 @@ power.
 
 Rule: the most accurate candidate (overall holdout accuracy) among those with no established
 harm that pass the policy; when there is none, the best worst-group accuracy among those with
-no established harm, or among all when every candidate harms (``met_floors=False``). Ties
-go to the earlier candidate. Without a ``harm`` judge every candidate counts as harmless. Every
+no established harm, or among all when every candidate harms (``met_floors=False``). A tie
+on overall accuracy goes to the better worst group (the subgroup the product protects), then
+to the earlier candidate. Without a ``harm`` judge every candidate counts as harmless. Every
 candidate records its verdicts and the checks that decided them; the selection records
 why it chose, how far its choice leads the runner-up (paired, with its interval: a lead the
 ranking examples cannot show is said so), and what the choice cost (runs trained, probes
@@ -182,8 +183,8 @@ def _pick(scores: Sequence[CandidateScore]) -> tuple[int, str, int | None]:
     passing = [i for i in harmless if scores[i].passed]
     shown = len(scores) - len(harmless)
     if passing:
-        def rank(i: int) -> tuple[float, int]:
-            return _value(scores[i].accuracy), -i
+        def rank(i: int) -> tuple[float, float, int]:
+            return (_value(scores[i].accuracy), _value(scores[i].worst_group_accuracy), -i)
         i = max(passing, key=rank)
         runner_up = max((j for j in passing if j != i), key=rank, default=None)
         return i, (f"{_label(scores[i], i)} is the most accurate on holdout "

@@ -83,6 +83,19 @@ def test_the_policy_decides_among_harmless_candidates():
     assert sel.chosen is PAIRED and sel.met_floors
 
 
+def test_a_tie_on_overall_accuracy_goes_to_the_better_worst_group():
+    # both 37 wrong of 360, neither below one-hot: kd's tail at 80%, logit_adjusted's at 85%
+    trainer = Trainer({"kd": holdout_report("kd", 25, 12),
+                       "logit_adjusted": holdout_report("logit_adjusted", 28, 9)})
+    sel = choose_mitigation([KD, LA], trainer, passes, harm)
+    assert sel.candidates[0].accuracy == sel.candidates[1].accuracy
+    assert sel.chosen is LA and sel.met_floors
+    # an exact tie on both goes to the earlier candidate
+    same = Trainer({"kd": holdout_report("kd", 25, 12), "logit_adjusted": holdout_report(
+        "logit_adjusted", 25, 12)})
+    assert choose_mitigation([KD, LA], same, passes, harm).chosen is KD
+
+
 def test_with_no_harmless_policy_passer_the_best_harmless_worst_group_is_kept_and_flagged():
     trainer = Trainer({"kd": holdout_report("kd", 0, 30),
                        "paired_alpha": holdout_report("paired_alpha", 5, 12),
