@@ -196,10 +196,22 @@ def _plot(path: Path, case: str, agg: dict[str, Any], names: list[str], n: list[
     plt.close(fig)
 
 
+def _in_study_order(runs: list[dict[str, Any]], teachers: dict[str, Any], cases: list[Case]
+                    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Runs by case, method and seed, teachers by case, whatever order they finished in: a
+    call that trains and a later --report-only write the same files."""
+    case_rank = {c.name: i for i, c in enumerate(cases)}
+    method_rank = {m.label: i for i, m in enumerate(methods())}
+    runs = sorted(runs, key=lambda r: (case_rank.get(r["case"], len(case_rank)),
+                                       method_rank.get(r["method"], len(method_rank)), r["seed"]))
+    return runs, {c.name: teachers[c.name] for c in cases if c.name in teachers}
+
+
 def write_outputs(runs: list[dict[str, Any]], teachers: dict[str, Any], cases: list[Case],
                   config: StudyConfig, results_dir: Path, doc: Path,
                   invocation: dict[str, Any]) -> list[Path]:
     """Write study.csv, study.json, one plot per case and the results page."""
+    runs, teachers = _in_study_order(runs, teachers, cases)
     results_dir.mkdir(parents=True, exist_ok=True)
     study: dict[str, Any] = {"config": {**dataclasses.asdict(config), "tag": config.tag(),
                                         "out_dir": str(config.out_dir)},
