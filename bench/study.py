@@ -60,6 +60,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", nargs="+", type=int, default=list(d.seeds),
                    help="training seeds (the data split is fixed per dataset)")
     p.add_argument("--epochs", type=int, default=d.epochs, help="student epochs (Fashion-MNIST)")
+    p.add_argument("--paper-teacher-epochs", type=int, default=d.paper_teacher[1],
+                   help="epochs of the paper regime's Fashion-MNIST teacher")
     p.add_argument("--jobs", type=int, default=2, help="runs trained at once (processes)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--device", default=d.device, choices=["cpu", "cuda"],
@@ -259,8 +261,10 @@ def _loadavg() -> tuple[float, ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    paper = StudyConfig().paper_teacher
     config = StudyConfig(seeds=tuple(args.seeds), epochs=args.epochs, device=args.device,
-                         out_dir=args.out)
+                         out_dir=args.out,
+                         paper_teacher=(paper[0], args.paper_teacher_epochs, *paper[2:]))
     cases = [c for c in CASES if c.name in args.cases]
     start = time.perf_counter()
     log(f"study settings {config.tag()}: {config}; {args.jobs} worker(s) x "
