@@ -11,8 +11,9 @@ to each half, as the pipeline cross-fits it) and handed, with the pipeline's own
 are its test outcomes. The cell's ``result.json`` says ``derived_from`` which run it is.
 This saves about 10 trainings a cell. ``verify_derived`` runs the cell's ``auto`` job through
 the pipeline and compares its per-example test outcomes with the derived cell's
-(``study.py --verify-auto``: identical for digits_lt/paper seed 2 and
-fmnist_attr/teacher_never_saw_blur seed 0 on 2026-12-01).
+(``study.py --verify-auto``: identical for digits_lt/paper seeds 0 and 2, and for
+fmnist_attr/teacher_never_saw_blur seed 0 with the 24-epoch students of the previous settings,
+on 2026-12-01).
 """
 
 from __future__ import annotations

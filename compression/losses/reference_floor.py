@@ -44,8 +44,7 @@ from compression.seeds import derived_seed
 
 __all__ = ["FLOOR_PARAMS", "floor_param_problems", "holdout_parts", "fit_part",
            "reference_counts", "reference_counts_by_half", "out_of_fold", "with_twin",
-           "floors_from_evidence",
-           "floor_step", "ReferenceFloorLoss"]
+           "floors_from_evidence", "floor_step", "ReferenceFloorLoss"]
 
 FLOOR_PARAMS: dict[str, Any] = {"reference_floor": False, "floor_eta": 10.0,
                                 "floor_max_weight": 8.0, "floor_half": 0}
