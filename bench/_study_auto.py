@@ -13,7 +13,8 @@ This saves about 10 trainings a cell. ``verify_derived`` runs the cell's ``auto`
 the pipeline and compares its per-example test outcomes with the derived cell's
 (``study.py --verify-auto``: identical for digits_lt/paper seeds 0 and 2, and for
 fmnist_attr/teacher_never_saw_blur seed 0 with the 24-epoch students of the previous settings,
-on 2026-12-01).
+on 2026-12-01; for fmnist_attr/teacher_never_saw_blur seed 2, ranked at the training mix's
+``subgroups.shares``, the same day).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from compression.losses.reference_floor import with_twin
 from compression.losses.registry import AUTO, candidates_of, fits_holdout_half, other_half
 from compression.models import build_model
 from compression.pipeline.run import harm_gate, holdout_gate
+from compression.pipeline.students import ranking_shares
 from compression.selection import choose_mitigation
 from compression.spec import MitigationSpec, spec_to_dict
 
@@ -96,7 +98,8 @@ def derive_auto(case: Case, method: Method, seed: int,
     selection = choose_mitigation(
         [m.mitigation for m in candidates], lambda c: reports[_key(c)],
         holdout_gate(spec, None, reference), harm_gate(spec, reference),
-        epochs=spec.training.epochs, recommended=True)
+        epochs=spec.training.epochs, recommended=True,
+        shares=ranking_shares(spec.data.subgroups.shares, dataset))
     selection = dataclasses.replace(selection, reused=True)  # the chosen run is the student
     chosen = run_dir(case, candidates[selection.index], seed, config)
     summary = json.loads((chosen / "result.json").read_text())

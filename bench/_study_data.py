@@ -181,8 +181,9 @@ def data_spec(dataset: str, data_dir: Path, *, imbalance: float, seed: int) -> D
     return DataSpec(source="npz", path=str(folder / "train.npz"),
                     holdout_path=str(folder / "holdout.npz"), test_path=str(folder / "test.npz"),
                     seed=seed, long_tail=tail.get(dataset, LongTailSpec()),
-                    subgroups=SubgroupSpec(by="attribute") if dataset in ATTRIBUTE_DATASETS
-                    else SubgroupSpec())
+                    # auto ranks at the training mix, not the oversampled holdout's
+                    subgroups=SubgroupSpec(by="attribute", shares=population_shares(dataset))
+                    if dataset in ATTRIBUTE_DATASETS else SubgroupSpec())
 
 
 def _check(dataset: str) -> None:

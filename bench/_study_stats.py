@@ -13,7 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from compression.evaluation.stats import tango_interval, tango_pvalue
+from compression.evaluation.stats import (stratified_paired_interval, tango_interval,
+                                          tango_pvalue)
 from compression.guardrails.multiplicity import adjust
 
 __all__ = ["LEVEL", "TARGET_WORST_GAIN", "TARGET_MAX_ACC_LOSS", "paired_groups",
@@ -54,21 +55,18 @@ def paired_overall(paired: list[dict[str, Any]],
 
     shares None: every test example counts once (the paired score interval on the pooled
     b, c and n). Otherwise overall accuracy is the ``shares``-weighted mean of the subgroups'
-    (a test split that oversamples a minority): the weighted sum of their differences, with
-    a normal interval from the paired variances ((b + c) / n - delta^2) / n, subgroups being
-    disjoint samples."""
+    (a test split that oversamples a minority), with the normal interval of
+    ``stratified_paired_interval``."""
     if shares is None:
         n = sum(r["n"] for r in paired)
         b, c = sum(r["b"] for r in paired), sum(r["c"] for r in paired)
         low, high = tango_interval(b, c, n)
         return {"delta": (c - b) / n, "ci": [-high, -low], "n": n}
-    rows = {r["group"]: r for r in paired}
-    delta = sum(w * rows[g]["delta"] for g, w in shares.items())
-    var = sum(w ** 2 * ((rows[g]["b"] + rows[g]["c"]) / rows[g]["n"] - rows[g]["delta"] ** 2)
-              / rows[g]["n"] for g, w in shares.items())
-    half = 1.959963984540054 * var ** 0.5
-    return {"delta": delta, "ci": [delta - half, delta + half],
-            "n": sum(rows[g]["n"] for g in shares)}
+    rows = [r for r in paired if r["group"] in shares]
+    drop, low, high = stratified_paired_interval(
+        [r["b"] for r in rows], [r["c"] for r in rows], [r["n"] for r in rows],
+        [shares[r["group"]] for r in rows])
+    return {"delta": -drop, "ci": [-high, -low], "n": sum(r["n"] for r in rows)}
 
 
 def harmed(paired: list[dict[str, Any]]) -> list[str]:

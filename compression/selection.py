@@ -17,15 +17,17 @@ on the examples it was fitted to it would pass the harm test by construction. Ev
 candidate is thus judged and ranked on the whole holdout, where the tests have the most
 power.
 
-Rule: the most accurate candidate (overall holdout accuracy) among those with no established
-harm that pass the policy; when there is none, the best worst-group accuracy among those with
-no established harm, or among all when every candidate harms (``met_floors=False``). A tie
-on overall accuracy goes to the better worst group (the subgroup the product protects), then
-to the earlier candidate. Without a ``harm`` judge every candidate counts as harmless. Every
-candidate records its verdicts and the checks that decided them; the selection records
-why it chose, how far its choice leads the runner-up (paired, with its interval: a lead the
-ranking examples cannot show is said so), and what the choice cost (runs trained, probes
-included, epochs, wall seconds).
+Rule: the most accurate candidate (overall holdout accuracy; with ``data.subgroups.shares``,
+accuracy at the population's mix, each subgroup cell's holdout accuracy weighted by its share,
+since a holdout that oversamples a minority would otherwise rank for a population the model
+will not serve) among those with no established harm that pass the policy; when there is
+none, the best worst-group accuracy among those with no established harm, or among all when
+every candidate harms (``met_floors=False``). A tie on that accuracy goes to the better
+worst group (the subgroup the product protects), then to the earlier candidate. Without a
+``harm`` judge every candidate counts as harmless. Every candidate records its verdicts
+and the checks that decided them; the selection records why it chose, how far its choice
+leads the runner-up (paired, with its interval: a lead the ranking examples cannot show is
+said so), and what the choice cost (runs trained, probes included, epochs, wall seconds).
 """
 
 from __future__ import annotations
@@ -35,9 +37,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+import torch
+
 from compression.errors import InvalidInput
 from compression.evaluation import EvalReport, Outcomes, paired_counts
-from compression.evaluation.stats import tango_interval
+from compression.evaluation.stats import stratified_paired_interval, tango_interval
 from compression.guardrails import FAIL, Check, StageVerdict
 from compression.losses.registry import (AUTO, check_mitigation, fits_holdout_half,
                                          harm_probe_plan)
@@ -46,9 +50,9 @@ from compression.spec import MitigationSpec, spec_to_dict
 __all__ = ["CandidateScore", "Selection", "choose_mitigation", "RULE", "CROSS_FITTED"]
 
 Judge = Callable[[EvalReport], StageVerdict]
-RULE = ("most accurate on holdout among candidates with no harm shown against the one-hot "
-        "student that pass the policy; else the best worst group among those with no harm "
-        "shown, or among all")
+RULE = ("most accurate on holdout (at the population's subgroup shares when given) among "
+        "candidates with no harm shown against the one-hot student that pass the policy; else "
+        "the best worst group among those with no harm shown, or among all")
 
 
 CROSS_FITTED = "holdout, out of fold"  # judged_on of a candidate fitted to a holdout half
@@ -65,8 +69,9 @@ class CandidateScore:
     seconds: wall time of training and scoring it.
     judged_on: "holdout", or ``CROSS_FITTED`` for a candidate fitted to a holdout half (its
     answers out of fold); n: the holdout examples its verdicts were judged on. accuracy and
-    the worst group: on holdout; ranked: its outcomes there, for the paired lead of the
-    chosen candidate.
+    the worst group: on holdout; population_accuracy: accuracy at the population's subgroup
+    shares (None without shares), which ranks it when given; ranked: its outcomes there, for
+    the paired lead of the chosen candidate.
     """
 
     spec: MitigationSpec
@@ -80,15 +85,21 @@ class CandidateScore:
     seconds: float = 0.0
     judged_on: str = "holdout"
     n: int | None = None
+    population_accuracy: float | None = None
     ranked: Outcomes | None = field(default=None, compare=False, repr=False)
 
     @property
     def harmless(self) -> bool:
         return not self.harmed
 
+    @property
+    def ranking_accuracy(self) -> float | None:
+        return self.accuracy if self.population_accuracy is None else self.population_accuracy
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.spec.name, "spec": spec_to_dict(self.spec),
-                "accuracy": self.accuracy, "worst_group": self.worst_group,
+                "accuracy": self.accuracy, "population_accuracy": self.population_accuracy,
+                "worst_group": self.worst_group,
                 "worst_group_accuracy": self.worst_group_accuracy, "passed": self.passed,
                 "verdict": self.verdict, "harm_shown_on": list(self.harmed),
                 "seconds": round(self.seconds, 3), "judged_on": self.judged_on, "n": self.n,
@@ -111,7 +122,8 @@ class Selection:
     ranking examples cannot tell the two apart.
     holdout_power: per holdout subgroup, its n and the smallest drop the harm test can show
     there (``min_detectable_drop``, None: none): no harm shown is no evidence of no harm
-    where the holdout is too small to show it.
+    where the holdout is too small to show it. shares: the weight of each subgroup cell in
+    the ranking (``data.subgroups.shares``); None: the holdout's own mix.
     """
 
     chosen: MitigationSpec
@@ -125,10 +137,12 @@ class Selection:
     reused: bool = False
     holdout_power: tuple[dict[str, Any], ...] = ()
     lead: dict[str, Any] | None = None
+    shares: tuple[float, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"chosen": self.chosen.name, "chosen_index": self.index,
                 "met_floors": self.met_floors, "split": "holdout", "rule": RULE,
+                "ranked_at": "holdout mix" if self.shares is None else "subgroups.shares",
                 "lead": self.lead,
                 "reason": self.reason, "recommended_candidates": self.recommended,
                 "cost": self.cost(), "holdout_power": list(self.holdout_power),
@@ -160,21 +174,24 @@ class Selection:
 def choose_mitigation(candidates: Sequence[MitigationSpec],
                       train_candidate: Callable[[MitigationSpec], EvalReport],
                       gate: Judge, harm: Judge | None = None, *, epochs: int | None = None,
-                      recommended: bool = False) -> Selection:
+                      recommended: bool = False,
+                      shares: Sequence[float] | None = None) -> Selection:
     """Train every candidate with ``train_candidate`` (its report on the whole holdout,
     out of fold for a candidate fitted to a holdout half), judge it with ``harm`` and
     ``gate`` and pick one (see the module docstring). Every candidate's name and params are
-    checked before any training starts.
+    checked before any training starts. shares: one weight per subgroup cell, summing to 1
+    (``compression.data.subgroups.population_weights``): rank at that mix.
     """
     _check(candidates)
-    scores = tuple(_score(spec, train_candidate, gate, harm) for spec in candidates)
+    shares = None if shares is None else tuple(shares)
+    scores = tuple(_score(spec, train_candidate, gate, harm, shares) for spec in candidates)
     index, reason, runner_up = _pick(scores)
     chosen = scores[index]
-    lead = None if runner_up is None else _lead(chosen, scores[runner_up], runner_up)
+    lead = None if runner_up is None else _lead(chosen, scores[runner_up], runner_up, shares)
     return Selection(chosen=candidates[index], index=index,
                      met_floors=chosen.harmless and chosen.passed, candidates=scores,
                      reason=reason + ("" if lead is None else _lead_words(lead)),
-                     epochs=epochs, recommended=recommended, lead=lead)
+                     epochs=epochs, recommended=recommended, lead=lead, shares=shares)
 
 
 def _pick(scores: Sequence[CandidateScore]) -> tuple[int, str, int | None]:
@@ -184,12 +201,14 @@ def _pick(scores: Sequence[CandidateScore]) -> tuple[int, str, int | None]:
     shown = len(scores) - len(harmless)
     if passing:
         def rank(i: int) -> tuple[float, float, int]:
-            return (_value(scores[i].accuracy), _value(scores[i].worst_group_accuracy), -i)
+            return (_value(scores[i].ranking_accuracy), _value(scores[i].worst_group_accuracy),
+                    -i)
         i = max(passing, key=rank)
         runner_up = max((j for j in passing if j != i), key=rank, default=None)
-        return i, (f"{_label(scores[i], i)} is the most accurate on holdout "
-                   f"({_pct(scores[i].accuracy)}) of the {len(passing)} candidates with no harm "
-                   f"shown against the one-hot student that pass the policy"
+        at = "" if scores[i].population_accuracy is None else " at the population's shares"
+        return i, (f"{_label(scores[i], i)} is the most accurate on holdout{at} "
+                   f"({_pct(scores[i].ranking_accuracy)}) of the {len(passing)} candidates with "
+                   f"no harm shown against the one-hot student that pass the policy"
                    + (f"; {shown} showed harm" if shown else "")), runner_up
     pool = harmless or list(range(len(scores)))
     i = max(pool, key=lambda i: (
@@ -201,9 +220,11 @@ def _pick(scores: Sequence[CandidateScore]) -> tuple[int, str, int | None]:
                f"({scores[i].worst_group} {_pct(scores[i].worst_group_accuracy)})"), None
 
 
-def _lead(chosen: CandidateScore, runner_up: CandidateScore, index: int) -> dict[str, Any] | None:
+def _lead(chosen: CandidateScore, runner_up: CandidateScore, index: int,
+          shares: tuple[float, ...] | None) -> dict[str, Any] | None:
     """The chosen candidate's paired accuracy lead over the runner-up on the ranking
-    examples: b = examples only the runner-up gets right, c = only the chosen one."""
+    examples (at the population's shares when given): b = examples only the runner-up gets
+    right, c = only the chosen one."""
     if chosen.ranked is None or runner_up.ranked is None:
         return None
     # counted per cell (no layout): cells partition the examples, reported groups may overlap
@@ -212,8 +233,12 @@ def _lead(chosen: CandidateScore, runner_up: CandidateScore, index: int) -> dict
     b, c, n = sum(pairs.b), sum(pairs.c), sum(pairs.n)
     if n == 0:
         return None
-    low, high = tango_interval(b, c, n)  # of (b - c) / n, the runner-up's lead
-    return {"over": index, "name": runner_up.spec.name, "delta": (c - b) / n,
+    if shares is None:
+        low, high = tango_interval(b, c, n)  # of (b - c) / n, the runner-up's lead
+        drop = (b - c) / n
+    else:
+        drop, low, high = stratified_paired_interval(pairs.b, pairs.c, pairs.n, shares)
+    return {"over": index, "name": runner_up.spec.name, "delta": -drop,
             "ci": [-high, -low], "n": n, "b": b, "c": c}
 
 
@@ -226,7 +251,8 @@ def _lead_words(lead: dict[str, Any]) -> str:
 
 
 def _score(spec: MitigationSpec, train_candidate: Callable[[MitigationSpec], EvalReport],
-           gate: Judge, harm: Judge | None) -> CandidateScore:
+           gate: Judge, harm: Judge | None,
+           shares: tuple[float, ...] | None) -> CandidateScore:
     start = time.perf_counter()
     holdout = train_candidate(spec)
     seconds = time.perf_counter() - start
@@ -240,7 +266,23 @@ def _score(spec: MitigationSpec, train_candidate: Callable[[MitigationSpec], Eva
                           passed=verdict.passed, verdict=verdict.verdict,
                           deciding=_deciding(verdict), harmed=harmed, seconds=seconds,
                           judged_on=CROSS_FITTED if fits_holdout_half(spec) else "holdout",
-                          n=holdout.overall.n, ranked=holdout.outcomes)
+                          n=holdout.overall.n, ranked=holdout.outcomes,
+                          population_accuracy=_at_shares(holdout.outcomes, shares))
+
+
+def _at_shares(outcomes: Outcomes | None, shares: tuple[float, ...] | None) -> float | None:
+    """Accuracy at the population's mix: each cell's accuracy weighted by its share."""
+    if shares is None:
+        return None
+    if outcomes is None or len(shares) != outcomes.num_groups:
+        raise ValueError("accuracy at the population's shares needs one share per subgroup cell "
+                         "and the candidate's per-example outcomes")
+    n = torch.bincount(outcomes.group, minlength=outcomes.num_groups).double()
+    hits = torch.bincount(outcomes.group, weights=outcomes.hit.double(),
+                          minlength=outcomes.num_groups)
+    if any(w > 0 and not k for w, k in zip(shares, n.tolist())):
+        raise ValueError("a subgroup cell with a share has no holdout examples")
+    return float(sum(w * h / k for w, h, k in zip(shares, hits.tolist(), n.tolist()) if w))
 
 
 def _deciding(verdict: StageVerdict) -> tuple[Check, ...]:

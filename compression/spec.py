@@ -47,6 +47,20 @@ class LongTailSpec:
 
 
 SUBGROUP_KEYS = ("class", "frequency", "attribute", "map")
+SHARES_TOLERANCE = 1e-3  # how far from 1 hand-typed shares may sum (0.333 three times)
+
+
+def _share_problems(shares: dict[str, float]) -> list[str]:
+    """What is wrong with ``subgroups.shares`` as numbers (its names are checked against the
+    data when it is read)."""
+    bad = {k: v for k, v in shares.items() if not 0 <= v <= 1}  # NaN fails too
+    if bad:
+        return [f"subgroups.shares {bad!r:.200}: every share must be in [0, 1]"]
+    total = sum(shares.values())
+    if shares and abs(total - 1) > SHARES_TOLERANCE:
+        return [f"subgroups.shares sum to {total:.4g}; they must sum to 1 (each subgroup's "
+                "share of the population the model serves)"]
+    return []
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,11 @@ class SubgroupSpec:
     tail_max_count: int = _num(0, **_COUNT)
     # map: class name (or class index as a string) -> group name; every class must be mapped.
     mapping: dict[str, str] = field(default_factory=dict)
+    # Each subgroup's share of the population the model will serve (with also_by: each
+    # intersection's), when the holdout's mix differs from it, e.g. a holdout that
+    # oversamples a minority to measure it: auto ranks its candidates by holdout accuracy
+    # weighted to these shares. Empty: the holdout's own mix.
+    shares: dict[str, float] = field(default_factory=dict)
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -84,6 +103,7 @@ class SubgroupSpec:
             out.append(f"{where} but mapping is empty; give {{class_name: group_name, ...}}")
         if "map" not in self.keys and self.mapping:
             out.append(f"mapping is only used with by: map ({uses})")
+        out += _share_problems(self.shares)
         if (self.head_min_count > 0) != (self.tail_max_count > 0):
             out.append("set both head_min_count and tail_max_count, or neither")
         elif self.head_min_count and self.tail_max_count >= self.head_min_count:

@@ -25,7 +25,7 @@ from compression.spec import SubgroupSpec
 
 __all__ = ["FREQUENCY_GROUPS", "CELL_SEPARATOR", "class_groups", "frequency_groups",
            "mapped_groups", "attribute_names", "attribute_ids", "assign_groups", "cross",
-           "key_group_name", "cell_name"]
+           "key_group_name", "cell_name", "population_weights"]
 
 FREQUENCY_GROUPS = ("head", "medium", "tail")
 CELL_SEPARATOR = " & "
@@ -172,3 +172,32 @@ def cross(keys: Sequence[str], per_key: Sequence[tuple[Sequence[np.ndarray], Seq
     cells = [ReportedGroup(name, tuple(keys), (i,)) for i, name in enumerate(cell_names)
              if (i,) not in single]
     return list(ids), GroupLayout(cell_names, (*marginals, *cells))
+
+
+def population_weights(shares: Mapping[str, float], cell_names: Sequence[str],
+                       holdout_counts: Sequence[int]) -> tuple[float, ...] | None:
+    """``subgroups.shares`` as one weight per cell (summing to 1), for accuracy at the
+    population's mix; None when no shares are given. Every cell with holdout examples needs
+    a share (0 is one), and a cell with a share needs holdout examples to be estimated."""
+    if not shares:
+        return None
+    cells = list(cell_names)
+    unknown = [name for name in shares if name not in cells]
+    missing = [c for c, n in zip(cells, holdout_counts) if n and c not in shares]
+    unseen = [c for c, n in zip(cells, holdout_counts) if not n and shares.get(c, 0) > 0]
+    problems = []
+    if unknown:
+        problems.append(f"subgroups.shares names {unknown!r:.200}, which the data has not; its "
+                        f"subgroups are {cells!r:.300}")
+    if missing:
+        problems.append(f"subgroups.shares gives no share for {missing!r:.200}; give every "
+                        "subgroup its share (0 for one the model will not serve)")
+    if unseen:
+        problems.append(f"subgroups.shares gives a share to {unseen!r:.200}, which has no "
+                        "holdout examples to measure it on")
+    if problems:
+        raise InvalidInput(problems, "invalid data.subgroups.shares")
+    total = sum(shares.values())
+    if total <= 0:
+        raise InvalidInput("subgroups.shares are all 0; give the population's mix")
+    return tuple(shares.get(c, 0.0) / total for c in cells)

@@ -6,7 +6,9 @@ difference of paired proportions (Tango 1998, Statistics in Medicine 17:891-908)
 counts b (the reference right, the candidate wrong) and c (the reverse) out of n pairs,
 by default with a variance and a skewness correction (``tango_statistic``).
 Two subgroups of one model (independent samples): Newcombe's hybrid score interval
-(Newcombe 1998, Statistics in Medicine 17:873-890, method 10).
+(Newcombe 1998, Statistics in Medicine 17:873-890, method 10). Two models at a population's
+subgroup mix, from a split sampled at another: the weighted sum of the strata's paired
+differences with a normal interval.
 
 Every interval here is the inversion of a one-sided test, so a verdict read from the
 interval and one read from the p-value always agree; ``docs/guardrails.md`` says why
@@ -17,11 +19,12 @@ from __future__ import annotations
 
 import math
 from statistics import NormalDist
-from typing import Callable
+from typing import Callable, Sequence
 
 __all__ = [
     "wilson_interval", "wilson_pvalue", "z_for", "normal_sf", "tango_statistic",
     "tango_interval", "tango_pvalue", "newcombe_interval", "newcombe_pvalue",
+    "stratified_paired_interval",
 ]
 
 _NORMAL = NormalDist()
@@ -136,6 +139,30 @@ def tango_interval(b: int, c: int, n: int, z: float = 1.96, *,
     low = -1.0 if c == n else _root(lambda d: stat(d) - z, -1.0, 1.0)
     high = 1.0 if b == n else _root(lambda d: stat(d) + z, -1.0, 1.0)
     return low, high
+
+
+def stratified_paired_interval(b: Sequence[int], c: Sequence[int], n: Sequence[int],
+                               weights: Sequence[float],
+                               z: float = 1.96) -> tuple[float, float, float]:
+    """The paired difference at a population's mix, sum_g w_g (b_g - c_g) / n_g, over
+    disjoint strata g sampled at another mix (a split that oversamples a minority), with its
+    normal interval: (estimate, low, high). Each stratum's variance is
+    ((b_g + c_g) / n_g - d_g^2) / n_g, the strata being independent samples. A stratum
+    without pairs must have weight 0."""
+    if not len(b) == len(c) == len(n) == len(weights):
+        raise ValueError("b, c, n and weights need one value per stratum")
+    estimate = var = 0.0
+    for bg, cg, ng, w in zip(b, c, n, weights):
+        _check_pairs(bg, cg, ng)
+        if ng == 0:
+            if w:
+                raise ValueError("a stratum with weight > 0 has no pairs")
+            continue
+        d = (bg - cg) / ng
+        estimate += w * d
+        var += w * w * ((bg + cg) / ng - d * d) / ng
+    half = z * math.sqrt(max(var, 0.0))
+    return estimate, estimate - half, estimate + half
 
 
 def _restricted_cells(b: int, c: int, n: int, delta: float) -> tuple[float, float]:

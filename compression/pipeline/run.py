@@ -40,7 +40,7 @@ from compression.pipeline.exports import (Artifact, export_artifacts, fastest_pa
 from compression.pipeline.job import Job, report_summary
 from compression.pipeline.students import (Baseline, Selected, StudentRun, evaluate_on_test,
                                            harm_diagnosis, load_student_init, one_hot_baseline,
-                                           select_mitigation, train_student)
+                                           ranking_shares, select_mitigation, train_student)
 from compression.pipeline.teacher import TeacherView, prepare_teacher
 from compression.report import (REJECTED, SUCCEEDED, DataSummary, ExportRecord,
                                 GuardrailsReport, JobReport, TeacherSummary, TrainingSummary)
@@ -175,6 +175,10 @@ def _preflight(job: Job, dataset: Dataset) -> list[str]:
     try:
         model_input_shape(spec.data.preprocess, dataset.input_shape)
     except InvalidInput as exc:  # a crop larger than the images, mean/std per channel
+        problems += exc.problems
+    try:
+        ranking_shares(spec.data.subgroups.shares, dataset)
+    except InvalidInput as exc:  # shares naming subgroups the data has not
         problems += exc.problems
     if problems:
         raise InvalidInput(problems, "the job cannot run")

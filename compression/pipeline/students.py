@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from compression import distributed
 from compression.data import Dataset
 from compression.data.preprocess import with_preprocess
+from compression.data.subgroups import population_weights
 from compression.diagnosis import diagnose_harm
 from compression.errors import InvalidInput
 from compression.evaluation import EvalReport, evaluate, predict_logits
@@ -33,7 +34,8 @@ from compression.spec import MitigationSpec, TrainingSpec, spec_to_dict
 from compression.training import TrainResult, train
 
 __all__ = ["Baseline", "StudentRun", "Selected", "train_student", "one_hot_baseline",
-           "select_mitigation", "evaluate_on_test", "harm_diagnosis", "load_student_init"]
+           "select_mitigation", "evaluate_on_test", "harm_diagnosis", "load_student_init",
+           "ranking_shares"]
 
 
 @dataclass(frozen=True)
@@ -276,7 +278,8 @@ def select_mitigation(job: Job, dataset: Dataset, teacher: TeacherView | None,
         selection = choose_mitigation(
             candidates, lambda c: train_candidate(c, candidates.index(c)),
             gate_for(one_hot), harm_for(one_hot), epochs=training.epochs,
-            recommended=not job.spec.mitigation.candidates)
+            recommended=not job.spec.mitigation.candidates,
+            shares=ranking_shares(job.spec.data.subgroups.shares, dataset))
         return dataclasses.replace(selection, reference_seconds=seconds, reused=full_length)
 
     # Every rank trains every candidate; rank 0's choice holds, so all go on with one student.
@@ -286,6 +289,13 @@ def select_mitigation(job: Job, dataset: Dataset, teacher: TeacherView | None,
     if chosen is None:
         return Selected(selection)
     return Selected(selection, dataclasses.replace(chosen, model=chosen.model.to(job.device)))
+
+
+def ranking_shares(shares: dict[str, float], dataset: Dataset) -> tuple[float, ...] | None:
+    """``data.subgroups.shares`` as a weight per subgroup cell for auto's ranking on holdout
+    (``InvalidInput`` when they do not fit the data); None without shares."""
+    holdout_counts = dataset.holdout.group.bincount(minlength=dataset.num_groups).tolist()
+    return population_weights(shares, dataset.group_names, holdout_counts)
 
 
 def _selection_training(training: TrainingSpec, selection_epochs: int) -> TrainingSpec:

@@ -16,7 +16,7 @@ class LongTailSpec(_message.Message):
     def __init__(self, profile: _Optional[str] = ..., imbalance: _Optional[float] = ...) -> None: ...
 
 class SubgroupSpec(_message.Message):
-    __slots__ = ("by", "head_min_count", "tail_max_count", "mapping", "also_by")
+    __slots__ = ("by", "head_min_count", "tail_max_count", "mapping", "also_by", "shares")
     class MappingEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -24,17 +24,26 @@ class SubgroupSpec(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class SharesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     BY_FIELD_NUMBER: _ClassVar[int]
     HEAD_MIN_COUNT_FIELD_NUMBER: _ClassVar[int]
     TAIL_MAX_COUNT_FIELD_NUMBER: _ClassVar[int]
     MAPPING_FIELD_NUMBER: _ClassVar[int]
     ALSO_BY_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
     by: str
     head_min_count: int
     tail_max_count: int
     mapping: _containers.ScalarMap[str, str]
     also_by: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, by: _Optional[str] = ..., head_min_count: _Optional[int] = ..., tail_max_count: _Optional[int] = ..., mapping: _Optional[_Mapping[str, str]] = ..., also_by: _Optional[_Iterable[str]] = ...) -> None: ...
+    shares: _containers.ScalarMap[str, float]
+    def __init__(self, by: _Optional[str] = ..., head_min_count: _Optional[int] = ..., tail_max_count: _Optional[int] = ..., mapping: _Optional[_Mapping[str, str]] = ..., also_by: _Optional[_Iterable[str]] = ..., shares: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class PreprocessSpec(_message.Message):
     __slots__ = ("resize", "crop", "channel_order", "mean", "std")

@@ -1,10 +1,12 @@
 """auto and the harm probe through the real pipeline, on a tiny bars data set."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from compression.errors import InvalidInput
 from compression.pipeline import run
 from compression.spec import parse_spec
 from compression.teacher_training import TeacherRecipe, train_teacher
@@ -129,3 +131,17 @@ def test_a_reference_floor_reads_the_baseline_on_half_the_holdout_and_moves_ever
     assert state["updates"] == 2 and len(state["holdout_accuracy"]) == 4
     assert 0 <= floors["overall"] <= 1
     assert all(0 <= m <= 7 for m in state["floor_multipliers"])  # max_weight 8
+
+
+def test_shares_rank_auto_at_the_population_mix_and_a_misnamed_share_stops_the_job(job):
+    job["mitigation"] = {"name": "auto", "candidates": [{"name": "kd", "alpha": 0.9},
+                                                        {"name": "one_hot"}]}
+    job["data"]["subgroups"] = {"shares": {"a": 0.7, "b": 0.1, "c": 0.1, "e": 0.1}}
+    with pytest.raises(InvalidInput, match=r"names \['e'\], which the data has not") as info:
+        run(parse_spec(job))
+    assert any("no share for ['d']" in p for p in info.value.problems)
+    assert not (Path(job["output_dir"]) / "checkpoints").exists()  # refused before training
+    job["data"]["subgroups"] = {"shares": {"a": 0.7, "b": 0.1, "c": 0.1, "d": 0.1}}
+    selection = json.loads(run(parse_spec(job)).report_path.read_text())["selection"]
+    assert selection["ranked_at"] == "subgroups.shares"
+    assert all(0 <= c["population_accuracy"] <= 1 for c in selection["candidates"])

@@ -194,3 +194,29 @@ def test_the_choice_states_its_paired_lead_over_the_runner_up():
     # a single harmless candidate has no runner-up
     alone = choose_mitigation([KD], Trainer({"kd": holdout_report("kd", 0, 12)}), passes, harm)
     assert alone.lead is None and "leads" not in alone.reason
+
+
+def test_with_population_shares_auto_ranks_at_the_population_mix():
+    # The holdout has 300 head and 60 tail images; the population is half tail. Both
+    # candidates do no harm against one_hot (30 head and 12 tail wrong).
+    # wide: head all right, 12 tail wrong: 348/360 = 96.7% on holdout, 0.5 + 0.5 * 0.8 = 90%
+    # at the shares; narrow: 9 head and 4 tail wrong: 347/360 = 96.4%, 0.485 + 0.4667 = 95.2%
+    trainer = Trainer({"kd": holdout_report("kd", 0, 12),
+                       "logit_adjusted": holdout_report("logit_adjusted", 9, 4)})
+    plain = choose_mitigation([KD, LA], trainer, passes, harm, epochs=10)
+    assert plain.chosen is KD and plain.to_dict()["ranked_at"] == "holdout mix"
+    mixed = choose_mitigation([KD, LA], trainer, passes, harm, epochs=10, shares=(0.5, 0.5))
+    assert mixed.chosen is LA
+    assert [c.population_accuracy for c in mixed.candidates] == pytest.approx(
+        [0.9, 0.485 + 0.5 * 56 / 60])
+    assert mixed.candidates[0].accuracy == pytest.approx(348 / 360)  # still reported
+    d = mixed.to_dict()
+    assert d["ranked_at"] == "subgroups.shares" and "at the population's shares" in d["reason"]
+    # its lead over kd, paired at the shares: head b = 9 (only kd right), tail c = 8
+    # (only logit_adjusted right): 0.5 * 8 / 60 - 0.5 * 9 / 300 = +5.17 points, with
+    # variance 0.25 * ((9/300 - 0.03^2) / 300 + (8/60 - (8/60)^2) / 60)
+    lead = d["lead"]
+    half = 1.96 * (0.25 * ((0.03 - 0.0009) / 300 + (8 / 60 - (8 / 60) ** 2) / 60)) ** 0.5
+    assert lead["delta"] == pytest.approx(0.5 * 8 / 60 - 0.5 * 9 / 300)
+    assert lead["ci"] == pytest.approx([lead["delta"] - half, lead["delta"] + half])
+    assert lead["ci"][0] > 0 and "cannot tell" not in d["reason"]

@@ -1,9 +1,11 @@
+import re
+
 import numpy as np
 import pytest
 
 from compression.data.raw import RawSplit
 from compression.data.subgroups import (attribute_ids, attribute_names, class_groups,
-                                        frequency_groups, mapped_groups)
+                                        frequency_groups, mapped_groups, population_weights)
 from compression.errors import InvalidInput
 from compression.spec import SubgroupSpec
 
@@ -70,3 +72,22 @@ def test_attribute_names_sorted_as_strings_over_all_splits():
 def test_attribute_missing_names_the_file():
     with pytest.raises(InvalidInput, match="test.npz has no group values"):
         attribute_names([_raw(["a"]), _raw(None, "test.npz")])
+
+
+def test_population_shares_become_one_weight_per_cell():
+    weights = population_weights({"clean": 0.95, "blur": 0.05}, ["clean", "blur"], [1400, 600])
+    assert weights == pytest.approx((0.95, 0.05))
+    assert population_weights({}, ["clean", "blur"], [1400, 600]) is None
+    # shares within the spec's tolerance of 1 are rescaled; an unseen cell may go unnamed
+    assert population_weights({"a": 0.333, "b": 0.333, "c": 0.333}, ["a", "b", "c", "d"],
+                              [5, 5, 5, 0]) == pytest.approx((1 / 3, 1 / 3, 1 / 3, 0.0))
+
+
+@pytest.mark.parametrize("shares, counts, message", [
+    ({"clean": 0.9, "blurred": 0.1}, [10, 10], "names ['blurred'], which the data has not"),
+    ({"clean": 1.0}, [10, 10], "no share for ['blur']"),
+    ({"clean": 0.9, "blur": 0.1}, [10, 0], "['blur'], which has no holdout examples"),
+])
+def test_shares_that_do_not_fit_the_data_are_refused(shares, counts, message):
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        population_weights(shares, ["clean", "blur"], counts)

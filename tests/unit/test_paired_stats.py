@@ -7,6 +7,7 @@ import torch
 
 from compression.evaluation import Outcomes, paired_counts
 from compression.evaluation.stats import (newcombe_interval, newcombe_pvalue, normal_sf,
+                                          stratified_paired_interval,
                                           tango_interval, tango_pvalue, tango_statistic,
                                           wilson_interval, wilson_pvalue, z_for)
 
@@ -120,3 +121,25 @@ def test_paired_counts_per_group_and_same_examples_check():
     other = Outcomes(cand.hit, torch.tensor([0, 1, 1, 0, 0]), group, 2)
     with pytest.raises(ValueError, match="different examples"):
         paired_counts(ref, other)
+
+
+def test_stratified_paired_difference_and_its_interval_by_hand():
+    # stratum 1: d = (3 - 1) / 10 = 0.2, var (0.4 - 0.04) / 10 = 0.036
+    # stratum 2: d = (1 - 2) / 20 = -0.05, var (0.15 - 0.0025) / 20 = 0.007375
+    # at weights 1/2: 0.075 and var 0.25 * (0.036 + 0.007375) = 0.01084375
+    estimate, low, high = stratified_paired_interval([3, 1], [1, 2], [10, 20], [0.5, 0.5])
+    half = 1.96 * math.sqrt(0.01084375)  # the default z, as tango_interval
+    assert estimate == pytest.approx(0.075)
+    assert (low, high) == pytest.approx((0.075 - half, 0.075 + half))
+
+
+def test_stratified_difference_at_the_sample_mix_is_the_pooled_difference():
+    b, c, n = [12, 5], [4, 9], [300, 100]
+    estimate, _, _ = stratified_paired_interval(b, c, n, [0.75, 0.25])
+    assert estimate == pytest.approx((17 - 13) / 400)
+
+
+def test_a_weighted_stratum_without_pairs_is_refused():
+    with pytest.raises(ValueError, match="no pairs"):
+        stratified_paired_interval([1, 0], [0, 0], [10, 0], [0.5, 0.5])
+    assert stratified_paired_interval([1, 0], [0, 0], [10, 0], [1.0, 0.0])[0] == 0.1

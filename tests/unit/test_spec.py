@@ -78,3 +78,18 @@ def test_spec_to_dict_round_trips():
     spec = parse_spec({"teacher": {"path": "t.pt2"},
                        "training": {"schedule": "step", "step_milestones": [1]}})
     assert parse_spec(spec_to_dict(spec)) == spec
+
+
+@pytest.mark.parametrize("shares, message", [
+    ({"clean": 0.9, "blur": 0.2}, "subgroups.shares sum to 1.1"),
+    ({"clean": 1.2, "blur": -0.2}, "every share must be in [0, 1]"),
+])
+def test_subgroup_shares_must_be_a_mix(shares, message):
+    assert any(message in p for p in problems_of({"data": {"subgroups": {"shares": shares}}}))
+
+
+def test_subgroup_shares_parse_from_a_job_file():
+    spec = parse_spec({"teacher": {"path": "t.pt2"},
+                       "data": {"subgroups": {"by": "attribute",
+                                              "shares": {"clean": 0.95, "blur": 0.05}}}})
+    assert spec.data.subgroups.shares == {"clean": 0.95, "blur": 0.05}
