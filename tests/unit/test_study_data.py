@@ -107,6 +107,8 @@ def test_every_study_set_is_read_as_npz_with_its_own_holdout(tmp_path) -> None:
         spec = data_spec(name, tmp_path, imbalance=100.0, seed=0)
         assert spec.source == "npz" and spec.holdout_path == str(tmp_path / name / "holdout.npz")
         assert (spec.long_tail.profile != "none") == name.endswith("_lt")
+        # auto ranks at the training mix where the holdout oversamples the minority
+        assert spec.subgroups.shares == (population_shares(name) or {})
     with pytest.raises(ValueError, match="unknown dataset"):
         data_spec("cifar", tmp_path, imbalance=1.0, seed=0)
 
