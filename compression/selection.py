@@ -277,12 +277,12 @@ def _at_shares(outcomes: Outcomes | None, shares: tuple[float, ...] | None) -> f
     if outcomes is None or len(shares) != outcomes.num_groups:
         raise ValueError("accuracy at the population's shares needs one share per subgroup cell "
                          "and the candidate's per-example outcomes")
-    n = torch.bincount(outcomes.group, minlength=outcomes.num_groups).double()
-    hits = torch.bincount(outcomes.group, weights=outcomes.hit.double(),
-                          minlength=outcomes.num_groups)
-    if any(w > 0 and not k for w, k in zip(shares, n.tolist())):
+    cells = dataclasses.replace(outcomes, layout=None)  # counted per cell
+    n = cells.per_group(torch.ones_like(outcomes.hit)).tolist()
+    hits = cells.per_group(outcomes.hit).tolist()
+    if any(w > 0 and not k for w, k in zip(shares, n)):
         raise ValueError("a subgroup cell with a share has no holdout examples")
-    return float(sum(w * h / k for w, h, k in zip(shares, hits.tolist(), n.tolist()) if w))
+    return sum(w * h / k for w, h, k in zip(shares, hits, n) if w)
 
 
 def _deciding(verdict: StageVerdict) -> tuple[Check, ...]:
