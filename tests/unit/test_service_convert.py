@@ -24,7 +24,8 @@ EVERY_FIELD = {
     "teacher": {"path": "t.safetensors", "format": "weights", "arch": "resnet8", "width": 2},
     "data": {"source": "npz", "path": "tr.npz", "test_path": "te.npz", "holdout_path": "",
              "holdout_fraction": 0.25, "long_tail": {"profile": "step", "imbalance": 10},
-             "subgroups": {"by": "map", "mapping": {0: "head", "b": "tail"}},
+             "subgroups": {"by": "map", "mapping": {0: "head", "b": "tail"},
+                           "shares": {"head": 0.9, "tail": 0.1}},
              "max_train": 0, "max_test": 7, "image_size": 16, "channels": 3, "seed": 3},
     "student": {"arch": "resnet8", "width": 0.5},
     "training": {"epochs": 9, "batch_size": 16, "optimizer": "adamw", "lr": 0.001,
@@ -67,6 +68,7 @@ def test_every_field_survives_yaml_to_proto_to_spec(tmp_path):
     assert spec.guardrails.max_drop_vs_teacher == 0.0
     assert spec.guardrails.max_drop_vs_one_hot is None
     assert spec.data.subgroups.mapping == {"0": "head", "b": "tail"}
+    assert spec.data.subgroups.shares == {"head": 0.9, "tail": 0.1}
     params = spec.mitigation.candidates[1].params
     assert params == {"num_groups": 3, "partition": "frequency", "rebalance": False}
     assert isinstance(params["num_groups"], int)  # Struct holds doubles; integers come back int
