@@ -190,18 +190,36 @@ def _input_line(report: JobReport) -> str:
 
 
 def _overall_table(report: JobReport) -> str:
+    """Accuracy on the test split's own mix, and at the population's subgroup shares when
+    the job gives them (a test split that oversamples a subgroup misstates the first)."""
     judged = {v.stage: v for v in report.stages}
-    rows = ["| stage | accuracy | 95% CI | guardrails |", "|---|---:|---:|---|"]
+    shares = report.spec.data.subgroups.shares
+    extra = " at subgroup shares (95% CI) |" if shares else ""
+    rows = [f"| stage | accuracy | 95% CI |{extra} guardrails |",
+            "|---|---:|---:|" + ("---:|" if shares else "") + "---|"]
     names = [*(s for s in report.evaluations if s not in judged), *judged]
     for name in names:
         r = report.evaluations.get(name)
         acc = "-" if r is None else pct(r.overall.accuracy)
         ci = "-" if r is None else f"{pct(r.overall.ci_low)} - {pct(r.overall.ci_high)}"
+        mix = f" {_at_shares(r, shares)} |" if shares else ""
         v = judged.get(name)
         status = ("reference" if v is None
                   else f"{stage_label(v)} ({'passed' if v.passed else 'blocked'})")
-        rows.append(f"| {_cell(name)} | {acc} | {ci} | {status} |")
-    return "\n".join(rows)
+        rows.append(f"| {_cell(name)} | {acc} | {ci} |{mix} {status} |")
+    lines = "\n".join(rows)
+    if shares:
+        lines += "\n\nSubgroup shares of the population served: " + ", ".join(
+            f"{_cell(name)} {pct(w)}" for name, w in shares.items()) + "."
+    return lines
+
+
+def _at_shares(r: EvalReport | None, shares: dict[str, float]) -> str:
+    found = r and r.accuracy_at(shares)
+    if not found:  # a subgroup with a share has no test example
+        return "-"
+    estimate, low, high = found
+    return f"{pct(estimate)} ({pct(low)} - {pct(high)})"
 
 
 def _artifacts(report: JobReport) -> str:

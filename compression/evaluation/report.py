@@ -11,10 +11,11 @@ worst group is often an intersection, and its ``keys`` say so.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from compression.errors import InvalidInput
 from compression.evaluation.outcomes import Outcomes
+from compression.evaluation.stats import stratified_accuracy
 
 __all__ = ["GroupMetrics", "EvalReport"]
 
@@ -96,6 +97,19 @@ class EvalReport:
             if g.name == name:
                 return g
         raise KeyError(f"no group {name!r}; groups: {', '.join(self.group_names)}")
+
+    def accuracy_at(self, shares: Mapping[str, float]) -> tuple[float, float, float] | None:
+        """Accuracy at a population's subgroup mix (``data.subgroups.shares``, by group
+        name) with its 95% normal interval: (estimate, low, high); None when a subgroup with
+        a share has no example here. A split that oversamples a subgroup reports its own mix
+        as ``overall``."""
+        total = sum(shares.values())
+        named = {g.name: g for g in self.groups}
+        rows = [(named.get(name), w / total) for name, w in shares.items() if w]
+        if any(g is None or not g.n for g, _ in rows):
+            return None
+        return stratified_accuracy([g.correct for g, _ in rows], [g.n for g, _ in rows],
+                                   [w for _, w in rows])
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data; ``from_dict`` gives back an equal report."""

@@ -7,8 +7,8 @@ counts b (the reference right, the candidate wrong) and c (the reverse) out of n
 by default with a variance and a skewness correction (``tango_statistic``).
 Two subgroups of one model (independent samples): Newcombe's hybrid score interval
 (Newcombe 1998, Statistics in Medicine 17:873-890, method 10). Two models at a population's
-subgroup mix, from a split sampled at another: the weighted sum of the strata's paired
-differences with a normal interval.
+subgroup mix, from a split sampled at another: the weighted sum of the strata's accuracies,
+or of their paired differences, with a normal interval.
 
 Every interval here is the inversion of a one-sided test, so a verdict read from the
 interval and one read from the p-value always agree; ``docs/guardrails.md`` says why
@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 __all__ = [
     "wilson_interval", "wilson_pvalue", "z_for", "normal_sf", "tango_statistic",
     "tango_interval", "tango_pvalue", "newcombe_interval", "newcombe_pvalue",
-    "stratified_paired_interval",
+    "stratified_accuracy", "stratified_paired_interval",
 ]
 
 _NORMAL = NormalDist()
@@ -139,6 +139,28 @@ def tango_interval(b: int, c: int, n: int, z: float = 1.96, *,
     low = -1.0 if c == n else _root(lambda d: stat(d) - z, -1.0, 1.0)
     high = 1.0 if b == n else _root(lambda d: stat(d) + z, -1.0, 1.0)
     return low, high
+
+
+def stratified_accuracy(correct: Sequence[int], n: Sequence[int], weights: Sequence[float],
+                        z: float = 1.96) -> tuple[float, float, float]:
+    """One model's accuracy at a population's mix from strata sampled at another,
+    sum_g w_g c_g / n_g, with its normal interval clipped to [0, 1]: (estimate, low, high).
+    Each stratum's variance is p_g (1 - p_g) / n_g. A stratum without examples must have
+    weight 0."""
+    if not len(correct) == len(n) == len(weights):
+        raise ValueError("correct, n and weights need one value per stratum")
+    estimate = var = 0.0
+    for cg, ng, w in zip(correct, n, weights):
+        _check_counts(cg, ng)
+        if ng == 0:
+            if w:
+                raise ValueError("a stratum with weight > 0 has no examples")
+            continue
+        p = cg / ng
+        estimate += w * p
+        var += w * w * p * (1 - p) / ng
+    half = z * math.sqrt(var)
+    return estimate, max(0.0, estimate - half), min(1.0, estimate + half)
 
 
 def stratified_paired_interval(b: Sequence[int], c: Sequence[int], n: Sequence[int],

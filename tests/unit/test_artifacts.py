@@ -299,3 +299,24 @@ def test_a_failing_chart_never_costs_the_report_its_verdicts(onnx_model, tmp_pat
     assert written.presentation_errors == {
         "guardrails.png": "ValueError: 'yerr' must not contain negative values"}
     assert "guardrails.png" not in written.files and "model_card.md" in written.files
+
+
+def test_with_subgroup_shares_the_card_gives_accuracy_at_the_population_mix(tmp_path):
+    # test split: shirt 45/50, trouser 48/50, bag 46/50; population 80% trouser, 10% each other
+    # 0.1 * 0.9 + 0.8 * 0.96 + 0.1 * 0.92 = 0.95, variance 0.01 * 0.09 / 50
+    # + 0.64 * 0.0384 / 50 + 0.01 * 0.0736 / 50 = 0.00052424
+    shares = {"shirt": 0.1, "trouser": 0.8, "bag": 0.1}
+    estimate, low, high = GOOD.accuracy_at(shares)
+    half = 1.96 * 0.00052424 ** 0.5
+    assert (estimate, low, high) == pytest.approx((0.95, 0.95 - half, 0.95 + half))
+    assert GOOD.accuracy_at({**shares, "coat": 0.0}) == (estimate, low, high)  # share 0: unused
+    assert GOOD.accuracy_at({"shirt": 0.5, "coat": 0.5}) is None  # no test example of coat
+    report = _job({"onnx": GOOD})
+    data = dataclasses.replace(report.spec.data, subgroups=dataclasses.replace(
+        report.spec.data.subgroups, shares=shares))
+    write_bundle(tmp_path, report.with_sections(spec=dataclasses.replace(report.spec, data=data)),
+                 {})
+    card = (tmp_path / "model_card.md").read_text()
+    assert "| stage | accuracy | 95% CI | at subgroup shares (95% CI) | guardrails |" in card
+    assert f"| 95.0% ({100 * (0.95 - half):.1f}% - {100 * (0.95 + half):.1f}%) |" in card
+    assert "shares of the population served: shirt 10.0%, trouser 80.0%, bag 10.0%" in card

@@ -7,7 +7,7 @@ import torch
 
 from compression.evaluation import Outcomes, paired_counts
 from compression.evaluation.stats import (newcombe_interval, newcombe_pvalue, normal_sf,
-                                          stratified_paired_interval,
+                                          stratified_accuracy, stratified_paired_interval,
                                           tango_interval, tango_pvalue, tango_statistic,
                                           wilson_interval, wilson_pvalue, z_for)
 
@@ -143,3 +143,13 @@ def test_a_weighted_stratum_without_pairs_is_refused():
     with pytest.raises(ValueError, match="no pairs"):
         stratified_paired_interval([1, 0], [0, 0], [10, 0], [0.5, 0.5])
     assert stratified_paired_interval([1, 0], [0, 0], [10, 0], [1.0, 0.0])[0] == 0.1
+
+
+def test_stratified_accuracy_by_hand():
+    # 0.5 * 8/10 + 0.5 * 15/20 = 0.775; variance 0.25 * 0.16 / 10 + 0.25 * 0.1875 / 20
+    estimate, low, high = stratified_accuracy([8, 15], [10, 20], [0.5, 0.5])
+    half = 1.96 * math.sqrt(0.25 * 0.016 + 0.25 * 0.009375)
+    assert (estimate, low, high) == pytest.approx((0.775, 0.775 - half, 0.775 + half))
+    assert stratified_accuracy([10, 20], [10, 20], [0.3, 0.7]) == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="no examples"):
+        stratified_accuracy([1, 0], [10, 0], [0.5, 0.5])
