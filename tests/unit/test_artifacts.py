@@ -311,7 +311,7 @@ def test_with_subgroup_shares_the_card_gives_accuracy_at_the_population_mix(tmp_
     assert (estimate, low, high) == pytest.approx((0.95, 0.95 - half, 0.95 + half))
     assert GOOD.accuracy_at({**shares, "coat": 0.0}) == (estimate, low, high)  # share 0: unused
     assert GOOD.accuracy_at({"shirt": 0.5, "coat": 0.5}) is None  # no test example of coat
-    report = _job({"onnx": GOOD})
+    report = _job({"onnx": GOOD}, ship=())  # the card without a bundle file
     data = dataclasses.replace(report.spec.data, subgroups=dataclasses.replace(
         report.spec.data.subgroups, shares=shares))
     write_bundle(tmp_path, report.with_sections(spec=dataclasses.replace(report.spec, data=data)),
