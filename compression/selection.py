@@ -41,7 +41,8 @@ import torch
 
 from compression.errors import InvalidInput
 from compression.evaluation import EvalReport, Outcomes, paired_counts
-from compression.evaluation.stats import stratified_paired_interval, tango_interval
+from compression.evaluation.stats import (stratified_accuracy, stratified_paired_interval,
+                                          tango_interval)
 from compression.guardrails import FAIL, Check, StageVerdict
 from compression.losses.registry import (AUTO, check_mitigation, fits_holdout_half,
                                          harm_probe_plan)
@@ -279,10 +280,7 @@ def _at_shares(outcomes: Outcomes | None, shares: tuple[float, ...] | None) -> f
                          "and the candidate's per-example outcomes")
     cells = dataclasses.replace(outcomes, layout=None)  # counted per cell
     n = cells.per_group(torch.ones_like(outcomes.hit)).tolist()
-    hits = cells.per_group(outcomes.hit).tolist()
-    if any(w > 0 and not k for w, k in zip(shares, n)):
-        raise ValueError("a subgroup cell with a share has no holdout examples")
-    return sum(w * h / k for w, h, k in zip(shares, hits, n) if w)
+    return stratified_accuracy(cells.per_group(outcomes.hit).tolist(), n, shares)[0]
 
 
 def _deciding(verdict: StageVerdict) -> tuple[Check, ...]:
