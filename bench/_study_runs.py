@@ -215,18 +215,17 @@ def probe_sources(case: Case, method: Method) -> list[tuple[Case, Method]]:
     dataset's first case, whose teacher-free reference runs are the same. A run trained for
     other settings (another teacher's distilled runs) is not resumed but trained again: the
     pipeline checks each run's settings, teacher included, before resuming it. A row with a
-    whole-split reference also takes it from the first row with the same probe (the floor
-    fitted to half 1 from the one fitted to half 0)."""
+    whole-split reference (the floors) takes it from the one_hot row: the pipeline trains a
+    one_hot job's student as the one-hot baseline, the run that reference is."""
     plan = _folds_of(method)
     if plan is None:
         return []
     leader = next(m for m in methods() if _folds_of(m) == plan)
     first = next(c for c in CASES if c.dataset == case.dataset)
     cells = [(case, leader), (first, leader)]
-    whole = harm_probe_plan(method.mitigation)
-    if whole.reference_holdout:  # its whole-split reference is teacher-free too
-        floor = next(m for m in methods() if harm_probe_plan(m.mitigation) == whole)
-        cells += [(case, floor), (first, floor), (first, method)]
+    if harm_probe_plan(method.mitigation).reference_holdout:
+        # the whole-split reference is the one-hot baseline: the one_hot row's own run
+        cells.append((first, next(m for m in methods() if m.mitigation.name == "one_hot")))
     sources: list[tuple[Case, Method]] = []
     for cell in cells:
         if cell != (case, method) and cell not in sources:

@@ -30,6 +30,9 @@ class Job:
     should_stop: StopCheck
     stage_seconds: dict[str, float] = field(default_factory=dict)
     student_init: InitWeights | None = None  # student.init, read once for every student
+    # the one-hot student (a StudentRun), trained once whoever asks first: the baseline, the
+    # reference floor's reference and a one_hot job's student are one run
+    one_hot_run: Any = None
 
     def stage(self, name: str, work: Callable[[], T],
               summarize: Callable[[T], dict[str, Any]] = lambda _: {}) -> T:

@@ -40,7 +40,8 @@ from compression.pipeline.exports import (Artifact, export_artifacts, fastest_pa
 from compression.pipeline.job import Job, report_summary
 from compression.pipeline.students import (Baseline, Selected, StudentRun, evaluate_on_test,
                                            harm_diagnosis, load_student_init, one_hot_baseline,
-                                           ranking_shares, select_mitigation, train_student)
+                                           ranking_shares, select_mitigation, train_one_hot,
+                                           train_student)
 from compression.pipeline.teacher import TeacherView, prepare_teacher
 from compression.report import (REJECTED, SUCCEEDED, DataSummary, ExportRecord,
                                 GuardrailsReport, JobReport, TeacherSummary, TrainingSummary)
@@ -76,6 +77,7 @@ def run(spec: JobSpec, on_event: EventSink = emit_nothing,
     selection = selected.selection if selected else None
     mitigation = selection.chosen if selection else spec.mitigation
     student = (_reused_student(job, selected) if selected and selected.student else
+               _one_hot_student(job, dataset) if mitigation.name == "one_hot" else
                train_student(job, dataset, mitigation, teacher, stage="distill",
                              workdir="student"))
     if not distributed.is_primary():
@@ -129,6 +131,12 @@ def _reused_student(job: Job, selected: Selected) -> StudentRun:
     return job.stage("distill", lambda: selected.student,
                      lambda r: {"reused": f"candidate {index} ({selected.selection.chosen.name})",
                                 "epochs_run": r.training.epochs_run})
+
+
+def _one_hot_student(job: Job, dataset: Dataset) -> StudentRun:
+    """A one_hot job's student is its one-hot baseline: one run, whichever needs it first."""
+    return job.stage("distill", lambda: train_one_hot(job, dataset),
+                     lambda r: {"one_hot_baseline": True, "epochs_run": r.training.epochs_run})
 
 
 def _validate_student(job: Job, dataset: Dataset, student: StudentRun,

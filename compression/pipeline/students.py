@@ -33,7 +33,8 @@ from compression.selection import Selection, choose_mitigation
 from compression.spec import MitigationSpec, TrainingSpec, spec_to_dict
 from compression.training import TrainResult, train
 
-__all__ = ["Baseline", "StudentRun", "Selected", "train_student", "one_hot_baseline",
+__all__ = ["Baseline", "StudentRun", "Selected", "train_student", "train_one_hot",
+           "one_hot_baseline",
            "select_mitigation", "evaluate_on_test", "harm_diagnosis", "load_student_init",
            "ranking_shares"]
 
@@ -177,10 +178,12 @@ def load_student_init(job: Job, dataset: Dataset) -> StudentInit | None:
 
 
 def train_one_hot(job: Job, dataset: Dataset) -> StudentRun:
-    """The one-hot student trained as the job's student is: the baseline, trained once per
-    job whoever asks first (its checkpoint is resumed after)."""
-    return train_student(job, dataset, MitigationSpec(name="one_hot"), None,
-                         stage="train_one_hot_baseline", workdir="one_hot")
+    """The one-hot student trained as the job's student is: the baseline, the floors'
+    reference and a one_hot job's student, trained once per job whoever asks first."""
+    if job.one_hot_run is None:
+        job.one_hot_run = train_student(job, dataset, MitigationSpec(name="one_hot"), None,
+                                        stage="train_one_hot_baseline", workdir="one_hot")
+    return job.one_hot_run
 
 
 def one_hot_baseline(job: Job, dataset: Dataset) -> Baseline:

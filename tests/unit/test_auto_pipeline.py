@@ -145,3 +145,15 @@ def test_shares_rank_auto_at_the_population_mix_and_a_misnamed_share_stops_the_j
     selection = json.loads(run(parse_spec(job)).report_path.read_text())["selection"]
     assert selection["ranked_at"] == "subgroups.shares"
     assert all(0 <= c["population_accuracy"] <= 1 for c in selection["candidates"])
+
+
+def test_a_one_hot_student_is_its_own_baseline_trained_once(job):
+    job["mitigation"] = {"name": "one_hot"}
+    job["guardrails"] = {**job["guardrails"], "max_drop_vs_one_hot": 0.05}
+    result = run(parse_spec(job))
+    report = json.loads(result.report_path.read_text())
+    assert sorted(p.name for p in (result.output_dir / "checkpoints").iterdir()) == ["one_hot"]
+    assert report["training"]["epochs_run"] == 1  # the run itself, not a resumed copy
+    student, baseline = (report["evaluations"][k] for k in ("student", "one_hot"))
+    for key in ("overall", "groups", "per_class", "confusion"):
+        assert student[key] == baseline[key]

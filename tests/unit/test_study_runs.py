@@ -29,15 +29,13 @@ def test_paired_dro_reuses_the_probe_paired_alpha_trains() -> None:
     assert probe_sources(saw, dro) == [(saw, alpha), (never, alpha)]
     assert probe_sources(saw, alpha) == [(never, alpha)]
     assert probe_sources(never, _row("kd a=0.9")) == probe_sources(saw, _row("one_hot")) == []
-    # the floor's whole-split reference: the one_hot baseline of the dataset's first case
-    floor = _row("paired_alpha floor")
-    assert probe_sources(never, floor) == [(never, alpha)]
-    assert probe_sources(saw, floor) == [(saw, alpha), (never, alpha), (never, floor)]
-    # the floor fitted to the other half takes its reference from the floor's cells
+    # the floors' whole-split reference: the one_hot row's run, the one-hot baseline
+    floor, one_hot = _row("paired_alpha floor"), _row("one_hot")
+    assert probe_sources(never, floor) == [(never, alpha), (never, one_hot)]
+    assert probe_sources(saw, floor) == [(saw, alpha), (never, alpha), (never, one_hot)]
     half1 = _row("paired_alpha floor half1")
-    assert probe_sources(never, half1) == [(never, alpha), (never, floor)]
-    assert probe_sources(saw, half1) == [(saw, alpha), (never, alpha), (saw, floor),
-                                         (never, floor), (never, half1)]
+    assert probe_sources(never, half1) == [(never, alpha), (never, one_hot)]
+    assert probe_sources(saw, half1) == probe_sources(saw, floor)
 
 
 def test_the_probe_runs_are_copied_from_the_cells_that_trained_them(tmp_path: Path) -> None:
@@ -73,7 +71,7 @@ def test_the_probe_runs_are_copied_from_the_cells_that_trained_them(tmp_path: Pa
     assert [p.parent.name for p in run_dir(saw, alpha, 2, config).glob(
         "checkpoints/probe_abc/*/last.pt")] == ["fold1_reference"]
     floor = _row("paired_alpha floor")
-    baseline = run_dir(never, floor, 1, config) / "checkpoints" / "one_hot"
+    baseline = run_dir(never, _row("one_hot"), 1, config) / "checkpoints" / "one_hot"
     baseline.mkdir(parents=True)
     (baseline / "last.pt").write_bytes(b"one-hot")
     _reuse_probe(saw, floor, 1, config)
