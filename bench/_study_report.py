@@ -23,6 +23,7 @@ from bench._study_auto import candidate_methods
 from bench._study_data import population_shares
 from bench._study_doc import write_doc
 from bench._study_runs import REFERENCE, Case, StudyConfig, methods, run_dir
+from bench._study_screen import harm_screen
 from bench._study_stats import harmed, paired_groups, paired_overall, target_check
 
 __all__ = ["case_rows", "summarize", "case_target", "write_outputs"]
@@ -243,6 +244,7 @@ def write_outputs(runs: list[dict[str, Any]], teachers: dict[str, Any], cases: l
                      "sum_of_run_cpu_seconds": sum(r.get("cpu_seconds", 0.0) for r in runs),
                      "teacher_seconds": {t["label"]: t["seconds"] for t in trained},
                      "teacher_cpu_seconds": sum(t.get("cpu_seconds", 0.0) for t in trained)}
+    study["harm_screen"] = harm_screen(all_rows, runs)
     study["runs"] = runs
     study["rows"] = all_rows
     _write_csv(results_dir / "study.csv", _csv_rows(all_rows))
