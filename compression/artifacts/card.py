@@ -16,6 +16,7 @@ from compression.evaluation.report import EvalReport
 from compression.guardrails import INSUFFICIENT_EVIDENCE, Check, StageVerdict, describe_policy
 from compression.guardrails.rules import pct, pp
 from compression.guardrails.slices import SliceComparison, SliceDiscovery
+from compression.losses.reference_floor import FLOOR_PARAMS
 from compression.models.init_weights import StudentInit
 from compression.report import NOT_JUDGED, JobReport, blocks, group_label, stage_label
 
@@ -151,7 +152,7 @@ def _model_lines(report: JobReport) -> list[str]:
     name = mitigation.get("name", spec.mitigation.name)
     lines.append(f"- Objective: `{name}` (alpha {mitigation.get('alpha', spec.mitigation.alpha)}"
                  f", temperature {mitigation.get('temperature', spec.mitigation.temperature)})")
-    lines += _selection_lines(report.selection)
+    lines += _selection_lines(report.selection) + _floor_lines(report)
     lines.append(_input_line(report))
     if data.class_names:
         lines.append(f"- Output: logits [batch, {len(data.class_names)}] over "
@@ -160,6 +161,28 @@ def _model_lines(report: JobReport) -> list[str]:
     lines.append(f"- Data: {spec.data.source}; test split of "
                  f"{test.size if test else '?'} samples in {len(data.group_names)} subgroups")
     return lines
+
+
+def _floor_lines(report: JobReport) -> list[str]:
+    """Whether a reference floor held every subgroup at the one-hot student's accuracy on the
+    holdout half it trained against, from the student's loss state."""
+    state = report.training.loss_state if report.training else {}
+    floors, accuracy = state.get("floors"), state.get("holdout_accuracy")
+    if not floors or not accuracy:
+        return []
+    params = (report.mitigation or {}).get("params") or {}
+    cap = params.get("floor_max_weight", FLOOR_PARAMS["floor_max_weight"])
+    rows = zip(report.data.group_names, floors["by_group"], floors["n"], accuracy,
+               state["floor_multipliers"])
+    short = [f"{name} {pct(acc)} against {pct(ref)} (n {n:.0f}, weight {1 + lam:.2f}"
+             f"{', its cap' if 1 + lam >= cap - 1e-9 else ''})"
+             for name, ref, n, acc, lam in rows if n > 0 and acc < ref]
+    if not short:
+        return ["- Reference floor: every subgroup ended at or above the one-hot student's "
+                "accuracy on the holdout half it trained against"]
+    return ["- Reference floor: below the one-hot student on the holdout half it trained "
+            f"against: {'; '.join(short)}. A weight at its cap means the floor had no more "
+            "to give that subgroup; the guardrails on test say whether the harm is there"]
 
 
 def _init_line(init: StudentInit) -> str:

@@ -57,7 +57,6 @@ class TeacherView:
 
 
 def prepare_teacher(job: Job, dataset: Dataset, calibrate: bool) -> TeacherView:
-    spec = job.spec
     teacher = job.stage("load_teacher", lambda: _load(job, dataset),
                         lambda t: {"format": t.format, "sha256": t.sha256})
     # The test logits are kept until profiling: the harm diagnosis needs the soft labels

@@ -320,3 +320,30 @@ def test_with_subgroup_shares_the_card_gives_accuracy_at_the_population_mix(tmp_
     assert "| stage | accuracy | 95% CI | at subgroup shares (95% CI) | guardrails |" in card
     assert f"| 95.0% ({100 * (0.95 - half):.1f}% - {100 * (0.95 + half):.1f}%) |" in card
     assert "shares of the population served: shirt 10.0%, trouser 80.0%, bag 10.0%" in card
+
+
+def test_the_card_names_the_subgroups_a_reference_floor_left_below_its_reference(tmp_path):
+    from compression.report_sections import TrainingSummary
+
+    def card(floors, accuracy, multipliers, params):
+        state = {"floors": {"overall": 0.8, "by_group": floors, "n": [100.0, 80.0, 0.0],
+                            "holdout_half": 0},
+                 "holdout_accuracy": accuracy, "floor_multipliers": multipliers}
+        report = _job({"onnx": GOOD}, ship=(), training=TrainingSummary(
+            18, 0, 0.5, 1000.0, 10.0, True, state),
+            mitigation={"name": "paired_alpha", "params": params})
+        write_bundle(tmp_path, report, {})
+        return (tmp_path / "model_card.md").read_text()
+
+    # shirt short at the default cap (8), trouser short below it; bag has no example to judge
+    text = card([0.6, 0.9, 0.5], [0.55, 0.85, 0.0], [7.0, 1.5, 0.0], {"reference_floor": True})
+    assert ("below the one-hot student on the holdout half it trained against: shirt 55.0% "
+            "against 60.0% (n 100, weight 8.00, its cap); trouser 85.0% against 90.0% (n 80, "
+            "weight 2.50)") in text
+    assert "bag" not in text.split("Reference floor")[1].split("\n")[0]
+    text = card([0.6, 0.9, 0.5], [0.6, 0.95, 0.0], [0.3, 0.0, 0.0], {"floor_max_weight": 2})
+    assert "every subgroup ended at or above the one-hot student's accuracy" in text
+    text = card([0.6, 0.9, 0.5], [0.5, 0.95, 0.0], [1.0, 0.0, 0.0], {"floor_max_weight": 2})
+    assert "shirt 50.0% against 60.0% (n 100, weight 2.00, its cap)" in text
+    write_bundle(tmp_path / "kd", _job({"onnx": GOOD}, ship=()), {})  # no floor: no line
+    assert "Reference floor" not in (tmp_path / "kd" / "model_card.md").read_text()
