@@ -1,4 +1,5 @@
-"""docs/results.md from study.json: setup, command and wall time, per-case tables, target.
+"""docs/results.md from study.json: summary, auto's harm screen, setup, command and wall time,
+per-case tables, target.
 
 Everything but the reading is generated; the reading (between the markers below) is written
 by hand after looking at the numbers, and is kept when the page is regenerated.

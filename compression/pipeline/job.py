@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import torch
 
@@ -15,6 +15,9 @@ from compression.evaluation import EvalReport, evaluate, predict_logits
 from compression.events import Event, EventSink, StopCheck
 from compression.models.init_weights import InitWeights
 from compression.spec import JobSpec
+
+if TYPE_CHECKING:  # students.py imports this module
+    from compression.pipeline.students import StudentRun
 
 __all__ = ["Job", "report_summary"]
 
@@ -30,9 +33,9 @@ class Job:
     should_stop: StopCheck
     stage_seconds: dict[str, float] = field(default_factory=dict)
     student_init: InitWeights | None = None  # student.init, read once for every student
-    # the one-hot student (a StudentRun), trained once whoever asks first: the baseline, the
-    # reference floor's reference and a one_hot job's student are one run
-    one_hot_run: Any = None
+    # the one-hot student, trained once whoever asks first: the baseline, the reference
+    # floor's reference and a one_hot job's student are one run
+    one_hot_run: StudentRun | None = None
 
     def stage(self, name: str, work: Callable[[], T],
               summarize: Callable[[T], dict[str, Any]] = lambda _: {}) -> T:
