@@ -114,8 +114,8 @@ def methods() -> tuple[Method, ...]:
 class StudyConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     # At 8 epochs the student was far from trained: 73.6% one-hot on fmnist_bal, 81.1% at 24.
-    # 18, not 24, for the 60-min budget of one call from scratch on a 2-core machine: 58.5 and
-    # 60.3 min in two calls, where 24 took 61.5 on a faster day (docs/results.md).
+    # 18, not 24, for the 60-min budget of one call from scratch on a 2-core machine: 54.7 to
+    # 60.3 min in three calls, where 24 took 61.5 on a faster day (docs/results.md).
     epochs: int = 18
     batch_size: int = 128
     lr: float = 0.05

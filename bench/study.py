@@ -24,8 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -84,16 +86,26 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, study_pid: int) -> None:
     torch.set_num_threads(threads)
     memoize_teachers()
     weights_only_students()
+    threading.Thread(target=_exit_with, args=(study_pid,), daemon=True).start()
+
+
+def _exit_with(study_pid: int, every_s: float = 2.0) -> None:
+    """End this worker once the study process is gone (killed, say): nothing would read what
+    it trains, and it would go on writing into the study's folders."""
+    while os.getppid() == study_pid:
+        time.sleep(every_s)
+    os._exit(1)
 
 
 def _pool(jobs: int, threads: int) -> ProcessPoolExecutor:
-    """Worker processes (spawned: no forked torch state), each on ``threads`` threads."""
+    """Worker processes (spawned: no forked torch state), each on ``threads`` threads; each
+    ends with the study process."""
     return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker, initargs=(threads,))
+                               initializer=_init_worker, initargs=(threads, os.getpid()))
 
 
 def _cells(cases: list[Case], config: StudyConfig, derive_auto: bool = False

@@ -1,7 +1,12 @@
-"""The study's rows: which cells share a harm probe, and the copy that lets them share it."""
+"""The study's rows: which cells share a harm probe, the copy that lets them share it, and
+its workers."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from bench._study_runs import (CASES, StudyConfig, _reuse_probe, methods, probe_sources,
@@ -86,3 +91,29 @@ def test_a_gpu_study_trains_on_cuda_in_its_own_folders() -> None:
     assert gpu.tag() != cpu.tag()
     assert gpu.training("fmnist_bal", 0).device == "cuda"
     assert cpu.training("digits_lt", 0).device == "cpu"
+
+
+def test_a_worker_ends_when_the_study_process_is_killed(tmp_path: Path) -> None:
+    root, pid_file = Path(__file__).resolve().parents[2], tmp_path / "worker.pid"
+    # the study process: one worker, busy for 10 min, then the study dies without cleanup
+    script = (f"import os, pathlib, sys, time; sys.path.insert(0, {str(root)!r}); "
+              "from bench.study import _pool; pool = _pool(1, 1); "
+              "pid = pool.submit(os.getpid).result(); pool.submit(time.sleep, 600); "
+              f"pathlib.Path({str(pid_file)!r}).write_text(str(pid)); os._exit(0)")
+    subprocess.run([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=120, check=True)
+    worker = int(pid_file.read_text())
+
+    def alive() -> bool:  # a zombie left for an init that does not reap has ended too
+        try:
+            return Path(f"/proc/{worker}/stat").read_text().split(")")[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 60
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    ended = not alive()
+    if not ended:
+        os.kill(worker, 9)
+    assert ended
