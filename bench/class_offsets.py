@@ -32,7 +32,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -40,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from bench._study_stats import LEVEL, TARGET_MAX_ACC_LOSS, TARGET_WORST_GAIN  # noqa: E402
 from compression.evaluation.stats import tango_pvalue  # noqa: E402
 from compression.guardrails.multiplicity import adjust  # noqa: E402
-from compression.models.zoo import build_model  # noqa: E402
+from compression.models.state import model_from_state, read_state_dict  # noqa: E402
 
 GRID = np.round(np.arange(-6.0, 6.0001, 0.1), 1)  # logit units
 PASSES = 6
@@ -123,9 +122,10 @@ def student_logits(run: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     data = np.load(ROOT / spec["data"][f"{split}_path"])
     x = torch.from_numpy(data["x"]).float() / 255
     x = x[:, None] if x.dim() == 3 else x
-    model = build_model(spec["student"]["arch"], x.shape[1], int(data["y"].max()) + 1,
-                        spec["student"]["width"])
-    model.load_state_dict(load_file(run / "student.safetensors"))
+    weights = run / "student.safetensors"
+    model = model_from_state(read_state_dict(weights.read_bytes(), weights), weights,
+                             spec["student"]["arch"], spec["student"]["width"],
+                             tuple(x.shape[1:]), len(data["class_names"]))
     with torch.inference_mode():
         return model.eval()(x).numpy(), data["y"].astype(int)
 
