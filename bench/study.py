@@ -64,6 +64,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=d.epochs, help="student epochs (Fashion-MNIST)")
     p.add_argument("--paper-teacher-epochs", type=int, default=d.paper_teacher[1],
                    help="epochs of the paper regime's Fashion-MNIST teacher")
+    p.add_argument("--student-width", type=float, default=d.student_width,
+                   help=f"the {d.student_arch} student's width (channels x width)")
     p.add_argument("--jobs", type=int, default=2, help="runs trained at once (processes)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--device", default=d.device, choices=["cpu", "cuda"],
@@ -274,8 +276,10 @@ def _loadavg() -> tuple[float, ...]:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     paper = StudyConfig().paper_teacher
+    if not args.student_width > 0:
+        raise SystemExit(f"--student-width is {args.student_width}; it must be > 0")
     config = StudyConfig(seeds=tuple(args.seeds), epochs=args.epochs, device=args.device,
-                         out_dir=args.out,
+                         out_dir=args.out, student_width=args.student_width,
                          paper_teacher=(paper[0], args.paper_teacher_epochs, *paper[2:]))
     cases = [c for c in CASES if c.name in args.cases]
     start = time.perf_counter()
