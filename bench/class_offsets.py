@@ -1,5 +1,6 @@
 """How far can per-class logit offsets, added after training, take a study's students without
-harming a class? A bound on what post-hoc logit adjustment can do on class-subgroup cases.
+harming a class? An estimate of how far post-hoc logit adjustment can go on class-subgroup
+cases.
 
 The study's target asks, where kd harms a class, for a student with no class significantly
 below the one-hot student and its worst class at least 3 points above kd's. On long-tailed
@@ -11,7 +12,7 @@ class priors). This script searches such offsets for every student the study sav
   on holdout with no class below the one-hot student's holdout accuracy (point estimates);
   the student with them is then judged on test.
 - ``oracle``: the offsets are fitted on the test split itself, the one they are judged on:
-  classes lifted towards the target's floor (kd's worst class + 3 points), no class
+  classes lifted towards the target's worst class (kd's worst class + 3 points), no class
   significantly below one_hot by the study's own paired test (Holm over the classes). It
   is the search with the answers in hand, an estimate of how far offsets can go and not a
   method; a coordinate search can miss better offsets, so it is no proof that none exist.
@@ -33,8 +34,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
 
 from bench._study_stats import LEVEL, TARGET_MAX_ACC_LOSS, TARGET_WORST_GAIN  # noqa: E402
 from compression.evaluation.stats import tango_pvalue  # noqa: E402
@@ -100,8 +102,8 @@ def holdout_score(labels: np.ndarray, ref_hit: np.ndarray, k: int) -> Score:
     return score
 
 
-def oracle_score(labels: np.ndarray, ref_hit: np.ndarray, k: int, floor: float) -> Score:
-    """Classes lifted towards ``floor`` (each counts up to it), then the mean. A class
+def oracle_score(labels: np.ndarray, ref_hit: np.ndarray, k: int, target: float) -> Score:
+    """Classes lifted towards ``target`` (each counts up to it), then the mean. A class
     significantly below the reference outranks everything else: such an answer scores minus
     the number of those classes and their drops, so that the search can shrink a drop it
     cannot yet remove."""
@@ -112,7 +114,7 @@ def oracle_score(labels: np.ndarray, ref_hit: np.ndarray, k: int, floor: float) 
         acc = class_accuracy(hit, labels, k)
         if harmed:
             return -float(len(harmed) + (ref - acc)[harmed].sum())
-        return float(np.minimum(acc, floor).sum() + 1e-3 * acc.mean())
+        return float(np.minimum(acc, target).sum() + 1e-3 * acc.mean())
     return score
 
 
@@ -159,19 +161,19 @@ def case_seed(study: Path, case: str, seed: int) -> list[dict]:
     kd = summary(logits["kd_a0.9", "test"][0].argmax(1) == y_t, y_t, ref_t, names)
     free = [summary(logits[r, "test"][0].argmax(1) == y_t, y_t, ref_t, names)
             for r in TEACHER_FREE[1:]]
-    floor = kd["worst"] + TARGET_WORST_GAIN
+    target_worst = kd["worst"] + TARGET_WORST_GAIN
     out = []
     for row in ROWS:
         z_h, z_t = logits[row, "holdout"][0], logits[row, "test"][0]
         fitted = {"none": np.zeros(k),
                   "holdout": fit_offsets(z_h, y_h, holdout_score(y_h, ref_h, k)),
-                  "oracle": fit_offsets(z_t, y_t, oracle_score(y_t, ref_t, k, floor))}
+                  "oracle": fit_offsets(z_t, y_t, oracle_score(y_t, ref_t, k, target_worst))}
         for kind, offsets in fitted.items():
             s = summary((z_t + offsets).argmax(1) == y_t, y_t, ref_t, names)
             s.update(case=case, seed=seed, row=row, offsets=kind,
                      values=[round(float(v), 1) for v in offsets],
                      meets_first_three=(not s["below_one_hot"]
-                                        and s["worst"] >= floor - 1e-12
+                                        and s["worst"] >= target_worst - 1e-12
                                         and s["overall"] >= kd["overall"]
                                         - TARGET_MAX_ACC_LOSS - 1e-12),
                      beats_teacher_free=(s["worst"] > max(f["worst"] for f in free)
@@ -187,8 +189,8 @@ def table(rows: list[dict], command: str) -> str:
     lines = ["# Class offsets after training: what they reach on test", "",
              f"Written by `{command}` (docs/mitigations.md, \"Class offsets after training\").",
              "Offsets `none`: the student as trained; `holdout`: fitted on holdout, no class "
-             "below one_hot there; `oracle`: fitted on this test split, a bound and not a "
-             "method. The last two columns are the study's target against kd a=0.9 and the "
+             "below one_hot there; `oracle`: fitted on this test split, an estimate of the "
+             "best offsets can do, not a method. The last two columns are the study's target against kd a=0.9 and the "
              "best teacher-free row of the same seed.", "",
              "| case | seed | row | offsets | overall % | worst % | classes below one_hot "
              "| no harm, worst +3, overall -0.5 vs kd | beats teacher-free |",

@@ -66,10 +66,10 @@ def test_below_reference_is_the_studys_paired_test():
 def test_oracle_score_puts_any_harm_below_every_harmless_answer():
     labels = np.repeat(np.arange(2), 100)
     ref = np.ones(200, bool)
-    score = oracle_score(labels, ref, 2, floor=0.5)
+    score = oracle_score(labels, ref, 2, target=0.5)
     harmless = ref.copy()
     harmful = ref.copy()
     harmful[:40] = False  # class 0 down 40 points
     assert score(harmful) == pytest.approx(-1.4)  # one class, down 0.4
-    # Both classes at 1.0 count up to the floor each, plus a thousandth of the mean.
+    # Both classes at 1.0 count up to the target each, plus a thousandth of the mean.
     assert score(harmless) == 0.5 + 0.5 + 1e-3
