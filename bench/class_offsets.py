@@ -26,6 +26,7 @@ Both search the offsets one class at a time over a grid, a few passes, from zero
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -118,23 +119,34 @@ def oracle_score(labels: np.ndarray, ref_hit: np.ndarray, k: int, target: float)
     return score
 
 
+@functools.lru_cache(maxsize=None)
+def read_split(path: str) -> tuple[torch.Tensor, np.ndarray, tuple[str, ...]]:
+    """A study split's images [N, C, H, W] in [0, 1], labels and class names; read once,
+    since every student of a case answers the same files."""
+    data = np.load(ROOT / path)
+    x = torch.from_numpy(data["x"]).float() / 255
+    return (x[:, None] if x.dim() == 3 else x, data["y"].astype(int),
+            tuple(str(n) for n in data["class_names"]))
+
+
+def _spec(run: Path) -> dict:
+    return json.loads((run / "report.json").read_text())["spec"]
+
+
 def student_logits(run: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """A saved study student's logits on its job's holdout or test split, and the labels."""
-    spec = json.loads((run / "report.json").read_text())["spec"]
-    data = np.load(ROOT / spec["data"][f"{split}_path"])
-    x = torch.from_numpy(data["x"]).float() / 255
-    x = x[:, None] if x.dim() == 3 else x
+    spec = _spec(run)
+    x, y, names = read_split(spec["data"][f"{split}_path"])
     weights = run / "student.safetensors"
     model = model_from_state(read_state_dict(weights.read_bytes(), weights), weights,
                              spec["student"]["arch"], spec["student"]["width"],
-                             tuple(x.shape[1:]), len(data["class_names"]))
+                             tuple(x.shape[1:]), len(names))
     with torch.inference_mode():
-        return model.eval()(x).numpy(), data["y"].astype(int)
+        return model.eval()(x).numpy(), y
 
 
 def class_names(run: Path) -> list[str]:
-    spec = json.loads((run / "report.json").read_text())["spec"]
-    return [str(n) for n in np.load(ROOT / spec["data"]["test_path"])["class_names"]]
+    return list(read_split(_spec(run)["data"]["test_path"])[2])
 
 
 def summary(hit: np.ndarray, labels: np.ndarray, ref_hit: np.ndarray, names: list[str]
